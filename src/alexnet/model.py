@@ -1,0 +1,198 @@
+"""AlexNet as in section 3 of Krizhevsky, Sutskever and Hinton (2012), plus two variants.
+
+The paper's network (``variant="paper"``, figure 2):
+
+    conv1  96 @ 11x11 stride 4  -> ReLU -> LRN -> max-pool 3/2
+    conv2 256 @ 5x5  (2 towers) -> ReLU -> LRN -> max-pool 3/2
+    conv3 384 @ 3x3  (sees both towers) -> ReLU
+    conv4 384 @ 3x3  (2 towers) -> ReLU
+    conv5 256 @ 3x3  (2 towers) -> ReLU -> max-pool 3/2
+    fc6 4096 -> ReLU -> dropout 0.5
+    fc7 4096 -> ReLU -> dropout 0.5
+    fc8 1000 (softmax in the loss)
+
+60,965,224 parameters with the towers, 62,378,344 without.
+
+Towers: the paper splits the kernels over two GPUs, and conv2, conv4 and conv5 only see
+the half of the previous layer on their own GPU. That connectivity is exactly a grouped
+convolution with ``groups=2``. conv1 (two 48-kernel halves that both see the image) and
+conv3 (sees both halves) are ordinary convolutions, and so are the fully-connected layers.
+
+Input size: the paper says 224x224, but 224 with an 11x11 stride-4 kernel does not give
+the 55x55 map it reports; Caffe used 227 with no padding. We pad conv1 by 2, so 224 gives
+55x55 and 227 gives 56x56; both max-pool to 27x27 and reach 6x6 at pool5, so one network
+with the paper's parameter count takes either size.
+
+Variants:
+- ``"torchvision"``: the single-tower layout of ``torchvision.models.alexnet`` (64-192-384-
+  256-256 kernels, no LRN, adaptive 6x6 average pool, dropout before fc6 and fc7). Its
+  state_dict loads torchvision's weights (keys ``features.0`` ... are renamed on load).
+- ``"cifar"``: the same eight-layer design scaled to 32x32 images (see ``_cifar_layout``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .lrn import LocalResponseNorm
+
+VARIANTS = ("paper", "torchvision", "cifar")
+
+
+@dataclass
+class ModelConfig:
+    variant: str = "paper"  # paper | torchvision | cifar
+    num_classes: int = 1000  # fc8 outputs
+    activation: str = "relu"  # relu | tanh (figure 1's comparison)
+    lrn: bool = True  # local response normalisation after conv1 and conv2 (section 3.3)
+    overlap_pool: bool = True  # max-pool 3x3 stride 2 (section 3.4); False: 2x2 stride 2
+    towers: bool = True  # two-GPU connectivity as groups=2 in conv2, conv4, conv5 (section 3.2)
+    dropout: float = 0.5  # dropout probability on fc6 and fc7 (section 4.2); 0 disables
+    width: float = 1.0  # multiplier on every conv and hidden fc width (1.0 = the paper's)
+    input_size: int = 224  # 224 or 227 for paper/torchvision, 32 for cifar
+    init: str = "paper"  # paper: N(0, 0.01), bias 1 in conv2/4/5, fc6/7 | kaiming: He init (fast CIFAR runs)
+
+    def __post_init__(self):
+        _check_choice("variant", self.variant, VARIANTS)
+        _check_choice("activation", self.activation, ("relu", "tanh"))
+        _check_choice("init", self.init, ("paper", "kaiming"))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.num_classes < 1 or self.width <= 0:
+            raise ValueError("model.num_classes must be >= 1 and model.width > 0")
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"model.{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Kernel counts and geometry of one variant (before the width multiplier)."""
+
+    channels: tuple[int, int, int, int, int]  # conv1..conv5 kernels
+    hidden: int  # fc6 and fc7 units
+    conv1: tuple[int, int, int]  # kernel, stride, padding
+    conv2_kernel: int
+    pool_padding: int  # keeps the map sizes even on 32x32 inputs
+    pool5_size: int  # spatial size after pool5
+
+
+_PAPER = _Layout((96, 256, 384, 384, 256), 4096, (11, 4, 2), 5, 0, 6)
+_TORCHVISION = _Layout((64, 192, 384, 256, 256), 4096, (11, 4, 2), 5, 0, 6)
+# CIFAR: 32x32 images are ~7x smaller than 224, so conv1 is 5x5 stride 1 instead of 11x11
+# stride 4, and the three max-pools (3/2, padding 1) take 32 -> 16 -> 8 -> 4. Kernel counts
+# are the paper's divided by 1.5 (conv1..5: 64, 128, 256, 256, 192) and fc6/fc7 have 1024
+# units instead of 4096: ten classes and 50,000 images need far less head than ImageNet.
+_CIFAR = _Layout((64, 128, 256, 256, 192), 1024, (5, 1, 2), 5, 1, 4)
+
+
+def _layout(config: ModelConfig) -> _Layout:
+    return {"paper": _PAPER, "torchvision": _TORCHVISION, "cifar": _CIFAR}[config.variant]
+
+
+def _scaled(n: int, width: float, groups: int) -> int:
+    return max(groups, int(round(n * width / groups)) * groups)
+
+
+class AlexNet(nn.Module):
+    """The network of figure 2; ``AlexNet(ModelConfig())`` is exactly the paper's."""
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        layout = _layout(config)
+        towers = 2 if config.towers and config.variant != "torchvision" else 1
+        c1, c2, c3, c4, c5 = (_scaled(c, config.width, 2) for c in layout.channels)
+        hidden = _scaled(layout.hidden, config.width, 1)
+        k1, s1, p1 = layout.conv1
+        self.conv1 = nn.Conv2d(3, c1, k1, stride=s1, padding=p1)
+        self.conv2 = nn.Conv2d(c1, c2, layout.conv2_kernel, padding=layout.conv2_kernel // 2, groups=towers)
+        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)  # crosses the towers
+        self.conv4 = nn.Conv2d(c3, c4, 3, padding=1, groups=towers)
+        self.conv5 = nn.Conv2d(c4, c5, 3, padding=1, groups=towers)
+        use_lrn = config.lrn and config.variant != "torchvision"
+        self.lrn1 = LocalResponseNorm() if use_lrn else nn.Identity()
+        self.lrn2 = LocalResponseNorm() if use_lrn else nn.Identity()
+        # Overlapping pooling (section 3.4): z=3, s=2. The ablation uses z=s=2, which gives
+        # the same map sizes here (55 -> 27 -> 13 -> 6), so the fc6 shape is unchanged.
+        size = 3 if config.overlap_pool else 2
+        pad = layout.pool_padding if config.overlap_pool else 0
+        self.pool = nn.MaxPool2d(size, stride=2, padding=pad)
+        self.pool5_avg = nn.AdaptiveAvgPool2d(6) if config.variant == "torchvision" else nn.Identity()
+        self.fc6 = nn.Linear(c5 * layout.pool5_size**2, hidden)
+        self.fc7 = nn.Linear(hidden, hidden)
+        self.fc8 = nn.Linear(hidden, config.num_classes)
+        self.dropout = nn.Dropout(config.dropout)
+        self.act = nn.ReLU(inplace=True) if config.activation == "relu" else nn.Tanh()
+        self.reset_parameters()
+        if config.variant == "torchvision":
+            self._register_load_state_dict_pre_hook(_rename_torchvision_keys)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1 ... pool5, flattened."""
+        x = self.pool(self.lrn1(self.act(self.conv1(x))))
+        x = self.pool(self.lrn2(self.act(self.conv2(x))))
+        x = self.act(self.conv3(x))
+        x = self.act(self.conv4(x))
+        x = self.pool(self.act(self.conv5(x)))
+        return torch.flatten(self.pool5_avg(x), 1)
+
+    def fc7_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer (fc7 after ReLU), used for the paper's image retrieval."""
+        x = self.features(x)
+        if self.config.variant == "torchvision":  # torchvision: dropout on the inputs of fc6/fc7
+            x = self.act(self.fc6(self.dropout(x)))
+            return self.act(self.fc7(self.dropout(x)))
+        x = self.dropout(self.act(self.fc6(x)))  # paper: dropout on the outputs of fc6/fc7
+        return self.act(self.fc7(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc7_features(x)
+        if self.config.variant != "torchvision":
+            x = self.dropout(x)
+        return self.fc8(x)
+
+    def layers(self) -> list[nn.Module]:
+        return [self.conv1, self.conv2, self.conv3, self.conv4, self.conv5, self.fc6, self.fc7, self.fc8]
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Section 5: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0."""
+        ones = {self.conv2, self.conv4, self.conv5, self.fc6, self.fc7}
+        for layer in self.layers():
+            if self.config.init == "paper":
+                nn.init.normal_(layer.weight, 0.0, 0.01)
+                nn.init.constant_(layer.bias, 1.0 if layer in ones else 0.0)
+            else:
+                # Deviation for short CIFAR runs: He init keeps activations at unit scale
+                # through eight layers without normalisation, so training starts at once.
+                gain = "relu" if self.config.activation == "relu" else "tanh"
+                nn.init.kaiming_normal_(layer.weight, nonlinearity=gain)
+                nn.init.zeros_(layer.bias)
+        if self.config.init == "kaiming":
+            nn.init.normal_(self.fc8.weight, 0.0, 1.0 / math.sqrt(self.fc8.in_features))
+
+
+_TORCHVISION_NAMES = {
+    "features.0": "conv1", "features.3": "conv2", "features.6": "conv3", "features.8": "conv4",
+    "features.10": "conv5", "classifier.1": "fc6", "classifier.4": "fc7", "classifier.6": "fc8",
+}
+
+
+def _rename_torchvision_keys(state_dict, prefix, *_args, **_kwargs):
+    """Let ``load_state_dict`` take ``torchvision.models.alexnet`` weights as they are."""
+    for old, new in _TORCHVISION_NAMES.items():
+        for kind in ("weight", "bias"):
+            key = f"{prefix}{old}.{kind}"
+            if key in state_dict:
+                state_dict[f"{prefix}{new}.{kind}"] = state_dict.pop(key)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

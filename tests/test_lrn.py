@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from alexnet.lrn import LocalResponseNorm
+
+
+def lrn_formula(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
+    """Section 3.3 written as loops over channels (alpha divided by n, the cuda-convnet convention)."""
+    channels = a.shape[1]
+    out = torch.empty_like(a)
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        out[:, i] = a[:, i] / (k + alpha / n * (a[:, lo:hi + 1] ** 2).sum(1)) ** beta
+    return out
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lrn_matches_the_formula(channels_last):
+    a = torch.relu(torch.randn(3, 16, 7, 7, dtype=torch.float64)).float() * 40  # large enough to normalise
+    if channels_last:
+        a = a.contiguous(memory_format=torch.channels_last)
+    out = LocalResponseNorm()(a)
+    torch.testing.assert_close(out, lrn_formula(a.double()).float(), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out, a / 2**0.75)  # the window term matters at this scale
+
+
+def test_lrn_gradient_matches_autograd_of_the_formula():
+    a = (torch.relu(torch.randn(2, 12, 5, 5)) * 30).requires_grad_()
+    b = a.detach().clone().requires_grad_()
+    grad = torch.randn(2, 12, 5, 5)
+    LocalResponseNorm()(a).backward(grad)
+    lrn_formula(b).backward(grad)
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_lrn_equals_torch_module_and_runs_in_bfloat16():
+    a = torch.relu(torch.randn(2, 8, 6, 6)) * 20
+    torch.testing.assert_close(LocalResponseNorm()(a), torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)(a), atol=1e-5, rtol=1e-5)
+    out = LocalResponseNorm()(a.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), lrn_formula(a), atol=0.05, rtol=0.01)

@@ -1,0 +1,72 @@
+import pytest
+import torch
+import torchvision
+
+from alexnet import AlexNet, ModelConfig
+from alexnet.model import count_parameters
+
+
+def test_paper_parameter_counts():
+    assert count_parameters(AlexNet(ModelConfig())) == 60_965_224
+    assert count_parameters(AlexNet(ModelConfig(towers=False))) == 62_378_344
+
+
+@pytest.mark.parametrize("size, conv1_map", [(224, 55), (227, 56)])
+def test_paper_shapes(size, conv1_map):
+    model = AlexNet(ModelConfig()).eval()
+    x = torch.zeros(2, 3, size, size)
+    assert model.conv1(x).shape[-1] == conv1_map
+    assert model.features(x).shape == (2, 256 * 6 * 6)
+    assert model(x).shape == (2, 1000)
+
+
+def test_towers_are_grouped_where_the_paper_splits():
+    model = AlexNet(ModelConfig())
+    assert [m.groups for m in (model.conv1, model.conv2, model.conv3, model.conv4, model.conv5)] == [1, 2, 1, 2, 2]
+    assert all(m.groups == 1 for m in AlexNet(ModelConfig(towers=False)).layers()[:5])
+
+
+def test_paper_init():
+    model = AlexNet(ModelConfig())
+    for layer in model.layers():
+        w = layer.weight
+        assert abs(w.mean().item()) < 1e-3 and abs(w.std().item() - 0.01) < 1e-3, layer
+    ones = {"conv2", "conv4", "conv5", "fc6", "fc7"}
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        bias = getattr(model, name).bias
+        assert torch.all(bias == (1.0 if name in ones else 0.0)), name
+
+
+def test_ablation_switches():
+    x = torch.randn(1, 3, 224, 224)
+    for cfg in (ModelConfig(activation="tanh"), ModelConfig(lrn=False), ModelConfig(overlap_pool=False),
+                ModelConfig(dropout=0.0), ModelConfig(num_classes=10)):
+        out = AlexNet(cfg).eval()(x)
+        assert out.shape == (1, cfg.num_classes) and torch.isfinite(out).all()
+    assert isinstance(AlexNet(ModelConfig(activation="tanh")).act, torch.nn.Tanh)
+    assert AlexNet(ModelConfig(overlap_pool=False)).pool.kernel_size == 2
+    assert isinstance(AlexNet(ModelConfig(lrn=False)).lrn1, torch.nn.Identity)
+    with pytest.raises(ValueError, match="activation"):
+        ModelConfig(activation="sigmoid")
+
+
+def test_torchvision_weights_load_and_match():
+    reference = torchvision.models.alexnet().eval()
+    model = AlexNet(ModelConfig(variant="torchvision")).eval()
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    torch.testing.assert_close(model(x), reference(x))
+    assert count_parameters(model) == count_parameters(reference)
+
+
+def test_cifar_variant_is_alexnet_shaped():
+    model = AlexNet(ModelConfig(variant="cifar", num_classes=10, input_size=32, init="kaiming"))
+    assert model(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+    assert model.conv2.groups == 2 and model.pool.kernel_size == 3 and model.pool.stride == 2
+    assert not isinstance(model.lrn1, torch.nn.Identity)
+
+
+def test_fc7_features_are_the_last_hidden_layer():
+    model = AlexNet(ModelConfig(variant="cifar", num_classes=10, input_size=32)).eval()
+    feats = model.fc7_features(torch.randn(3, 3, 32, 32))
+    assert feats.shape == (3, model.fc7.out_features) and (feats >= 0).all()
