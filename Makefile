@@ -1,0 +1,33 @@
+# Two commands do all the set-up: `make demo` (train + evaluate the CIFAR-10 default) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+# The shared read-only data folder is this environment's local mirror (no internet here).
+ifeq ($(origin ALEXNET_MIRROR),undefined)
+ifneq ($(wildcard ../shared/data),)
+export ALEXNET_MIRROR := $(abspath ../shared/data)
+endif
+endif
+
+.PHONY: demo test install clean
+
+# --system-site-packages: where a suitable torch is already installed (e.g. a GPU machine's
+# torch 2.11), the venv uses it instead of downloading another one.
+$(BIN)/alexnet: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(BIN)/alexnet
+
+install: $(BIN)/alexnet
+
+demo: $(BIN)/alexnet
+	rm -rf runs/demo
+	$(BIN)/alexnet train --recipe cifar10 --out runs/demo
+	$(BIN)/alexnet eval --checkpoint runs/demo/checkpoints/last.pt
+
+test: $(BIN)/alexnet
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

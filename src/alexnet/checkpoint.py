@@ -1,0 +1,83 @@
+"""Checkpoints: one self-describing dict, written atomically, read without unpickling code.
+
+A checkpoint holds ``format``, ``config`` (the resolved run config as plain data), ``model``
+(state_dict of the unwrapped model) and, from training, ``optimizer``, ``schedule``,
+``scaler``, ``epoch``, ``best_val_top1_err`` and ``rng``. Everything is tensors, numbers,
+strings, lists and dicts, so ``torch.load(..., weights_only=True)`` reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UsageError
+from .model import AlexNet, ModelConfig
+
+FORMAT = "alexnet-checkpoint-v1"
+
+
+def save_checkpoint(path: str | os.PathLike, model: AlexNet, config: dict[str, Any] | None = None, **state) -> Path:
+    """Write ``model`` (and any training ``state``) to ``path`` atomically: temp file, fsync, rename."""
+    path = Path(path)
+    config = dict(config or {})
+    config.setdefault("model", dataclasses.asdict(unwrap(model).config))
+    payload = {"format": FORMAT, "config": config, "model": unwrap(model).state_dict(), **state}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; anything else is refused with a clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} not found; pass the .pt file a training run wrote (RUN_DIR/checkpoints/last.pt)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"checkpoint {path} refused: it needs arbitrary unpickling, which could run code ({first})") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise UsageError(f"checkpoint {path} is unreadable or truncated ({type(err).__name__}); use another checkpoint") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UsageError(f"checkpoint {path} is not an alexnet checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def model_config(ckpt: dict[str, Any]) -> ModelConfig:
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    stored = ckpt.get("config", {}).get("model", {})
+    return ModelConfig(**{k: v for k, v in stored.items() if k in fields})
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> AlexNet:
+    """The network stored in any checkpoint, in eval mode."""
+    ckpt = load_checkpoint(path, map_location)
+    model = AlexNet(model_config(ckpt))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside DDP and torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner

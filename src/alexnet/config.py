@@ -1,0 +1,181 @@
+"""Configuration: one dataclass per concern, TOML recipes, dotted command-line overrides.
+
+A recipe is a TOML file with the sections ``[model]``, ``[data]``, ``[optim]``, ``[train]``
+and top-level keys (``seed``). Overrides such as ``optim.lr=0.02 model.lrn=false`` are parsed
+as TOML values and checked against the dataclass fields; an unknown key is an error that
+lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .errors import UsageError
+from .model import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"  # cifar10 (the embedded default) | imagenet (a prepared folder)
+    path: str = ""  # explicit data location; empty: cache, mirror, then download
+    batch_size: int = 128  # images per optimiser step (all processes together)
+    eval_batch_size: int = 512  # images per evaluation batch
+    limit: int = 0  # >0: a seeded, class-balanced subset of this many images per split
+    crop_padding: int = 4  # random-crop padding in pixels (CIFAR); 0 disables the crop
+    flip: bool = True  # random horizontal flips (section 4.1)
+    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)  # per-channel mean, 0..1 scale
+    std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)  # per-channel std, 0..1 scale
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 90  # passes over the training set
+    lr: float = 0.01  # peak learning rate for batch_size images (section 5)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4  # on weights only; biases are not decayed by default
+    decay_biases: bool = False  # the paper decays every parameter
+    schedule: str = "plateau"  # plateau | step | onecycle | cosine
+    warmup_epochs: float = 0.0  # linear warm-up (onecycle, cosine)
+    plateau_patience: int = 3  # epochs without a new best validation error before lr /= 10
+    plateau_max_drops: int = 3  # the paper divided the rate three times
+    step_epochs: int = 30  # step: lr /= 10 every this many epochs
+    final_lr_fraction: float = 0.0  # onecycle/cosine: last lr as a fraction of the peak
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "bf16"  # fp32 | bf16 | fp16 (autocast; fp16 uses a grad scaler)
+    channels_last: bool = True
+    threads: int = 0  # CPU threads for torch; 0 leaves torch's default
+    eval_every: int = 1  # epochs between validation passes (the last epoch always evaluates)
+    eval_flip: bool = False  # average the softmax of each image and its mirror when validating
+    progress: bool = True  # progress bar on stderr
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    recipe: str = "cifar10"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.name.removesuffix(".toml") for p in resources.files("alexnet.recipes").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def read_recipe(name_or_file: str) -> dict[str, Any]:
+    """A recipe by name (``cifar10``, ``paper``) or a path to a TOML file."""
+    path = Path(name_or_file)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UsageError(f"recipe file {path} not found; give a TOML file or one of: {', '.join(recipe_names())}")
+        text = path.read_text()
+    else:
+        if name_or_file not in recipe_names():
+            raise UsageError(f"unknown recipe {name_or_file!r}; choose one of: {', '.join(recipe_names())} or a .toml file")
+        text = resources.files("alexnet.recipes").joinpath(f"{name_or_file}.toml").read_text()
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"recipe {name_or_file}: invalid TOML: {err}") from None
+
+
+def valid_keys() -> list[str]:
+    keys = [f.name for f in dataclasses.fields(RunConfig) if f.name not in SECTIONS]
+    for section, cls in SECTIONS.items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``optim.lr=0.02`` -> ("optim.lr", 0.02); values are TOML, bare words are strings."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"override {text!r} is not key=value (e.g. optim.lr=0.02)")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def build_config(recipe: dict[str, Any], overrides: list[str] = ()) -> RunConfig:
+    """Recipe values, then overrides, checked against the dataclasses."""
+    flat = _flatten(recipe)
+    flat.update(parse_override(o) for o in overrides)
+    unknown = sorted(k for k in flat if k not in valid_keys())
+    if unknown:
+        raise UsageError(f"unknown config key {unknown[0]!r}; valid keys: {' '.join(valid_keys())}")
+    return from_flat(flat)
+
+
+def from_flat(flat: dict[str, Any]) -> RunConfig:
+    top = {k: v for k, v in flat.items() if "." not in k}
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(name + ".")}
+        sections[name] = _make(cls, name, values)
+    return RunConfig(**top, **sections)
+
+
+def _make(cls, section: str, values: dict[str, Any]):
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        expected = str(types[key])
+        if "tuple" in expected and isinstance(value, list):
+            values[key] = tuple(value)
+        elif expected == "float" and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = float(value)
+        elif not _type_ok(expected, values[key]):
+            raise UsageError(f"{section}.{key} must be {expected}, got {value!r}")
+    try:
+        return cls(**values)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _type_ok(expected: str, value: Any) -> bool:
+    checks = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool), "float": lambda v: isinstance(v, float),
+              "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}
+    return checks.get(expected, lambda v: True)(value)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_toml(config: RunConfig) -> str:
+    tree = to_dict(config)
+    return tomli_w.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in tree.items()})
+
+
+def config_from_dict(tree: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig from ``to_dict`` output (e.g. stored in a checkpoint)."""
+    return from_flat(_flatten(tree))

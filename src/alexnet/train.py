@@ -1,0 +1,232 @@
+"""The training loop: one code path for CPU and GPU, with mixed precision, checkpoints and resume.
+
+Data flow: uint8 images (on the device when it is a GPU) -> a batch of indices -> random
+crop + flip on uint8 -> normalise to float on the device -> model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from . import config as cfgmod
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data.augment import flip_lr, normalize, random_crop
+from .data.datasets import load_dataset
+from .errors import UsageError
+from .evaluate import evaluate, topk_hits
+from .model import AlexNet
+from .runtime import autocast, device_name, git_commit, log, pick_device, seed_everything, set_threads
+from .schedule import Schedule
+
+
+@dataclass
+class Progress:
+    """What a checkpoint must carry to continue a run."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    best_val_top1_err: float = math.inf
+    last_eval: dict = field(default_factory=dict)
+
+
+def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
+    """Run (or continue) training into the run folder ``out``; returns the summary."""
+    set_threads(config.train.threads)
+    seed_everything(config.seed)
+    device = pick_device(config.train.device)
+    data = load_dataset(config.data, config.seed)
+    model = AlexNet(config.model).to(device)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    steps_per_epoch = max(1, len(data.train_labels) // config.data.batch_size)
+    optimizer = make_optimizer(model, config.optim)
+    schedule = Schedule(config.optim, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
+    progress = Progress()
+    ckpt_dir = _prepare_run_dir(out, config, resume)
+    if resume:
+        progress = _restore(ckpt_dir / "last.pt", model, optimizer, schedule, scaler)
+    train_images = data.train_images.to(device)  # uint8: 150 MB for CIFAR-10
+    writer = _tensorboard(out)
+    log(f"training {config.recipe}: {len(data.train_labels)} images, {steps_per_epoch} steps/epoch, "
+        f"{config.optim.epochs} epochs on {device_name(device)}")
+    while progress.epoch < config.optim.epochs:
+        epoch_metrics = train_epoch(model, optimizer, schedule, scaler, train_images, data.train_labels,
+                                    config, device, progress)
+        progress.epoch += 1
+        last = progress.epoch == config.optim.epochs
+        if last or progress.epoch % config.train.eval_every == 0:
+            started = time.perf_counter()
+            progress.last_eval = evaluate(model, data.val_images, data.val_labels, device=device,
+                                          batch_size=config.data.eval_batch_size, mean=config.data.mean,
+                                          std=config.data.std, precision=config.train.precision,
+                                          channels_last=config.train.channels_last, flip=config.train.eval_flip)
+            progress.train_seconds += time.perf_counter() - started
+            if schedule.end_epoch(progress.last_eval["val_top1_err"]):
+                log(f"validation error stopped improving: learning rate / 10 (drop {schedule.drops})")
+        row = _epoch_row(progress, epoch_metrics, schedule)
+        _append_metrics(out, row, writer)
+        _save_epoch(ckpt_dir, model, config, optimizer, schedule, scaler, progress)
+    writer.close()
+    summary = _summary(progress, config, device)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def make_optimizer(model: torch.nn.Module, cfg: cfgmod.OptimConfig) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on weights (and on biases too if ``decay_biases``, as the paper)."""
+    decay = [p for n, p in model.named_parameters() if cfg.decay_biases or not n.endswith("bias")]
+    no_decay = [p for n, p in model.named_parameters() if not cfg.decay_biases and n.endswith("bias")]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def augment_batch(images: torch.Tensor, config: cfgmod.RunConfig, generator: torch.Generator) -> torch.Tensor:
+    """The training pipeline: uint8 crop and flip, then float normalisation on the device."""
+    size = config.model.input_size
+    x = random_crop(images, size, config.data.crop_padding, generator)
+    if config.data.flip:
+        x = flip_lr(x, generator)
+    return normalize(x, config.data.mean, config.data.std, config.train.channels_last)
+
+
+def train_epoch(model, optimizer, schedule, scaler, images, labels, config, device, progress: Progress) -> dict:
+    """One pass over a seeded permutation of the training set; updates ``progress`` in place."""
+    model.train()
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + progress.epoch)
+    batch = config.data.batch_size
+    order = torch.randperm(len(labels), generator=generator)
+    steps = len(labels) // batch  # drop the ragged last batch: every step sees `batch` images
+    loss_sum, correct, started = torch.zeros((), device=device), 0, time.perf_counter()
+    bar = tqdm(total=steps, desc=f"epoch {progress.epoch + 1}/{config.optim.epochs}", file=sys.stderr,
+               disable=not config.train.progress, unit="step", leave=False, dynamic_ncols=True)
+    for i in range(steps):
+        idx = order[i * batch:(i + 1) * batch]
+        x = augment_batch(images[idx.to(images.device)], config, generator)
+        y = labels[idx].to(device, non_blocking=True)
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr(progress.step)
+        loss, logits = train_step(model, optimizer, scaler, x, y, config, device)
+        loss_sum += loss.detach()
+        correct += topk_hits(logits.detach().float(), y)[0]
+        progress.step += 1
+        if i % 10 == 9 or i == steps - 1:
+            _update_bar(bar, i + 1, loss_sum, batch, started, progress, config, steps)
+    bar.close()
+    seconds = time.perf_counter() - started
+    progress.train_seconds += seconds
+    progress.images_seen += steps * batch
+    return {"train_loss": loss_sum.item() / steps, "train_top1_err": 1 - correct / (steps * batch),
+            "images_per_s": steps * batch / seconds}
+
+
+def train_step(model, optimizer, scaler, x, y, config, device):
+    with autocast(device, config.train.precision):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.optim.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, logits
+
+
+def _update_bar(bar, done, loss_sum, batch, started, progress, config, steps):
+    rate = done * batch / (time.perf_counter() - started)
+    remaining = (config.optim.epochs - progress.epoch) * steps - done
+    bar.set_postfix_str(f"loss {loss_sum.item() / done:.3f}  {rate:.0f} img/s  run ETA {_clock(remaining * batch / rate)}")
+    bar.update(done - bar.n)
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(max(0, seconds)))
+
+
+def _epoch_row(progress: Progress, epoch_metrics: dict, schedule: Schedule) -> dict:
+    row = {"epoch": progress.epoch, **epoch_metrics}
+    row["val_top1_err"] = progress.last_eval.get("val_top1_err")
+    row["val_top5_err"] = progress.last_eval.get("val_top5_err")
+    row["lr"] = schedule.lr(max(0, progress.step - 1))
+    row["elapsed_s"] = round(progress.train_seconds, 2)
+    if row["val_top1_err"] is not None:
+        progress.best_val_top1_err = min(progress.best_val_top1_err, row["val_top1_err"])
+    return row
+
+
+def _prepare_run_dir(out: Path, config: cfgmod.RunConfig, resume: bool) -> Path:
+    ckpt_dir = out / "checkpoints"
+    if resume and not (ckpt_dir / "last.pt").is_file():
+        raise UsageError(f"--resume: no checkpoint at {ckpt_dir / 'last.pt'}; start without --resume")
+    if not resume and (ckpt_dir / "last.pt").exists():
+        raise UsageError(f"run folder {out} already holds a run; pass --resume to continue it or choose another --out")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(cfgmod.to_toml(config))
+    return ckpt_dir
+
+
+def _restore(path: Path, model, optimizer, schedule, scaler) -> Progress:
+    ckpt = load_checkpoint(path)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    schedule.load_state_dict(ckpt["schedule"])
+    scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    progress = Progress(**ckpt["progress"])
+    log(f"resuming from {path} after epoch {progress.epoch}")
+    return progress
+
+
+def _save_epoch(ckpt_dir, model, config, optimizer, schedule, scaler, progress: Progress) -> None:
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
+             "progress": vars(progress), "rng": rng}
+    save_checkpoint(ckpt_dir / "last.pt", model, cfgmod.to_dict(config), **state)
+    if progress.last_eval and progress.last_eval["val_top1_err"] <= progress.best_val_top1_err:
+        save_checkpoint(ckpt_dir / "best.pt", model, cfgmod.to_dict(config), progress=vars(progress))
+
+
+def _append_metrics(out: Path, row: dict, writer) -> None:
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    for key, value in row.items():
+        if key != "epoch" and value is not None:
+            writer.add_scalar(key, value, row["epoch"])
+    writer.flush()
+    errs = f"val top-1 {row['val_top1_err']:.4f}  top-5 {row['val_top5_err']:.4f}" if row["val_top1_err"] is not None else ""
+    log(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  train err {row['train_top1_err']:.4f}  {errs}  "
+        f"{row['images_per_s']:.0f} img/s  {row['elapsed_s']:.0f}s")
+
+
+def _tensorboard(out: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(out))
+
+
+def _summary(progress: Progress, config: cfgmod.RunConfig, device: torch.device) -> dict:
+    return {
+        "val_top1_err": progress.last_eval.get("val_top1_err"),
+        "val_top5_err": progress.last_eval.get("val_top5_err"),
+        "best_val_top1_err": progress.best_val_top1_err,
+        "examples": progress.last_eval.get("examples"),
+        "epochs": progress.epoch,
+        "train_seconds": round(progress.train_seconds, 2),
+        "images_per_s": round(progress.images_seen / max(progress.train_seconds, 1e-9), 1),
+        "device": device_name(device),
+        "torch_version": torch.__version__,
+        "git_commit": git_commit(),
+        "recipe": config.recipe,
+    }
