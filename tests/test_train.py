@@ -1,0 +1,68 @@
+"""End to end on real CIFAR-10 images from the local mirror: a one-epoch smoke run, resume and eval."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from alexnet.cli import main
+
+MIRROR = Path(os.environ.get("ALEXNET_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+TARBALL = MIRROR / "cifar10-jpeg.tar.gz"
+SMOKE = ["data.limit=512", "optim.epochs=1", "data.batch_size=16", "optim.lr=0.003", "optim.warmup_epochs=0",
+         "optim.label_smoothing=0", "model.dropout=0", "model.width=0.5", "train.progress=false",
+         "data.eval_batch_size=256", f"data.path={json.dumps(str(TARBALL))}"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    if not TARBALL.exists():
+        pytest.fail(f"CIFAR-10 mirror not found at {TARBALL}; set ALEXNET_MIRROR to the shared data folder")
+    os.environ["ALEXNET_DATA"] = str(tmp_path_factory.mktemp("cache"))
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    assert main(["train", "--out", str(out), *SMOKE]) == 0
+    return out
+
+
+def test_one_epoch_learns_above_chance(smoke_run):
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["examples"] == 512
+    assert summary["val_top1_err"] < 0.86  # chance is 0.9 (sd 0.013 on 512 images): 3 sd below
+    for key in ("val_top5_err", "train_seconds", "images_per_s", "device", "torch_version", "git_commit"):
+        assert key in summary
+
+
+def test_run_folder_contract(smoke_run):
+    rows = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1]
+    assert set(rows[0]) >= {"epoch", "train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "lr",
+                            "images_per_s", "elapsed_s"}
+    assert (smoke_run / "config.toml").read_text().count("limit = 512") == 1
+    assert (smoke_run / "checkpoints" / "last.pt").is_file() and (smoke_run / "checkpoints" / "best.pt").is_file()
+    assert list(smoke_run.glob("events.out.tfevents.*"))
+
+
+def test_eval_prints_one_json_line(smoke_run, capsys):
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(smoke_run / "checkpoints" / "last.pt")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert len(lines) == 1 and result["examples"] == 512
+    assert result["val_top1_err"] == pytest.approx(summary["val_top1_err"], abs=0.01)
+    assert 0 <= result["val_top5_err"] <= result["val_top1_err"]
+
+
+def test_resume_continues_to_more_epochs(smoke_run):
+    assert main(["train", "--out", str(smoke_run), "--resume", "optim.epochs=2"]) == 0
+    rows = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "x"), "optim.nope=1"]) == 2
+    assert "valid keys" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "y"), "--data", str(tmp_path / "missing")]) == 2
+    assert str(tmp_path / "missing") in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 2
