@@ -39,3 +39,15 @@ def test_lrn_equals_torch_module_and_runs_in_bfloat16():
     out = LocalResponseNorm()(a.bfloat16())
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), lrn_formula(a), atol=0.05, rtol=0.01)
+
+
+def test_fused_relu_lrn_equals_relu_then_lrn_with_gradients():
+    z = (torch.randn(2, 10, 5, 5) * 30).requires_grad_()
+    z2 = z.detach().clone().requires_grad_()
+    grad = torch.randn(2, 10, 5, 5)
+    LocalResponseNorm()(z, relu=True).backward(grad)
+    lrn_formula(torch.relu(z2)).backward(grad)
+    torch.testing.assert_close(z.grad, z2.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(LocalResponseNorm()(z.detach(), relu=True), lrn_formula(torch.relu(z.detach())),
+                               atol=1e-5, rtol=1e-5)
+    assert torch.all(z.grad[z.detach() < 0] == 0)

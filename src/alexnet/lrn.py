@@ -21,6 +21,7 @@ tests check it against the formula to 1e-5.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import torch
@@ -50,25 +51,34 @@ def _neg_pow(d: torch.Tensor, beta: float) -> torch.Tensor:
     return d.pow(-beta)
 
 
-def lrn_forward(x, band, k: float, alpha: float, beta: float, size: int):
-    """Returns (output, window sum of squares); the window sum is kept for the backward pass."""
+def lrn_forward(z, band, k: float, alpha: float, beta: float, size: int, relu: bool):
+    """Returns (output, window sum of squares); the window sum is kept for the backward pass.
+
+    With ``relu`` the input is the pre-activation and ReLU is applied first, in the same pass.
+    """
+    x = torch.relu(z) if relu else z
     s = window_sum(x * x, band)
     d = k + (alpha / size) * s.float()
     return (x.float() * _neg_pow(d, beta)).to(x.dtype), s
 
 
-def lrn_backward(x, s, grad, band, k: float, alpha: float, beta: float, size: int):
+def lrn_backward(z, s, grad, band, k: float, alpha: float, beta: float, size: int, relu: bool):
     """d b_i / d a_j by hand: grad * d^-beta - 2 alpha beta / n * a * window_sum(grad * a * d^(-beta-1))."""
+    x = torch.relu(z) if relu else z
     xf, g = x.float(), grad.float()
     d = k + (alpha / size) * s.float()
     d_neg_beta = _neg_pow(d, beta)
     spread = window_sum((g * xf * d_neg_beta / d).to(x.dtype), band)
-    return (g * d_neg_beta - (2 * alpha * beta / size) * xf * spread.float()).to(x.dtype)
+    grad_x = g * d_neg_beta - (2 * alpha * beta / size) * xf * spread.float()
+    if relu:
+        grad_x = torch.where(z > 0, grad_x, 0.0)
+    return grad_x.to(x.dtype)
 
 
 @functools.cache
 def _kernels():
     """The fused (compiled) kernels, or the eager functions when compiling is off or unavailable."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" noise
     if os.environ.get("ALEXNET_COMPILE", "1") == "0" or not hasattr(torch, "compile"):
         return lrn_forward, lrn_backward
     return torch.compile(lrn_forward), torch.compile(lrn_backward)
@@ -76,18 +86,18 @@ def _kernels():
 
 class _LRNFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, k, alpha, beta, size):
+    def forward(ctx, x, k, alpha, beta, size, relu):
         band = band_matrix(x.shape[1], size, x.dtype, x.device)
-        y, s = _run(0, x, band, k, alpha, beta, size)
+        y, s = _run(0, x, band, k, alpha, beta, size, relu)
         ctx.save_for_backward(x, s, band)
-        ctx.hyper = (k, alpha, beta, size)
+        ctx.hyper = (k, alpha, beta, size, relu)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         x, s, band = ctx.saved_tensors
         grad = grad.contiguous(memory_format=_memory_format(x))
-        return _run(1, x, s, grad, band, *ctx.hyper), None, None, None, None
+        return _run(1, x, s, grad, band, *ctx.hyper), None, None, None, None, None
 
 
 def _run(which: int, *args):
@@ -116,11 +126,13 @@ class LocalResponseNorm(nn.Module):
         super().__init__()
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """LRN of ``x``; ``relu=True`` means LRN(ReLU(x)) in one fused pass (the paper's order)."""
         if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             # Exporters cannot see inside a custom autograd Function: use the standard op.
+            x = torch.relu(x) if relu else x
             return nn.functional.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
-        return _LRNFunction.apply(x, self.k, self.alpha, self.beta, self.size)
+        return _LRNFunction.apply(x, self.k, self.alpha, self.beta, self.size, relu)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha} (divided by size), beta={self.beta}, k={self.k}"

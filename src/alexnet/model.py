@@ -136,12 +136,18 @@ class AlexNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """conv1 ... pool5, flattened."""
-        x = self.pool(self.lrn1(self.act(self.conv1(x))))
-        x = self.pool(self.lrn2(self.act(self.conv2(x))))
+        x = self.pool(self.act_lrn(self.conv1(x), self.lrn1))
+        x = self.pool(self.act_lrn(self.conv2(x), self.lrn2))
         x = self.act(self.conv3(x))
         x = self.act(self.conv4(x))
         x = self.pool(self.act(self.conv5(x)))
         return torch.flatten(self.pool5_avg(x), 1)
+
+    def act_lrn(self, x: torch.Tensor, lrn: nn.Module) -> torch.Tensor:
+        """Activation, then LRN (section 3.3); ReLU and LRN run as one fused pass when both are on."""
+        if isinstance(lrn, LocalResponseNorm) and self.config.activation == "relu":
+            return lrn(x, relu=True)
+        return lrn(self.act(x))
 
     def fc7_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer (fc7 after ReLU), used for the paper's image retrieval."""
