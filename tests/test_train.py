@@ -66,3 +66,25 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "y"), "--data", str(tmp_path / "missing")]) == 2
     assert str(tmp_path / "missing") in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_one_step_in_each_precision_moves_the_weights(precision):
+    import torch
+
+    from alexnet import AlexNet
+    from alexnet.config import build_config, read_recipe
+    from alexnet.train import make_optimizer, train_step
+
+    config = build_config(read_recipe("cifar10"), ["model.width=0.25", f"train.precision={json.dumps(precision)}"])
+    model = AlexNet(config.model)
+    optimizer = make_optimizer(model, config.optim)
+    scaler = torch.amp.GradScaler("cpu", enabled=precision == "fp16")
+    before = model.conv1.weight.detach().clone()
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+    for _ in range(20):  # fp16 skips steps while the grad scaler backs off from 2**16
+        loss, logits = train_step(model, optimizer, scaler, x, y, config, torch.device("cpu"))
+        if not torch.equal(before, model.conv1.weight):
+            break
+    assert torch.isfinite(loss) and logits.shape == (8, 10)
+    assert not torch.equal(before, model.conv1.weight) and torch.isfinite(model.conv1.weight).all()

@@ -81,7 +81,8 @@ def _kernels():
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" noise
     if os.environ.get("ALEXNET_COMPILE", "1") == "0" or not hasattr(torch, "compile"):
         return lrn_forward, lrn_backward
-    return torch.compile(lrn_forward), torch.compile(lrn_backward)
+    # dynamic=False: one specialised kernel per shape (few: conv1, conv2 x train, eval batch).
+    return torch.compile(lrn_forward, dynamic=False), torch.compile(lrn_backward, dynamic=False)
 
 
 class _LRNFunction(torch.autograd.Function):
