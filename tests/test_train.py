@@ -16,10 +16,17 @@ SMOKE = ["data.limit=512", "optim.epochs=1", "data.batch_size=16", "optim.lr=0.0
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def data_cache(tmp_path_factory):
+    """A private decode cache for this module (the user's ~/.cache/alexnet stays untouched)."""
     if not TARBALL.exists():
         pytest.fail(f"CIFAR-10 mirror not found at {TARBALL}; set ALEXNET_MIRROR to the shared data folder")
-    os.environ["ALEXNET_DATA"] = str(tmp_path_factory.mktemp("cache"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ALEXNET_DATA", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, data_cache):
     out = tmp_path_factory.mktemp("runs") / "smoke"
     assert main(["train", "--out", str(out), *SMOKE]) == 0
     return out
@@ -55,9 +62,11 @@ def test_eval_prints_one_json_line(smoke_run, capsys):
 
 
 def test_resume_continues_to_more_epochs(smoke_run):
-    assert main(["train", "--out", str(smoke_run), "--resume", "optim.epochs=2"]) == 0
+    assert main(["train", "--out", str(smoke_run), "--resume", "optim.epochs=3", "train.eval_every=3"]) == 0
     rows = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[1]["val_top1_err"] is None and rows[2]["val_top1_err"] is not None  # epoch 2 had no validation
+    assert json.loads((smoke_run / "summary.json").read_text())["epochs"] == 3
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
@@ -88,3 +97,14 @@ def test_one_step_in_each_precision_moves_the_weights(precision):
             break
     assert torch.isfinite(loss) and logits.shape == (8, 10)
     assert not torch.equal(before, model.conv1.weight) and torch.isfinite(model.conv1.weight).all()
+
+
+def test_paper_recipe_runs_on_cifar_with_its_plateau_schedule(tmp_path, data_cache):
+    out = tmp_path / "paper"
+    args = ["train", "--recipe", "paper", "--out", str(out), "data.dataset=cifar10", "model.variant=cifar",
+            "model.num_classes=10", "model.input_size=32", "model.width=0.25", "data.limit=128", "optim.epochs=1",
+            "data.eval_batch_size=128", "train.progress=false", f"data.path={json.dumps(str(TARBALL))}"]
+    assert main(args) == 0
+    checkpoint = __import__("alexnet").load_checkpoint(out / "checkpoints" / "last.pt")
+    assert checkpoint["config"]["optim"]["schedule"] == "plateau" and checkpoint["config"]["data"]["batch_size"] == 128
+    assert checkpoint["schedule"]["best"] < 1.0 and checkpoint["progress"]["epoch"] == 1

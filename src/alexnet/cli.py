@@ -18,7 +18,7 @@ from .errors import UsageError
 TRAIN_EXAMPLES = """examples:
   alexnet train                                   # CIFAR-10 default recipe into runs/cifar10-<time>
   alexnet train --recipe cifar10 --out runs/demo optim.epochs=2 model.lrn=false
-  alexnet train --recipe paper --data /data/imagenet-prepared
+  alexnet train --recipe my_recipe.toml seed=1 data.batch_size=64 train.precision=fp32
   alexnet train --out runs/demo --resume          # continue a stopped run
 """
 EVAL_EXAMPLES = """examples:

@@ -65,8 +65,8 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
         epoch_metrics = train_epoch(model, optimizer, schedule, scaler, train_images, data.train_labels,
                                     config, device, progress)
         progress.epoch += 1
-        last = progress.epoch == config.optim.epochs
-        if last or progress.epoch % config.train.eval_every == 0:
+        evaluated = progress.epoch == config.optim.epochs or progress.epoch % config.train.eval_every == 0
+        if evaluated:
             started = time.perf_counter()
             progress.last_eval = evaluate(model, data.val_images, data.val_labels, device=device,
                                           batch_size=config.data.eval_batch_size, mean=config.data.mean,
@@ -75,9 +75,9 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
             progress.train_seconds += time.perf_counter() - started
             if schedule.end_epoch(progress.last_eval["val_top1_err"]):
                 log(f"validation error stopped improving: learning rate / 10 (drop {schedule.drops})")
-        row = _epoch_row(progress, epoch_metrics, schedule)
+        row = _epoch_row(progress, epoch_metrics, schedule, evaluated)
         _append_metrics(out, row, writer)
-        _save_epoch(ckpt_dir, model, config, optimizer, schedule, scaler, progress)
+        _save_epoch(ckpt_dir, model, config, optimizer, schedule, scaler, progress, evaluated)
     writer.close()
     summary = _summary(progress, config, device)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -153,10 +153,11 @@ def _clock(seconds: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(max(0, seconds)))
 
 
-def _epoch_row(progress: Progress, epoch_metrics: dict, schedule: Schedule) -> dict:
+def _epoch_row(progress: Progress, epoch_metrics: dict, schedule: Schedule, evaluated: bool) -> dict:
+    """One metrics.jsonl line; the validation errors are null in epochs without a validation pass."""
     row = {"epoch": progress.epoch, **epoch_metrics}
-    row["val_top1_err"] = progress.last_eval.get("val_top1_err")
-    row["val_top5_err"] = progress.last_eval.get("val_top5_err")
+    row["val_top1_err"] = progress.last_eval["val_top1_err"] if evaluated else None
+    row["val_top5_err"] = progress.last_eval["val_top5_err"] if evaluated else None
     row["lr"] = schedule.lr(max(0, progress.step - 1))
     row["elapsed_s"] = round(progress.train_seconds, 2)
     if row["val_top1_err"] is not None:
@@ -189,12 +190,13 @@ def _restore(path: Path, model, optimizer, schedule, scaler) -> Progress:
     return progress
 
 
-def _save_epoch(ckpt_dir, model, config, optimizer, schedule, scaler, progress: Progress) -> None:
+def _save_epoch(ckpt_dir, model, config, optimizer, schedule, scaler, progress: Progress, evaluated: bool) -> None:
+    """last.pt every epoch; best.pt when this epoch's validation error is the best so far."""
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
              "progress": vars(progress), "rng": rng}
     save_checkpoint(ckpt_dir / "last.pt", model, cfgmod.to_dict(config), **state)
-    if progress.last_eval and progress.last_eval["val_top1_err"] <= progress.best_val_top1_err:
+    if evaluated and progress.last_eval["val_top1_err"] <= progress.best_val_top1_err:
         save_checkpoint(ckpt_dir / "best.pt", model, cfgmod.to_dict(config), progress=vars(progress))
 
 
