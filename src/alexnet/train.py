@@ -89,7 +89,7 @@ def make_optimizer(model: torch.nn.Module, cfg: cfgmod.OptimConfig) -> torch.opt
     decay = [p for n, p in model.named_parameters() if cfg.decay_biases or not n.endswith("bias")]
     no_decay = [p for n, p in model.named_parameters() if not cfg.decay_biases and n.endswith("bias")]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True)
 
 
 def augment_batch(images: torch.Tensor, config: cfgmod.RunConfig, generator: torch.Generator) -> torch.Tensor:
