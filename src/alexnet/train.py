@@ -22,7 +22,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data.augment import flip_lr, normalize, random_crop
 from .data.datasets import load_dataset
 from .errors import UsageError
-from .evaluate import evaluate, topk_hits
+from .evaluate import evaluate
 from .model import AlexNet
 from .runtime import autocast, device_name, git_commit, log, pick_device, seed_everything, set_threads
 from .schedule import Schedule
@@ -49,7 +49,10 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
     model = AlexNet(config.model).to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    steps_per_epoch = max(1, len(data.train_labels) // config.data.batch_size)
+    steps_per_epoch = len(data.train_labels) // config.data.batch_size
+    if steps_per_epoch == 0:
+        raise UsageError(f"data.batch_size={config.data.batch_size} is larger than the {len(data.train_labels)} "
+                         "training images; lower data.batch_size or raise data.limit")
     optimizer = make_optimizer(model, config.optim)
     schedule = Schedule(config.optim, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
@@ -89,7 +92,8 @@ def make_optimizer(model: torch.nn.Module, cfg: cfgmod.OptimConfig) -> torch.opt
     decay = [p for n, p in model.named_parameters() if cfg.decay_biases or not n.endswith("bias")]
     no_decay = [p for n, p in model.named_parameters() if not cfg.decay_biases and n.endswith("bias")]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True)
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov, foreach=True)
 
 
 def augment_batch(images: torch.Tensor, config: cfgmod.RunConfig, generator: torch.Generator) -> torch.Tensor:
@@ -108,7 +112,8 @@ def train_epoch(model, optimizer, schedule, scaler, images, labels, config, devi
     batch = config.data.batch_size
     order = torch.randperm(len(labels), generator=generator)
     steps = len(labels) // batch  # drop the ragged last batch: every step sees `batch` images
-    loss_sum, correct, started = torch.zeros((), device=device), 0, time.perf_counter()
+    # Sums stay on the device: no host synchronisation inside the loop.
+    loss_sum, correct, started = torch.zeros((), device=device), torch.zeros((), device=device), time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {progress.epoch + 1}/{config.optim.epochs}", file=sys.stderr,
                disable=not config.train.progress, unit="step", leave=False, dynamic_ncols=True)
     for i in range(steps):
@@ -119,15 +124,15 @@ def train_epoch(model, optimizer, schedule, scaler, images, labels, config, devi
             group["lr"] = schedule.lr(progress.step)
         loss, logits = train_step(model, optimizer, scaler, x, y, config, device)
         loss_sum += loss.detach()
-        correct += topk_hits(logits.detach().float(), y)[0]
+        correct += (logits.detach().argmax(1) == y).sum()
         progress.step += 1
-        if i % 10 == 9 or i == steps - 1:
+        if not bar.disable and (i % 10 == 9 or i == steps - 1):
             _update_bar(bar, i + 1, loss_sum, batch, started, progress, config, steps)
     bar.close()
     seconds = time.perf_counter() - started
     progress.train_seconds += seconds
     progress.images_seen += steps * batch
-    return {"train_loss": loss_sum.item() / steps, "train_top1_err": 1 - correct / (steps * batch),
+    return {"train_loss": loss_sum.item() / steps, "train_top1_err": 1 - correct.item() / (steps * batch),
             "images_per_s": steps * batch / seconds}
 
 
