@@ -70,8 +70,21 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """The network stored in any checkpoint, in eval mode."""
     ckpt = load_checkpoint(path, map_location)
     model = AlexNet(model_config(ckpt))
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt, path)
     return model.eval()
+
+
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Load ``ckpt``'s weights into ``model``, or refuse naming the first layer whose shape differs."""
+    own = unwrap(model).state_dict()
+    for key, value in ckpt["model"].items():
+        if key in own and own[key].shape != value.shape:
+            raise UsageError(f"checkpoint {path} does not fit the requested model: {key} is {tuple(value.shape)} "
+                             f"in the checkpoint but {tuple(own[key].shape)} here (check model.num_classes / model.*)")
+    try:
+        unwrap(model).load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise UsageError(f"checkpoint {path} does not fit the requested model: {str(err).splitlines()[0]}") from None
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

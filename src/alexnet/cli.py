@@ -41,7 +41,59 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, type=Path)
     ev.add_argument("--data", help="dataset location (default: the one in the checkpoint's config)")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.limit=1000")
+    add_prepare_parser(commands)
+    exp = commands.add_parser("export", help="write a checkpoint's weights in another format",
+                              epilog="examples:\n  alexnet export --checkpoint runs/demo/checkpoints/best.pt "
+                                     "--format safetensors --out alexnet-cifar10.safetensors",
+                              formatter_class=fmt)
+    exp.add_argument("--checkpoint", required=True, type=Path)
+    exp.add_argument("--format", default="safetensors", choices=["safetensors"])
+    exp.add_argument("--out", required=True, type=Path)
     return parser
+
+
+PREPARE_EXAMPLES = """examples:
+  alexnet prepare imagenet --src /data/ilsvrc2012 --out /data/imagenet-256   # official tars + devkit
+  alexnet prepare imagenet --src /data/my_images --out /data/mine --workers 8  # any ImageFolder (train/, val/)
+  alexnet prepare imagenet --src /data/ilsvrc2012 --out /data/imagenet-raw --format raw
+  alexnet prepare cifar10                                 # decode CIFAR-10 once into the cache
+"""
+
+
+def add_prepare_parser(commands) -> None:
+    prep = commands.add_parser("prepare", help="decode a dataset once into the fast prepared format",
+                               epilog=PREPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    prep.add_argument("dataset", choices=["imagenet", "cifar10"])
+    prep.add_argument("--src", type=Path, help="imagenet: folder with the ILSVRC-2012 tars/devkit, extracted folders or an ImageFolder; "
+                                               "cifar10: archive, batches folder or ImageFolder (default: cache, mirror, download)")
+    prep.add_argument("--out", type=Path, help="imagenet: output folder for shards, manifests and statistics")
+    prep.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
+    prep.add_argument("--format", choices=["jpeg", "raw"], default="jpeg",
+                      help="jpeg: quality-90 JPEG records (about 35 GB for ImageNet); raw: uint8 pixels (about 252 GB)")
+
+
+def cmd_prepare(args) -> int:
+    if args.dataset == "cifar10":
+        from .data.cifar import load_cifar10
+
+        train, test = load_cifar10(str(args.src) if args.src else None)
+        print(json.dumps({"dataset": "cifar10", "train": len(train.labels), "test": len(test.labels)}))
+        return 0
+    from .data.imagenet import prepare_imagenet
+
+    if args.src is None or args.out is None:
+        raise UsageError("prepare imagenet needs --src PATH (the ILSVRC-2012 files or an ImageFolder) and --out DIR")
+    summary = prepare_imagenet(args.src, args.out, workers=args.workers, fmt=args.format)
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    path = export(args.checkpoint, args.format, args.out)
+    print(json.dumps({"format": args.format, "out": str(path)}))
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -68,7 +120,7 @@ def _checkpoint_config(path: Path) -> dict:
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, load_weights
     from .data.datasets import load_dataset
     from .evaluate import evaluate
     from .model import AlexNet
@@ -79,8 +131,11 @@ def cmd_eval(args) -> int:
     config = cfgmod.build_config(ckpt.get("config", {}), overrides)
     device = pick_device(config.train.device)
     model = AlexNet(config.model)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt, args.checkpoint)
     data = load_dataset(config.data, config.seed)
+    if len(data.classes) != config.model.num_classes:
+        raise UsageError(f"checkpoint {args.checkpoint} has {config.model.num_classes} classes but the dataset "
+                         f"has {len(data.classes)}; evaluate it on the data it was trained for")
     result = evaluate(model.to(device), data.val_images, data.val_labels, batch_size=config.data.eval_batch_size,
                       device=device, mean=config.data.mean, std=config.data.std, precision=config.train.precision,
                       channels_last=config.train.channels_last, flip=config.train.eval_flip)
@@ -90,7 +145,7 @@ def cmd_eval(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "prepare": cmd_prepare, "export": cmd_export}
     try:
         return handlers[args.command](args)
     except UsageError as err:

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from . import config as cfgmod
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .data.augment import flip_lr, normalize, random_crop
 from .data.datasets import load_dataset
 from .errors import UsageError
@@ -183,7 +183,7 @@ def _prepare_run_dir(out: Path, config: cfgmod.RunConfig, resume: bool) -> Path:
 
 def _restore(path: Path, model, optimizer, schedule, scaler) -> Progress:
     ckpt = load_checkpoint(path)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt, path)
     optimizer.load_state_dict(ckpt["optimizer"])
     schedule.load_state_dict(ckpt["schedule"])
     scaler.load_state_dict(ckpt["scaler"])
