@@ -1,6 +1,7 @@
 import torch
 
-from alexnet.data.augment import center_crop, flip_lr, normalize, random_crop
+from alexnet.data.augment import (TEN_CROP_ORDER, center_crop, crop_at, flip_lr, flip_where, normalize, pca_lighting,
+                                  random_crop, random_crop_offsets, random_flips, subtract_mean_image, ten_crop)
 
 
 def index_images(n=6, size=8):
@@ -53,3 +54,68 @@ def test_center_crop_and_normalize():
     out = normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8), (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
     assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
+
+
+def test_random_crop_offsets_match_random_crop():
+    imgs = index_images(n=16, size=8)
+    dy, dx = random_crop_offsets(16, 8, 8, 5, torch.Generator().manual_seed(4))
+    assert torch.equal(crop_at(imgs, dy, dx, 5), random_crop(imgs, 5, 0, torch.Generator().manual_seed(4)))
+
+
+def test_mean_image_is_cut_at_the_same_window_as_each_crop_and_mirrored_with_it():
+    imgs = index_images(n=16, size=8)
+    mean_image = imgs[0].float() + 0.5  # same position code in channel 0 as every image
+    generator = torch.Generator().manual_seed(2)
+    dy, dx = random_crop_offsets(16, 8, 8, 5, generator)
+    flip = random_flips(16, generator)
+    crops = flip_where(crop_at(imgs, dy, dx, 5), flip)
+    mean_crops = flip_where(crop_at(mean_image, dy, dx, 5), flip)
+    out = subtract_mean_image(crops, mean_crops)
+    assert mean_crops.shape == (16, 3, 5, 5) and out.dtype == torch.float32
+    assert torch.all(out[:, 0] == -0.5)  # every pixel met its own mean pixel
+    assert flip.any() and not flip.all()
+    expected = subtract_mean_image(imgs, mean_image, channels_last=False)  # subtract at 256, then crop
+    torch.testing.assert_close(out, flip_where(crop_at(expected, dy, dx, 5), flip))
+
+
+def test_flip_lr_is_flip_where_random_flips():
+    imgs = index_images(n=32)
+    mask = random_flips(32, torch.Generator().manual_seed(5))
+    assert torch.equal(flip_lr(imgs, torch.Generator().manual_seed(5)), flip_where(imgs, mask))
+
+
+def test_ten_crop_gives_corners_centre_and_their_mirrors_image_major():
+    imgs = index_images(n=3, size=8)
+    out = ten_crop(imgs, 5)
+    assert out.shape == (30, 3, 5, 5) and out.dtype == torch.uint8 and len(TEN_CROP_ORDER) == 10
+    top_left = [0, 3, 3 * 8, 3 * 8 + 3, 1 * 8 + 1]  # (row * 8 + col) of tl, tr, bl, br, centre
+    for i in range(3):
+        for j in range(5):
+            r, c = divmod(top_left[j], 8)
+            window = imgs[i, :, r:r + 5, c:c + 5]
+            assert torch.equal(out[10 * i + j], window)
+            assert torch.equal(out[10 * i + 5 + j], window.flip(-1))
+        assert torch.all(out[10 * i:10 * i + 10, 1] == i)
+    assert torch.equal(ten_crop(imgs[:1], 5)[4], center_crop(imgs[:1], 5)[0])
+
+
+def test_pca_lighting_adds_one_rgb_offset_per_image():
+    x = torch.rand(8, 3, 4, 5) * 255
+    eigval, eigvec = torch.tensor([50.0, 5.0, 1.0]), torch.linalg.qr(torch.randn(3, 3))[0]
+    out = pca_lighting(x, eigval, eigvec, torch.Generator().manual_seed(0))
+    shift = out - x
+    assert out.shape == x.shape and out.dtype == x.dtype
+    torch.testing.assert_close(shift, shift[:, :, :1, :1].expand_as(shift))  # same for every pixel
+    assert len({tuple(s.tolist()) for s in shift[:, :, 0, 0].round(decimals=3)}) == 8  # differs per image
+    again = pca_lighting(x, eigval, eigvec, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    assert not torch.equal(out, pca_lighting(x, eigval, eigvec, torch.Generator().manual_seed(1)))
+
+
+def test_pca_lighting_offsets_have_the_pca_covariance():
+    n, sigma = 20000, 2.0
+    eigval, eigvec = torch.tensor([3.0, 2.0, 0.5]), torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))[0]
+    shift = pca_lighting(torch.zeros(n, 3, 1, 1), eigval, eigvec, torch.Generator().manual_seed(7), sigma)[:, :, 0, 0]
+    cov = shift.double().T.cov()  # expected: P diag(lambda^2 sigma^2) P^T, i.e. diagonal in the eigenbasis
+    torch.testing.assert_close(eigvec.T @ cov @ eigvec, torch.diag((eigval.double() * sigma) ** 2), atol=0.6, rtol=0.05)
+    assert shift.mean(0).abs().max() < 0.15  # sd of the mean is at most 6 / sqrt(20000) = 0.04

@@ -108,3 +108,12 @@ def test_paper_recipe_runs_on_cifar_with_its_plateau_schedule(tmp_path, data_cac
     checkpoint = __import__("alexnet").load_checkpoint(out / "checkpoints" / "last.pt")
     assert checkpoint["config"]["optim"]["schedule"] == "plateau" and checkpoint["config"]["data"]["batch_size"] == 128
     assert checkpoint["schedule"]["best"] < 1.0 and checkpoint["progress"]["epoch"] == 1
+
+
+def test_eval_ten_crops_and_an_ensemble(smoke_run, capsys):
+    last = str(smoke_run / "checkpoints" / "last.pt")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", last, "--crops", "10", "--ensemble", last]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["crops"] == 10 and result["models"] == 2 and result["examples"] == 512
+    assert 0 <= result["val_top5_err"] <= result["val_top1_err"] < 0.9

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="top-1/top-5 error of a checkpoint", epilog=EVAL_EXAMPLES, formatter_class=fmt)
     ev.add_argument("--checkpoint", required=True, type=Path)
     ev.add_argument("--data", help="dataset location (default: the one in the checkpoint's config)")
+    ev.add_argument("--crops", type=int, choices=[1, 2, 10], help="views per image, softmax averaged: 1 centre, "
+                    "2 centre + mirror, 10 the paper's four corners + centre and mirrors (default: the run's eval_flip)")
+    ev.add_argument("--ensemble", nargs="+", type=Path, default=[], metavar="CKPT",
+                    help="more checkpoints whose softmax is averaged with --checkpoint's (the paper's '5 CNNs')")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.limit=1000")
     add_prepare_parser(commands)
     exp = commands.add_parser("export", help="write a checkpoint's weights in another format",
@@ -120,9 +124,9 @@ def _checkpoint_config(path: Path) -> dict:
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import load_checkpoint, load_weights
+    from .checkpoint import load_checkpoint, load_model, load_weights
     from .data.datasets import load_dataset
-    from .evaluate import evaluate
+    from .evaluate import evaluate_views, per_channel
     from .model import AlexNet
     from .runtime import pick_device
 
@@ -132,15 +136,27 @@ def cmd_eval(args) -> int:
     device = pick_device(config.train.device)
     model = AlexNet(config.model)
     load_weights(model, ckpt, args.checkpoint)
+    models = [model] + [load_model(path) for path in args.ensemble]
     data = load_dataset(config.data, config.seed)
-    if len(data.classes) != config.model.num_classes:
-        raise UsageError(f"checkpoint {args.checkpoint} has {config.model.num_classes} classes but the dataset "
-                         f"has {len(data.classes)}; evaluate it on the data it was trained for")
-    result = evaluate(model.to(device), data.val_images, data.val_labels, batch_size=config.data.eval_batch_size,
-                      device=device, mean=config.data.mean, std=config.data.std, precision=config.train.precision,
-                      channels_last=config.train.channels_last, flip=config.train.eval_flip)
-    print(json.dumps({**result, "checkpoint": str(args.checkpoint)}))
+    for path, member in zip([args.checkpoint, *args.ensemble], models):
+        if member.config.num_classes != len(data.classes):
+            raise UsageError(f"checkpoint {path} has {member.config.num_classes} classes but the dataset "
+                             f"has {len(data.classes)}; evaluate it on the data it was trained for")
+    crops = args.crops or (2 if config.train.eval_flip else 1)
+    images = _pad_for_crops(data.val_images, config.data.crop_padding if crops == 10 else 0)
+    result = evaluate_views([m.to(device) for m in models], images, data.val_labels, device=device, crops=crops,
+                            batch_size=config.data.eval_batch_size, size=config.model.input_size,
+                            prepare=per_channel(config.data.mean, config.data.std, config.train.channels_last),
+                            precision=config.train.precision)
+    print(json.dumps({**result, "crops": crops, "models": len(models), "checkpoint": str(args.checkpoint)}))
     return 0
+
+
+def _pad_for_crops(images, padding: int):
+    """Ten crops of a CIFAR image come from the padded image, as the training crops did."""
+    from torch.nn import functional as F
+
+    return F.pad(images, (padding,) * 4) if padding else images
 
 
 def main(argv: list[str] | None = None) -> int:

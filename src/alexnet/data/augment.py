@@ -1,13 +1,28 @@
 """Batch augmentation on uint8 images (N, 3, H, W), run on whatever device the batch is on.
 
-Each function is pure and does one thing; a training pipeline is these calls in order:
+Each function is pure and does one thing; a training pipeline is these calls in order.
+CIFAR-10 (per-channel normalisation):
 
     x = random_crop(x, size, padding, generator)   # uint8
     x = flip_lr(x, generator)                      # uint8
     x = normalize(x, mean, std)                    # float, channels_last
 
+ImageNet as in section 4.1 of the paper (256x256 stored images, the training set's per-pixel
+mean image, random 224x224 crops and mirrors, PCA lighting). Crops and flips stay on uint8;
+the mean image is cut at the same window and mirrored the same way, so the result equals
+cropping the mean-subtracted 256x256 image, as the paper does:
+
+    dy, dx = random_crop_offsets(n, 256, 256, 224, generator)
+    flip = random_flips(n, generator)
+    x = flip_where(crop_at(x, dy, dx, 224), flip)                                  # uint8
+    x = subtract_mean_image(x, flip_where(crop_at(mean_image, dy, dx, 224), flip))  # float, 0..255
+    x = pca_lighting(x, eigval, eigvec, generator)                                 # float
+
+At test time: ``ten_crop(x, 224)`` (or ``center_crop``) on uint8, then the same float steps
+with the mean image cut by the same function (``ten_crop(mean_image[None], 224)``).
+
 Random numbers come from an explicit ``torch.Generator`` on the CPU, so a seed gives the
-same crops and flips on every device.
+same crops, flips and lighting on every device.
 """
 
 from __future__ import annotations
@@ -23,13 +38,30 @@ def random_crop(images: torch.Tensor, size: int, padding: int, generator: torch.
     n, _, h, w = images.shape
     if (h, w) == (size, size):
         return images
-    dy = torch.randint(0, h - size + 1, (n,), generator=generator).to(images.device)
-    dx = torch.randint(0, w - size + 1, (n,), generator=generator).to(images.device)
-    return crop_at(images, dy, dx, size)
+    dy, dx = random_crop_offsets(n, h, w, size, generator)
+    return crop_at(images, dy.to(images.device), dx.to(images.device), size)
+
+
+def random_crop_offsets(n: int, h: int, w: int, size: int,
+                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top row ``dy`` and left column ``dx`` (CPU int64, shape (n,)) of a uniform random ``size``
+    window in an ``h`` x ``w`` image; keep them to cut the mean image at the same window."""
+    if size > h or size > w:
+        raise ValueError(f"crop size {size} is larger than the {h}x{w} images")
+    dy = torch.randint(0, h - size + 1, (n,), generator=generator)
+    dx = torch.randint(0, w - size + 1, (n,), generator=generator)
+    return dy, dx
 
 
 def crop_at(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop image i at row dy[i], column dx[i] (one gather for the whole batch)."""
+    """Crop image i at row dy[i], column dx[i] (one gather for the whole batch).
+
+    ``images`` is (N, C, H, W), or one (C, H, W) image such as the mean image, which is then cut
+    at every offset: the result is (len(dy), C, size, size) windows of that one image.
+    """
+    if images.dim() == 3:
+        images = images.expand(len(dy), *images.shape)
+    dy, dx = dy.to(images.device), dx.to(images.device)
     span = torch.arange(size, device=images.device)
     rows = (dy[:, None] + span)[:, None, :, None]
     cols = (dx[:, None] + span)[:, None, None, :]
@@ -39,14 +71,47 @@ def crop_at(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, size: int)
 
 
 def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` window (top-left at ((H - size) // 2, (W - size) // 2))."""
     top, left = (images.shape[-2] - size) // 2, (images.shape[-1] - size) // 2
     return images[..., top:top + size, left:left + size]
 
 
+TEN_CROP_ORDER = ("top_left", "top_right", "bottom_left", "bottom_right", "center",
+                  "top_left_mirror", "top_right_mirror", "bottom_left_mirror", "bottom_right_mirror",
+                  "center_mirror")
+
+
+def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The paper's ten test patches (section 4.1): the four corner and the centre ``size`` windows
+    and their horizontal reflections, (N, C, H, W) -> (N * 10, C, size, size), image-major.
+
+    Rows 10*i .. 10*i + 9 are image i's views in ``TEN_CROP_ORDER``: view 5 + j is view j mirrored
+    (torchvision's ``ten_crop`` instead crops the mirrored image, so its corners swap sides;
+    the set of ten patches is the same). Works on uint8; cut the mean image with
+    ``ten_crop(mean_image[None], size)`` to get the matching ten windows.
+    """
+    h, w = images.shape[-2:]
+    if size > h or size > w:
+        raise ValueError(f"crop size {size} is larger than the {h}x{w} images")
+    five = torch.stack([images[..., :size, :size], images[..., :size, w - size:],
+                        images[..., h - size:, :size], images[..., h - size:, w - size:],
+                        center_crop(images, size)], dim=1)
+    return torch.cat([five, five.flip(-1)], dim=1).flatten(0, 1)
+
+
+def random_flips(n: int, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """Which of ``n`` images to mirror: a CPU bool mask, True with probability ``p``."""
+    return torch.rand(n, generator=generator) < p
+
+
+def flip_where(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images whose ``flip`` entry is True."""
+    return torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
+
+
 def flip_lr(images: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
     """Mirror each image left-right with probability p (section 4.1's horizontal reflections)."""
-    flip = (torch.rand(images.shape[0], generator=generator) < p).to(images.device)
-    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+    return flip_where(images, random_flips(images.shape[0], generator, p))
 
 
 def normalize(images: torch.Tensor, mean, std, channels_last: bool = True) -> torch.Tensor:
@@ -55,3 +120,36 @@ def normalize(images: torch.Tensor, mean, std, channels_last: bool = True) -> to
     inv_std = 1.0 / (torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255)
     out = (images.float() - mean_t) * inv_std
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out.contiguous()
+
+
+def subtract_mean_image(images: torch.Tensor, mean_image: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """uint8 0..255 -> float32 ``images - mean_image``, the paper's only input normalisation
+    (section 2: "subtracting the mean activity over the training set from each pixel"; no std).
+
+    ``mean_image`` is float on the 0..255 scale: one (3, H, W) image for uncropped batches, or
+    (N, 3, H, W) windows cut from the 256x256 mean at each image's crop offsets (``crop_at``,
+    ``flip_where``, ``ten_crop``), so a 224 crop loses exactly its own window of the mean.
+    """
+    if mean_image.shape[-2:] != images.shape[-2:]:
+        raise ValueError(f"mean image is {tuple(mean_image.shape)} but the images are {tuple(images.shape)}; "
+                         "cut the mean image at the images' crop windows first")
+    out = images.float() - mean_image.to(images.device, torch.float32)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out.contiguous()
+
+
+def pca_lighting(images: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor, generator: torch.Generator,
+                 sigma: float = 0.1) -> torch.Tensor:
+    """The paper's PCA colour augmentation (section 4.1, "fancy PCA") on a float batch.
+
+    Adds ``sum_i alpha_i * eigval[i] * eigvec[:, i]`` to every pixel of each image, with one
+    ``alpha ~ N(0, sigma)`` (sigma a standard deviation; the paper's 0.1) drawn per image per call,
+    so one call per batch per epoch redraws it as the paper does. ``eigvec`` columns are the
+    eigenvectors p_i and ``eigval`` the lambda_i of the training pixels' 3x3 RGB covariance, on the
+    images' scale (0..255 here). The paper calls lambda_i the eigenvalues; implementations that
+    reproduce it (fb.resnet.torch, ImageNet lambda = 55.46, 4.79, 1.15 on 0..255) pass their square
+    roots, the standard deviation along each axis, so that the offset is in pixel units: this
+    function uses ``eigval`` as given. Random numbers come from the CPU ``generator``.
+    """
+    alpha = torch.randn(images.shape[0], 3, generator=generator, dtype=torch.float64) * sigma
+    offset = (alpha * eigval.double().cpu()) @ eigvec.double().cpu().T  # (N, 3): rgb shift per image
+    return images + offset.to(images.device, images.dtype)[:, :, None, None]
