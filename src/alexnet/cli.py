@@ -126,7 +126,7 @@ def _checkpoint_config(path: Path) -> dict:
 def cmd_eval(args) -> int:
     from .checkpoint import load_checkpoint, load_model, load_weights
     from .data.datasets import load_dataset
-    from .evaluate import evaluate_views, per_channel
+    from .evaluate import eval_inputs, evaluate_views
     from .model import AlexNet
     from .runtime import pick_device
 
@@ -143,20 +143,12 @@ def cmd_eval(args) -> int:
             raise UsageError(f"checkpoint {path} has {member.config.num_classes} classes but the dataset "
                              f"has {len(data.classes)}; evaluate it on the data it was trained for")
     crops = args.crops or (2 if config.train.eval_flip else 1)
-    images = _pad_for_crops(data.val_images, config.data.crop_padding if crops == 10 else 0)
+    images, size, prepare = eval_inputs(data, config, crops)
     result = evaluate_views([m.to(device) for m in models], images, data.val_labels, device=device, crops=crops,
-                            batch_size=config.data.eval_batch_size, size=config.model.input_size,
-                            prepare=per_channel(config.data.mean, config.data.std, config.train.channels_last),
+                            batch_size=config.data.eval_batch_size, size=size, prepare=prepare,
                             precision=config.train.precision)
     print(json.dumps({**result, "crops": crops, "models": len(models), "checkpoint": str(args.checkpoint)}))
     return 0
-
-
-def _pad_for_crops(images, padding: int):
-    """Ten crops of a CIFAR image come from the padded image, as the training crops did."""
-    from torch.nn import functional as F
-
-    return F.pad(images, (padding,) * 4) if padding else images
 
 
 def main(argv: list[str] | None = None) -> int:

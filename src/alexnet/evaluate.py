@@ -117,6 +117,24 @@ def mean_image_subtraction(mean_image: torch.Tensor, crops: int, size: int | Non
     return prepare
 
 
+def eval_inputs(data, config, crops: int):
+    """(images, crop size, prepare) for evaluating ``data`` as the run ``config`` trained on it.
+
+    CIFAR-10: the whole 32x32 image (ten crops come from the image padded as in training) and
+    per-channel normalisation. Prepared ImageNet: ``input_size`` crops of the stored 256x256
+    images minus the same windows of the training set's mean image.
+    """
+    size = config.model.input_size
+    if data.stats is not None:
+        return data.val_images, size, mean_image_subtraction(data.stats["mean_image"], crops, size,
+                                                              config.train.channels_last)
+    images, padding = data.val_images, config.data.crop_padding if crops == 10 else 0
+    if padding:
+        images = F.pad(images, (padding,) * 4)
+    return images, size if crops == 10 else None, per_channel(config.data.mean, config.data.std,
+                                                              config.train.channels_last)
+
+
 def topk_hits(probs: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
     """How many labels are the top class, and how many are among the top five."""
     k = min(5, probs.shape[1])

@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from . import config as cfgmod
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
-from .data.augment import flip_lr, normalize, random_crop
-from .data.datasets import load_dataset
+from .data.augment import (crop_at, flip_lr, flip_where, normalize, pca_lighting, random_crop, random_crop_offsets,
+                           random_flips, subtract_mean_image)
+from .data.datasets import batches, load_dataset
 from .errors import UsageError
-from .evaluate import evaluate
+from .evaluate import eval_inputs, evaluate_views
 from .model import AlexNet
 from .runtime import autocast, device_name, git_commit, log, pick_device, seed_everything, set_threads
 from .schedule import Schedule
@@ -60,21 +61,20 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
     ckpt_dir = _prepare_run_dir(out, config, resume)
     if resume:
         progress = _restore(ckpt_dir / "last.pt", model, optimizer, schedule, scaler)
-    train_images = data.train_images.to(device)  # uint8: 150 MB for CIFAR-10
+    train_images = data.train_images  # uint8 tensor (CIFAR-10, moved to the device once) or shards
+    if isinstance(train_images, torch.Tensor):
+        train_images = train_images.to(device)
     writer = _tensorboard(out)
     log(f"training {config.recipe}: {len(data.train_labels)} images, {steps_per_epoch} steps/epoch, "
         f"{config.optim.epochs} epochs on {device_name(device)}")
     while progress.epoch < config.optim.epochs:
         epoch_metrics = train_epoch(model, optimizer, schedule, scaler, train_images, data.train_labels,
-                                    config, device, progress)
+                                    config, device, progress, data.stats)
         progress.epoch += 1
         evaluated = progress.epoch == config.optim.epochs or progress.epoch % config.train.eval_every == 0
         if evaluated:
             started = time.perf_counter()
-            progress.last_eval = evaluate(model, data.val_images, data.val_labels, device=device,
-                                          batch_size=config.data.eval_batch_size, mean=config.data.mean,
-                                          std=config.data.std, precision=config.train.precision,
-                                          channels_last=config.train.channels_last, flip=config.train.eval_flip)
+            progress.last_eval = validate(model, data, config, device)
             progress.train_seconds += time.perf_counter() - started
             if schedule.end_epoch(progress.last_eval["val_top1_err"]):
                 log(f"validation error stopped improving: learning rate / 10 (drop {schedule.drops})")
@@ -87,6 +87,14 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
     return summary
 
 
+def validate(model, data, config: cfgmod.RunConfig, device: torch.device) -> dict:
+    """The per-epoch validation pass: the whole image (CIFAR) or the centre crop (ImageNet), mirrored too if eval_flip."""
+    crops = 2 if config.train.eval_flip else 1
+    images, size, prepare = eval_inputs(data, config, crops)
+    return evaluate_views([model], images, data.val_labels, batch_size=config.data.eval_batch_size,
+                          device=device, crops=crops, size=size, prepare=prepare, precision=config.train.precision)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: cfgmod.OptimConfig) -> torch.optim.SGD:
     """SGD with momentum; weight decay on weights (and on biases too if ``decay_biases``, as the paper)."""
     decay = [p for n, p in model.named_parameters() if cfg.decay_biases or not n.endswith("bias")]
@@ -96,16 +104,36 @@ def make_optimizer(model: torch.nn.Module, cfg: cfgmod.OptimConfig) -> torch.opt
                            nesterov=cfg.nesterov, foreach=True)
 
 
-def augment_batch(images: torch.Tensor, config: cfgmod.RunConfig, generator: torch.Generator) -> torch.Tensor:
-    """The training pipeline: uint8 crop and flip, then float normalisation on the device."""
+def augment_batch(images: torch.Tensor, config: cfgmod.RunConfig, generator: torch.Generator,
+                  stats: dict | None = None) -> torch.Tensor:
+    """The training pipeline: uint8 crop and flip, then float work on the device.
+
+    CIFAR-10: padded random crop, flip, per-channel normalisation. Prepared ImageNet (``stats``):
+    the paper's section 4.1, random 224 crops of the 256x256 images and their mirrors, minus the
+    same window of the mean image, plus PCA lighting.
+    """
     size = config.model.input_size
-    x = random_crop(images, size, config.data.crop_padding, generator)
-    if config.data.flip:
-        x = flip_lr(x, generator)
-    return normalize(x, config.data.mean, config.data.std, config.train.channels_last)
+    if stats is None:
+        x = random_crop(images, size, config.data.crop_padding, generator)
+        if config.data.flip:
+            x = flip_lr(x, generator)
+        return normalize(x, config.data.mean, config.data.std, config.train.channels_last)
+    n, _, h, w = images.shape
+    dy, dx = random_crop_offsets(n, h, w, size, generator)
+    flip = random_flips(n, generator, p=0.5 if config.data.flip else 0.0)
+    x = flip_where(crop_at(images, dy, dx, size), flip.to(images.device))
+    mean = stats["mean_image"].to(images.device)
+    x = subtract_mean_image(x, flip_where(crop_at(mean, dy, dx, size), flip.to(images.device)), config.train.channels_last)
+    if config.data.pca_std:
+        # Deviation: the paper scales p_i by its eigenvalue lambda_i; on the 0..255 scale that is a shift
+        # of hundreds of levels, so we use sqrt(lambda_i), the pixel standard deviation along p_i (as
+        # fb.resnet.torch and most reproductions do): a shift of a few levels for sigma 0.1.
+        x = pca_lighting(x, stats["eigval"].clamp_min(0).sqrt(), stats["eigvec"], generator, sigma=config.data.pca_std)
+    return x
 
 
-def train_epoch(model, optimizer, schedule, scaler, images, labels, config, device, progress: Progress) -> dict:
+def train_epoch(model, optimizer, schedule, scaler, images, labels, config, device, progress: Progress,
+                stats: dict | None = None) -> dict:
     """One pass over a seeded permutation of the training set; updates ``progress`` in place."""
     model.train()
     generator = torch.Generator().manual_seed(config.seed * 100_003 + progress.epoch)
@@ -116,10 +144,8 @@ def train_epoch(model, optimizer, schedule, scaler, images, labels, config, devi
     loss_sum, correct, started = torch.zeros((), device=device), torch.zeros((), device=device), time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {progress.epoch + 1}/{config.optim.epochs}", file=sys.stderr,
                disable=not config.train.progress, unit="step", leave=False, dynamic_ncols=True)
-    for i in range(steps):
-        idx = order[i * batch:(i + 1) * batch]
-        x = augment_batch(images[idx.to(images.device)], config, generator)
-        y = labels[idx].to(device, non_blocking=True)
+    for i, (x, y) in enumerate(batches(images, labels, order, batch, device, config.data.workers)):
+        x = augment_batch(x, config, generator, stats)
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr(progress.step)
         loss, logits = train_step(model, optimizer, scaler, x, y, config, device)

@@ -1,8 +1,18 @@
-"""The datasets a run can train on, as uint8 image tensors and int64 labels."""
+"""The datasets a run can train on: uint8 images (in memory or in prepared shards) and labels.
+
+``train_images`` / ``val_images`` are either a uint8 (N, 3, H, W) tensor (CIFAR-10, decoded
+once into memory) or ``ShardImages`` over a prepared ImageNet folder, which decodes on demand.
+Both are sliced the same way (``images[idx]`` -> a uint8 tensor), and ``batches`` yields the
+training batches of one epoch from either, decoding shards in worker processes.
+"""
 
 from __future__ import annotations
 
+import csv
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -12,11 +22,59 @@ from ..errors import UsageError
 
 @dataclass
 class Dataset:
-    train_images: torch.Tensor  # uint8 (N, 3, H, W)
+    train_images: torch.Tensor | ShardImages  # uint8 (N, 3, H, W)
     train_labels: torch.Tensor  # int64 (N,)
-    val_images: torch.Tensor
+    val_images: torch.Tensor | ShardImages
     val_labels: torch.Tensor
     classes: tuple[str, ...]
+    stats: dict[str, torch.Tensor] | None = None  # prepared ImageNet: mean_image, eigval, eigvec
+
+
+class ShardImages:
+    """A split of prepared shards that slices like a uint8 tensor: ``images[idx]`` decodes those records."""
+
+    def __init__(self, folder: Path, indices: torch.Tensor | None = None):
+        from .shards import ShardReader
+
+        self.reader = ShardReader(folder)
+        self.indices = indices if indices is not None else torch.arange(len(self.reader))
+        self.labels = self.reader.labels[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return self.reader.read_many(self.indices[idx].tolist())
+
+
+class _EpochBatches(torch.utils.data.Dataset):
+    """Item i is batch i of the epoch's order: decoded together in one worker."""
+
+    def __init__(self, images: ShardImages, order: torch.Tensor, batch: int):
+        self.images, self.order, self.batch = images, order, batch
+
+    def __len__(self) -> int:
+        return len(self.order) // self.batch
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.order[i * self.batch:(i + 1) * self.batch]
+        return self.images[idx], self.images.labels[idx]
+
+
+def batches(images, labels: torch.Tensor, order: torch.Tensor, batch: int, device: torch.device,
+            workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The full batches of one epoch in ``order``: uint8 images and int64 labels on ``device``."""
+    if isinstance(images, torch.Tensor):
+        for i in range(len(order) // batch):
+            idx = order[i * batch:(i + 1) * batch]
+            yield images[idx.to(images.device)], labels[idx].to(device, non_blocking=True)
+        return
+    workers = os.cpu_count() or 1 if workers < 0 else workers
+    loader = torch.utils.data.DataLoader(_EpochBatches(images, order, batch), batch_size=None, shuffle=False,
+                                         num_workers=workers, pin_memory=device.type == "cuda",
+                                         prefetch_factor=4 if workers else None, persistent_workers=False)
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
@@ -25,4 +83,40 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
 
         train, test = load_cifar10(cfg.path or None, limit=cfg.limit or None, seed=seed)
         return Dataset(train.images, train.labels, test.images, test.labels, CLASSES)
-    raise UsageError(f"data.dataset={cfg.dataset!r} is not supported yet; use data.dataset=cifar10")
+    if cfg.dataset == "imagenet":
+        return load_prepared(cfg, seed)
+    raise UsageError(f"data.dataset must be cifar10 or imagenet; got {cfg.dataset!r}")
+
+
+def load_prepared(cfg: DataConfig, seed: int) -> Dataset:
+    """A folder written by ``alexnet prepare imagenet``: shards, classes.tsv and stats.safetensors."""
+    root = Path(cfg.path) if cfg.path else None
+    if root is None or not (root / "classes.tsv").is_file():
+        raise UsageError(f"data.dataset=imagenet needs --data DIR, a folder written by `alexnet prepare imagenet` "
+                         f"(with classes.tsv, train/, val/, stats.safetensors); got {cfg.path or 'no path'}")
+    from safetensors.torch import load_file
+
+    with open(root / "classes.tsv", newline="") as f:
+        classes = tuple(row["wnid"] for row in csv.DictReader(f, delimiter="\t"))
+    train, val = ShardImages(root / "train"), ShardImages(root / "val")
+    if cfg.limit:
+        train = ShardImages(root / "train", balanced_indices(train.labels, len(classes), cfg.limit, seed))
+        val = ShardImages(root / "val", balanced_indices(val.labels, len(classes), cfg.limit, seed))
+    stats = load_file(str(root / "stats.safetensors"))
+    return Dataset(train, train.labels, val, val.labels, classes, stats)
+
+
+def balanced_indices(labels: torch.Tensor, num_classes: int, n: int, seed: int) -> torch.Tensor:
+    """A seeded subset of ``n`` indices, as even across classes as the classes allow, in seeded order."""
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = torch.randperm(len(labels), generator=generator)
+    rank = torch.empty_like(shuffled)  # position of each example within its class, in shuffled order
+    counts = torch.zeros(num_classes, dtype=torch.long)
+    for i in shuffled.tolist():
+        rank[i] = counts[labels[i]]
+        counts[labels[i]] += 1
+    by_round = sorted(shuffled.tolist(), key=lambda i: (int(rank[i]), int(labels[i])))
+    picked = torch.tensor(by_round[:n])
+    return picked[torch.randperm(n, generator=generator)]
