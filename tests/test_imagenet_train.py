@@ -1,0 +1,70 @@
+"""The paper's recipe end to end on a tiny prepared ImageFolder: prepare, train one epoch, 10-crop eval."""
+
+import json
+
+import pytest
+import torch
+from torchvision.io import write_png
+
+from alexnet.cli import main
+from alexnet.data.augment import crop_at, flip_where
+from alexnet.data.datasets import ShardImages, balanced_indices
+from alexnet.train import augment_batch
+
+WNIDS = ("n00000001", "n00000002", "n00000003")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    src = tmp_path_factory.mktemp("src")
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", 6), ("val", 2)):
+        for c, wnid in enumerate(WNIDS):
+            (src / split / wnid).mkdir(parents=True)
+            for i in range(count):
+                image = torch.randint(0, 60, (3, 40, 50), generator=generator, dtype=torch.uint8)
+                image[c] += 150  # the class is the dominant colour
+                write_png(image, str(src / split / wnid / f"{wnid}_{i}.png"))
+    out = tmp_path_factory.mktemp("prepared") / "set"
+    assert main(["prepare", "imagenet", "--src", str(src), "--out", str(out), "--workers", "1"]) == 0
+    return out
+
+
+PAPER = ["--recipe", "paper", "model.num_classes=3", "model.width=0.125", "data.batch_size=6", "optim.epochs=1",
+         "data.eval_batch_size=3", "data.workers=0", "train.progress=false"]
+
+
+def test_paper_recipe_trains_one_epoch_and_evaluates_ten_crops(prepared, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(prepared), "--out", str(out), *PAPER]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["examples"] == 6
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--crops", "10"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["crops"] == 10 and result["examples"] == 6
+    assert 0 <= result["val_top5_err"] <= result["val_top1_err"] <= 1
+
+
+def test_paper_pipeline_crops_the_mean_with_the_image(prepared):
+    from alexnet.config import build_config, read_recipe
+
+    config = build_config(read_recipe("paper"), ["data.pca_std=0"])
+    images = ShardImages(prepared / "train")[torch.arange(4)]
+    mean = torch.rand(3, 256, 256) * 255
+    x = augment_batch(images, config, torch.Generator().manual_seed(5), {"mean_image": mean})
+    g = torch.Generator().manual_seed(5)  # replay the same random numbers
+    from alexnet.data.augment import random_crop_offsets, random_flips
+
+    dy, dx = random_crop_offsets(4, 256, 256, 224, g)
+    flip = random_flips(4, g)
+    expected = flip_where(crop_at(images, dy, dx, 224), flip).float() - flip_where(crop_at(mean, dy, dx, 224), flip)
+    assert x.shape == (4, 3, 224, 224)
+    torch.testing.assert_close(x, expected)
+
+
+def test_limit_on_shards_is_class_balanced(prepared):
+    train = ShardImages(prepared / "train")
+    picked = balanced_indices(train.labels, 3, 6, seed=1)
+    assert sorted(train.labels[picked].tolist()) == [0, 0, 1, 1, 2, 2]
+    assert torch.equal(picked, balanced_indices(train.labels, 3, 6, seed=1))
