@@ -68,3 +68,13 @@ def test_limit_on_shards_is_class_balanced(prepared):
     picked = balanced_indices(train.labels, 3, 6, seed=1)
     assert sorted(train.labels[picked].tolist()) == [0, 0, 1, 1, 2, 2]
     assert torch.equal(picked, balanced_indices(train.labels, 3, 6, seed=1))
+
+
+def test_an_unfinished_folder_is_refused(prepared, tmp_path, capsys):
+    import shutil
+
+    half = tmp_path / "half"
+    shutil.copytree(prepared, half)
+    (half / "prepared.json").unlink()
+    assert main(["train", "--data", str(half), "--out", str(tmp_path / "run"), *PAPER]) == 2
+    assert "prepared.json" in capsys.readouterr().err

@@ -94,6 +94,9 @@ def load_prepared(cfg: DataConfig, seed: int) -> Dataset:
     if root is None or not (root / "classes.tsv").is_file():
         raise UsageError(f"data.dataset=imagenet needs --data DIR, a folder written by `alexnet prepare imagenet` "
                          f"(with classes.tsv, train/, val/, stats.safetensors); got {cfg.path or 'no path'}")
+    if not (root / "prepared.json").is_file():
+        raise UsageError(f"{root} is not completely prepared (no prepared.json): re-run "
+                         f"`alexnet prepare imagenet --src SRC --out {root}`; it resumes where it stopped")
     from safetensors.torch import load_file
 
     with open(root / "classes.tsv", newline="") as f:
