@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from torch.nn import functional as F
 
 from .data.augment import center_crop, normalize, subtract_mean_image, ten_crop
-from .runtime import autocast
+from .runtime import all_sum, autocast
 
 CROPS = (1, 2, 10)  # centre | centre and its mirror | four corners, centre and their mirrors
 
@@ -39,8 +40,8 @@ def evaluate_views(models, images: torch.Tensor, labels: torch.Tensor, *, batch_
     the float input on ``device``: ``per_channel(mean, std)`` (CIFAR-10) or
     ``mean_image_subtraction(mean_image, crops, size)`` (ImageNet), or any callable. Each step
     takes ``batch_size`` images, so a forward pass sees ``batch_size * crops`` views. The loss is
-    the negative log of the averaged probability of the true class. Single process: every
-    example is counted exactly once, the last short batch included.
+    the negative log of the averaged probability of the true class. Under torchrun each process
+    takes every world-th example and the counts are summed: every example counts exactly once.
     """
     models = [models] if isinstance(models, torch.nn.Module) else list(models)
     was_training = [m.training for m in models]
@@ -48,17 +49,26 @@ def evaluate_views(models, images: torch.Tensor, labels: torch.Tensor, *, batch_
         m.eval()
     top1 = top5 = 0
     loss_sum = 0.0
-    for start in range(0, len(labels), batch_size):
-        x = prepare(views(images[start:start + batch_size].to(device, non_blocking=True), crops, size))
-        y = labels[start:start + batch_size].to(device)
+    mine = my_share(len(labels))
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start:start + batch_size]
+        x = prepare(views(images[idx].to(device, non_blocking=True), crops, size))
+        y = labels[idx].to(device)
         probs = ensemble_probs(models, x, len(y), device, precision)
         loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").item()
         top1_hit, top5_hit = topk_hits(probs, y)
         top1, top5 = top1 + top1_hit, top5 + top5_hit
     for m, mode in zip(models, was_training):
         m.train(mode)
-    n = len(labels)
-    return {"val_top1_err": 1 - top1 / n, "val_top5_err": 1 - top5 / n, "val_loss": loss_sum / n, "examples": n}
+    top1, top5, loss_sum, n = all_sum([top1, top5, loss_sum, len(mine)], device)
+    return {"val_top1_err": 1 - top1 / n, "val_top5_err": 1 - top5 / n, "val_loss": loss_sum / n, "examples": int(n)}
+
+
+def my_share(n: int) -> torch.Tensor:
+    """The examples this process evaluates: every world-th from its rank, so each counts once, unpadded."""
+    if dist.is_available() and dist.is_initialized():
+        return torch.arange(dist.get_rank(), n, dist.get_world_size())
+    return torch.arange(n)
 
 
 def views(images: torch.Tensor, crops: int, size: int | None) -> torch.Tensor:

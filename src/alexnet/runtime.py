@@ -3,23 +3,70 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .errors import UsageError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` is the GPU when there is one, else the CPU."""
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Dist:
+    """Join the torchrun process group (NCCL on GPUs, gloo on CPUs); a lone process needs none."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    on_gpu = device_name != "cpu" and torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if on_gpu else "gloo")
+    return Dist(rank, world, local_rank)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum numbers over all processes (no-op when alone)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` is the GPU when there is one (this process's GPU under torchrun), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and local_rank:
+        name = f"cuda:{local_rank}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu or auto")
@@ -62,5 +109,6 @@ def device_name(device: torch.device) -> str:
 
 
 def log(message: str) -> None:
-    """Human progress goes to stderr; stdout is kept for JSON results."""
-    print(message, file=sys.stderr, flush=True)
+    """Human progress goes to stderr (from rank 0 only under torchrun); stdout is kept for JSON results."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr, flush=True)

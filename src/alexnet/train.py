@@ -25,7 +25,8 @@ from .data.datasets import batches, load_dataset
 from .errors import UsageError
 from .evaluate import eval_inputs, evaluate_views
 from .model import AlexNet
-from .runtime import autocast, device_name, git_commit, log, pick_device, seed_everything, set_threads
+from .runtime import (Dist, all_sum, autocast, device_name, git_commit, init_distributed, log, pick_device,
+                      seed_everything, set_threads, shutdown_distributed)
 from .schedule import Schedule
 
 
@@ -45,31 +46,30 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
     """Run (or continue) training into the run folder ``out``; returns the summary."""
     set_threads(config.train.threads)
     seed_everything(config.seed)
-    device = pick_device(config.train.device)
+    ddp = init_distributed(config.train.device)
+    device = pick_device(config.train.device, ddp.local_rank)
     data = load_dataset(config.data, config.seed)
     model = AlexNet(config.model).to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    steps_per_epoch = len(data.train_labels) // config.data.batch_size
-    if steps_per_epoch == 0:
-        raise UsageError(f"data.batch_size={config.data.batch_size} is larger than the {len(data.train_labels)} "
-                         "training images; lower data.batch_size or raise data.limit")
+    steps_per_epoch = _steps_per_epoch(len(data.train_labels), config.data.batch_size, ddp.world)
     optimizer = make_optimizer(model, config.optim)
     schedule = Schedule(config.optim, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
     progress = Progress()
-    ckpt_dir = _prepare_run_dir(out, config, resume)
+    ckpt_dir = _prepare_run_dir(out, config, resume, ddp.main)
     if resume:
         progress = _restore(ckpt_dir / "last.pt", model, optimizer, schedule, scaler)
     train_images = data.train_images  # uint8 tensor (CIFAR-10, moved to the device once) or shards
     if isinstance(train_images, torch.Tensor):
         train_images = train_images.to(device)
-    writer = _tensorboard(out)
+    net = _wrap(model, ddp, device)
+    writer = _tensorboard(out) if ddp.main else None
     log(f"training {config.recipe}: {len(data.train_labels)} images, {steps_per_epoch} steps/epoch, "
         f"{config.optim.epochs} epochs on {device_name(device)}")
     while progress.epoch < config.optim.epochs:
-        epoch_metrics = train_epoch(model, optimizer, schedule, scaler, train_images, data.train_labels,
-                                    config, device, progress, data.stats)
+        epoch_metrics = train_epoch(net, optimizer, schedule, scaler, train_images, data.train_labels,
+                                    config, device, progress, data.stats, ddp)
         progress.epoch += 1
         evaluated = progress.epoch == config.optim.epochs or progress.epoch % config.train.eval_every == 0
         if evaluated:
@@ -79,12 +79,34 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
             if schedule.end_epoch(progress.last_eval["val_top1_err"]):
                 log(f"validation error stopped improving: learning rate / 10 (drop {schedule.drops})")
         row = _epoch_row(progress, epoch_metrics, schedule, evaluated)
-        _append_metrics(out, row, writer)
-        _save_epoch(ckpt_dir, model, config, optimizer, schedule, scaler, progress, evaluated)
-    writer.close()
-    summary = _summary(progress, config, device)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if ddp.main:  # one writer: rank 0 logs and checkpoints
+            _append_metrics(out, row, writer)
+            _save_epoch(ckpt_dir, model, config, optimizer, schedule, scaler, progress, evaluated)
+    summary = _summary(progress, config, device, ddp.world)
+    if ddp.main:
+        writer.close()
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    shutdown_distributed()
     return summary
+
+
+def _steps_per_epoch(images: int, batch: int, world: int) -> int:
+    """Full global batches per epoch; each of ``world`` processes takes batch / world images of each."""
+    if batch % world:
+        raise UsageError(f"data.batch_size={batch} (the global batch) must be divisible by the {world} processes")
+    if images < batch:
+        raise UsageError(f"data.batch_size={batch} is larger than the {images} training images; "
+                         "lower data.batch_size or raise data.limit")
+    return images // batch
+
+
+def _wrap(model: torch.nn.Module, ddp: Dist, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel under torchrun (gradients averaged over processes), the model itself alone."""
+    if ddp.world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def validate(model, data, config: cfgmod.RunConfig, device: torch.device) -> dict:
@@ -133,18 +155,24 @@ def augment_batch(images: torch.Tensor, config: cfgmod.RunConfig, generator: tor
 
 
 def train_epoch(model, optimizer, schedule, scaler, images, labels, config, device, progress: Progress,
-                stats: dict | None = None) -> dict:
-    """One pass over a seeded permutation of the training set; updates ``progress`` in place."""
+                stats: dict | None = None, ddp: Dist = Dist()) -> dict:
+    """One pass over a seeded permutation of the training set; updates ``progress`` in place.
+
+    Every process draws the same order and takes its share of each global batch; rank 0 keeps
+    drawing augmentations from the same stream, other ranks from their own.
+    """
     model.train()
     generator = torch.Generator().manual_seed(config.seed * 100_003 + progress.epoch)
     batch = config.data.batch_size
     order = torch.randperm(len(labels), generator=generator)
+    if ddp.rank:
+        generator.manual_seed(config.seed * 100_003 + progress.epoch + 7_919 * ddp.rank)
     steps = len(labels) // batch  # drop the ragged last batch: every step sees `batch` images
     # Sums stay on the device: no host synchronisation inside the loop.
     loss_sum, correct, started = torch.zeros((), device=device), torch.zeros((), device=device), time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {progress.epoch + 1}/{config.optim.epochs}", file=sys.stderr,
-               disable=not config.train.progress, unit="step", leave=False, dynamic_ncols=True)
-    for i, (x, y) in enumerate(batches(images, labels, order, batch, device, config.data.workers)):
+               disable=not (config.train.progress and ddp.main), unit="step", leave=False, dynamic_ncols=True)
+    for i, (x, y) in enumerate(batches(images, labels, order, batch, device, config.data.workers, ddp.rank, ddp.world)):
         x = augment_batch(x, config, generator, stats)
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr(progress.step)
@@ -158,7 +186,8 @@ def train_epoch(model, optimizer, schedule, scaler, images, labels, config, devi
     seconds = time.perf_counter() - started
     progress.train_seconds += seconds
     progress.images_seen += steps * batch
-    return {"train_loss": loss_sum.item() / steps, "train_top1_err": 1 - correct.item() / (steps * batch),
+    loss_total, correct_total = all_sum([loss_sum.item() / ddp.world, correct.item()], device)
+    return {"train_loss": loss_total / steps, "train_top1_err": 1 - correct_total / (steps * batch),
             "images_per_s": steps * batch / seconds}
 
 
@@ -196,14 +225,15 @@ def _epoch_row(progress: Progress, epoch_metrics: dict, schedule: Schedule, eval
     return row
 
 
-def _prepare_run_dir(out: Path, config: cfgmod.RunConfig, resume: bool) -> Path:
+def _prepare_run_dir(out: Path, config: cfgmod.RunConfig, resume: bool, main: bool = True) -> Path:
     ckpt_dir = out / "checkpoints"
     if resume and not (ckpt_dir / "last.pt").is_file():
         raise UsageError(f"--resume: no checkpoint at {ckpt_dir / 'last.pt'}; start without --resume")
     if not resume and (ckpt_dir / "last.pt").exists():
         raise UsageError(f"run folder {out} already holds a run; pass --resume to continue it or choose another --out")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(cfgmod.to_toml(config))
+    if main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(cfgmod.to_toml(config))
     return ckpt_dir
 
 
@@ -249,7 +279,7 @@ def _tensorboard(out: Path):
     return SummaryWriter(log_dir=str(out))
 
 
-def _summary(progress: Progress, config: cfgmod.RunConfig, device: torch.device) -> dict:
+def _summary(progress: Progress, config: cfgmod.RunConfig, device: torch.device, world: int) -> dict:
     return {
         "val_top1_err": progress.last_eval.get("val_top1_err"),
         "val_top5_err": progress.last_eval.get("val_top5_err"),
@@ -258,7 +288,7 @@ def _summary(progress: Progress, config: cfgmod.RunConfig, device: torch.device)
         "epochs": progress.epoch,
         "train_seconds": round(progress.train_seconds, 2),
         "images_per_s": round(progress.images_seen / max(progress.train_seconds, 1e-9), 1),
-        "device": device_name(device),
+        "device": device_name(device) + (f" x {world} processes" if world > 1 else ""),
         "torch_version": torch.__version__,
         "git_commit": git_commit(),
         "recipe": config.recipe,

@@ -50,27 +50,34 @@ class ShardImages:
 class _EpochBatches(torch.utils.data.Dataset):
     """Item i is batch i of the epoch's order: decoded together in one worker."""
 
-    def __init__(self, images: ShardImages, order: torch.Tensor, batch: int):
-        self.images, self.order, self.batch = images, order, batch
+    def __init__(self, images: ShardImages, order: torch.Tensor, batch: int, rank: int, world: int):
+        self.images, self.order, self.batch, self.rank, self.world = images, order, batch, rank, world
 
     def __len__(self) -> int:
         return len(self.order) // self.batch
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.order[i * self.batch:(i + 1) * self.batch]
+        idx = batch_share(self.order, i, self.batch, self.rank, self.world)
         return self.images[idx], self.images.labels[idx]
 
 
+def batch_share(order: torch.Tensor, i: int, batch: int, rank: int, world: int) -> torch.Tensor:
+    """This process's part of global batch ``i``: every world-th index of it from ``rank``."""
+    return order[i * batch:(i + 1) * batch][rank::world]
+
+
 def batches(images, labels: torch.Tensor, order: torch.Tensor, batch: int, device: torch.device,
-            workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The full batches of one epoch in ``order``: uint8 images and int64 labels on ``device``."""
+            workers: int, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This process's share of the full global batches of one epoch in ``order`` (the same order on
+    every process): uint8 images and int64 labels on ``device``."""
     if isinstance(images, torch.Tensor):
         for i in range(len(order) // batch):
-            idx = order[i * batch:(i + 1) * batch]
+            idx = batch_share(order, i, batch, rank, world)
             yield images[idx.to(images.device)], labels[idx].to(device, non_blocking=True)
         return
     workers = os.cpu_count() or 1 if workers < 0 else workers
-    loader = torch.utils.data.DataLoader(_EpochBatches(images, order, batch), batch_size=None, shuffle=False,
+    epoch = _EpochBatches(images, order, batch, rank, world)
+    loader = torch.utils.data.DataLoader(epoch, batch_size=None, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if workers else None, persistent_workers=False)
     for x, y in loader:

@@ -1,0 +1,49 @@
+"""DDP on CPU (gloo) through torchrun: 2 processes train the same weights as 1 with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet import load_checkpoint
+
+MIRROR = Path(os.environ.get("ALEXNET_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+# No dropout, no augmentation, fp32: the two runs see exactly the same global batches.
+SAME_BATCHES = ["data.limit=63", "data.batch_size=16", "optim.epochs=1", "optim.lr=0.01", "model.width=0.25",
+                "model.dropout=0", "data.crop_padding=0", "data.flip=false", "train.precision=\"fp32\"",
+                "train.progress=false", "train.threads=1", "data.eval_batch_size=10", "train.eval_flip=false",
+                f"data.path={json.dumps(str(MIRROR / 'cifar10-jpeg.tar.gz'))}"]
+
+
+def torchrun(nproc: int, out: Path, cache: Path) -> None:
+    env = {**os.environ, "ALEXNET_DATA": str(cache), "ALEXNET_COMPILE": "0", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "alexnet.cli", "train", "--out", str(out), *SAME_BATCHES]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    torchrun(1, root / "one", root / "cache")
+    torchrun(2, root / "two", root / "cache")
+    return root / "one", root / "two"
+
+
+def test_two_processes_train_the_same_weights_as_one(runs):
+    one, two = (load_checkpoint(run / "checkpoints" / "last.pt")["model"] for run in runs)
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=2e-5, rtol=1e-4, msg=key)
+
+
+def test_sharded_evaluation_counts_every_example_once(runs):
+    one, two = (json.loads((run / "summary.json").read_text()) for run in runs)
+    assert one["examples"] == two["examples"] == 63  # odd: 32 + 31 across the two processes
+    assert two["val_top1_err"] == pytest.approx(one["val_top1_err"], abs=1e-9)
+    assert two["val_top5_err"] == pytest.approx(one["val_top5_err"], abs=1e-9)
+    assert "x 2 processes" in two["device"]
