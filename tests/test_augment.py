@@ -119,3 +119,20 @@ def test_pca_lighting_offsets_have_the_pca_covariance():
     cov = shift.double().T.cov()  # expected: P diag(lambda^2 sigma^2) P^T, i.e. diagonal in the eigenbasis
     torch.testing.assert_close(eigvec.T @ cov @ eigvec, torch.diag((eigval.double() * sigma) ** 2), atol=0.6, rtol=0.05)
     assert shift.mean(0).abs().max() < 0.15  # sd of the mean is at most 6 / sqrt(20000) = 0.04
+
+
+def test_cpu_crop_and_flip_fast_paths_equal_the_gather_and_select():
+    from alexnet.data.augment import crop_at, flip_where
+
+    g = torch.Generator().manual_seed(0)
+    for images in (torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8),
+                   torch.randint(0, 256, (6, 20, 20, 3), dtype=torch.uint8).permute(0, 3, 1, 2)):
+        dy, dx = torch.randint(0, 5, (6,), generator=g), torch.randint(0, 5, (6,), generator=g)
+        flip = torch.rand(6, generator=g) < 0.5
+        rows = (dy[:, None] + torch.arange(16))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(16))[:, None, None, :]
+        gathered = images[torch.arange(6)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
+        crops = crop_at(images, dy, dx, 16)
+        assert torch.equal(crops, gathered)
+        selected = torch.where(flip[:, None, None, None], crops.flip(-1), crops)
+        assert torch.equal(flip_where(crops, flip), selected)

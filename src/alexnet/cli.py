@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="more checkpoints whose softmax is averaged with --checkpoint's (the paper's '5 CNNs')")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.limit=1000")
     add_prepare_parser(commands)
+    add_bench_parser(commands)
     exp = commands.add_parser("export", help="write a checkpoint's weights in another format",
                               epilog="examples:\n  alexnet export --checkpoint runs/demo/checkpoints/best.pt "
                                      "--format safetensors --out alexnet-cifar10.safetensors",
@@ -89,6 +90,38 @@ def cmd_prepare(args) -> int:
         raise UsageError("prepare imagenet needs --src PATH (the ILSVRC-2012 files or an ImageFolder) and --out DIR")
     summary = prepare_imagenet(args.src, args.out, workers=args.workers, fmt=args.format)
     print(json.dumps(summary, default=str))
+    return 0
+
+
+BENCH_EXAMPLES = """examples:
+  alexnet bench data --src ../shared/data/imagenet-samples --json   # one JSON line on stdout
+  alexnet bench data --src my_jpegs/ --images 4000 --seconds 3       # more images, longer rounds
+
+bench data times, on one core (one process, one thread), our training input (prepared JPEG and
+raw shards -> random 224 crops + mirrors on uint8) against torchvision's ImageFolder + PIL +
+RandomResizedCrop pipeline, and alexnet prepare against PIL resize + crop + save as JPEG q90.
+Images named <wnid>_<name>.JPEG are grouped into classes by the wnid.
+"""
+
+
+def add_bench_parser(commands) -> None:
+    bench = commands.add_parser("bench", help="measure speed against a baseline run side by side",
+                                epilog=BENCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("what", choices=["data"], help="data: the input pipeline and the prepare step")
+    bench.add_argument("--src", type=Path, required=True, help="a folder of JPEG images (replicated by links "
+                                                               "to at least --images)")
+    bench.add_argument("--json", action="store_true", help="print only one JSON line to stdout")
+    bench.add_argument("--images", type=int, default=1000, help="at least this many images (default 1000)")
+    bench.add_argument("--seconds", type=float, default=2.0, help="time per data-path measurement per round "
+                                                                  "(default 2)")
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_data
+
+    if args.images < 1 or args.seconds <= 0:
+        raise UsageError(f"--images must be at least 1 and --seconds positive; got {args.images} and {args.seconds}")
+    bench_data(args.src, json_out=args.json, min_images=args.images, seconds=args.seconds)
     return 0
 
 
@@ -153,7 +186,8 @@ def cmd_eval(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "prepare": cmd_prepare, "export": cmd_export}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "prepare": cmd_prepare, "export": cmd_export,
+                "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except UsageError as err:
