@@ -27,7 +27,6 @@ import concurrent.futures
 import hashlib
 import importlib
 import io
-import multiprocessing
 import os
 import pickle
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from alexnet.data.pool import make_pool
 from alexnet.errors import UsageError
 
 CLASSES: tuple[str, ...] = (
@@ -618,7 +618,7 @@ class _Decoder:
         """The worker pool, started on first need; ``None`` for one CPU or if it cannot start."""
         if self._pool is None and not self._pool_failed and _worker_count() > 1:
             try:
-                self._pool = _make_pool(_worker_count())
+                self._pool = make_pool(_worker_count())
             except (OSError, NotImplementedError, ValueError) as error:
                 print(f"decoding in one process (no worker pool: {_reason(error)})", file=sys.stderr)
                 self._pool_failed = True
@@ -658,18 +658,6 @@ def _worker_count() -> int:
     """CPUs this process may use, capped at ``_MAX_WORKERS``."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(count, _MAX_WORKERS))
-
-
-def _make_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    """A process pool; fork where available (spawned workers would each re-import torch)."""
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
-
-
-def _init_worker() -> None:
-    """One intra-op thread per worker: parallelism comes from the processes."""
-    torch.set_num_threads(1)
 
 
 def _decode_chunk(chunk: list[tuple[str, int, bytes]]) -> tuple[np.ndarray, np.ndarray, list]:

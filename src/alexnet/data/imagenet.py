@@ -89,7 +89,6 @@ import hashlib
 import importlib.resources
 import io
 import json
-import multiprocessing
 import os
 import re
 import sys
@@ -104,6 +103,7 @@ import numpy as np
 import torch
 
 from alexnet.data import shards
+from alexnet.data.pool import make_pool
 from alexnet.errors import UsageError
 
 try:
@@ -694,7 +694,7 @@ def _build_units(todo: list[_Unit], out: Path, keys: dict, fmt: str, quality: in
     if not todo:
         return failures
     jobs = [(u, str(out / u.split), fmt, quality, keys[u.split, u.number]) for u in todo]
-    pool = _make_pool(min(workers, len(todo))) if workers > 1 and len(todo) > 1 else None
+    pool = make_pool(min(workers, len(todo))) if workers > 1 and len(todo) > 1 else None
     start, images = time.perf_counter(), 0
     bar = tqdm(total=total, initial=total - len(todo), unit="shard", desc="prepare", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
@@ -730,18 +730,6 @@ def _future_outcome(future: concurrent.futures.Future) -> tuple[dict | None, str
         return future.result(), None
     except Exception as error:  # a worker died (BrokenProcessPool) or the unit raised
         return None, f"{type(error).__name__}: {_reason(error)}"
-
-
-def _make_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    """A process pool; fork where available (spawned workers would each re-import torch)."""
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
-
-
-def _init_worker() -> None:
-    """One intra-op thread per worker: parallelism comes from the processes."""
-    torch.set_num_threads(1)
 
 
 def _build_unit(unit: _Unit, folder: str, fmt: str, quality: int, key: str) -> dict:
