@@ -47,3 +47,19 @@ def test_sharded_evaluation_counts_every_example_once(runs):
     assert two["val_top1_err"] == pytest.approx(one["val_top1_err"], abs=1e-9)
     assert two["val_top5_err"] == pytest.approx(one["val_top5_err"], abs=1e-9)
     assert "x 2 processes" in two["device"]
+
+
+def test_alexnet_eval_over_two_processes_matches_one(runs):
+    checkpoint = str(runs[0] / "checkpoints" / "last.pt")
+    results = []
+    for nproc in (1, 2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "alexnet.cli", "eval", "--checkpoint", checkpoint]
+        env = {**os.environ, "ALEXNET_DATA": str(runs[0].parent / "cache"), "ALEXNET_COMPILE": "0"}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        lines = done.stdout.strip().splitlines()
+        assert len(lines) == 1  # rank 0 alone prints
+        results.append(json.loads(lines[0]))
+    assert results[0]["examples"] == results[1]["examples"] == 63
+    assert results[1]["val_top1_err"] == pytest.approx(results[0]["val_top1_err"], abs=1e-9)

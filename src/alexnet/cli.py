@@ -161,12 +161,13 @@ def cmd_eval(args) -> int:
     from .data.datasets import load_dataset
     from .evaluate import eval_inputs, evaluate_views
     from .model import AlexNet
-    from .runtime import pick_device
+    from .runtime import init_distributed, pick_device, shutdown_distributed
 
     ckpt = load_checkpoint(args.checkpoint)
     overrides = list(args.overrides) + ([f"data.path={json.dumps(args.data)}"] if args.data else [])
     config = cfgmod.build_config(ckpt.get("config", {}), overrides)
-    device = pick_device(config.train.device)
+    ddp = init_distributed(config.train.device)  # under torchrun: each process evaluates its share
+    device = pick_device(config.train.device, ddp.local_rank)
     model = AlexNet(config.model)
     load_weights(model, ckpt, args.checkpoint)
     models = [model] + [load_model(path) for path in args.ensemble]
@@ -180,7 +181,9 @@ def cmd_eval(args) -> int:
     result = evaluate_views([m.to(device) for m in models], images, data.val_labels, device=device, crops=crops,
                             batch_size=config.data.eval_batch_size, size=size, prepare=prepare,
                             precision=config.train.precision)
-    print(json.dumps({**result, "crops": crops, "models": len(models), "checkpoint": str(args.checkpoint)}))
+    if ddp.main:
+        print(json.dumps({**result, "crops": crops, "models": len(models), "checkpoint": str(args.checkpoint)}))
+    shutdown_distributed()
     return 0
 
 
