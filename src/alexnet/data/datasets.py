@@ -75,7 +75,8 @@ def batches(images, labels: torch.Tensor, order: torch.Tensor, batch: int, devic
             idx = batch_share(order, i, batch, rank, world)
             yield images[idx.to(images.device)], labels[idx].to(device, non_blocking=True)
         return
-    workers = os.cpu_count() or 1 if workers < 0 else workers
+    if workers < 0:  # all cores, shared among the processes torchrun started on this machine
+        workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     epoch = _EpochBatches(images, order, batch, rank, world)
     loader = torch.utils.data.DataLoader(epoch, batch_size=None, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda",
