@@ -34,7 +34,6 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -42,6 +41,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from alexnet.data.decode import decode_rgb, is_image_name, quiet_decoders, reason
 from alexnet.data.pool import make_pool
 from alexnet.errors import UsageError
 
@@ -61,7 +61,6 @@ DOWNLOAD_TRIES = 3
 DOWNLOAD_TIMEOUT_S = 20.0
 DOWNLOAD_BACKOFF_S = 2.0  # doubled after each failed try
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"})
 CACHE_FORMAT = 1
 SIZE = 32
 
@@ -204,7 +203,7 @@ def _read_cache(path: Path) -> tuple[Split, Split] | None:
         for split in splits:
             _check_split(split)
     except Exception as error:  # torch.load raises many types for a damaged or foreign file
-        print(f"ignoring unusable cache {path} ({_reason(error)})", file=sys.stderr)
+        print(f"ignoring unusable cache {path} ({reason(error)})", file=sys.stderr)
         return None
     return splits[0], splits[1]
 
@@ -379,7 +378,7 @@ def _download(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UsageError(f"cannot create the data cache {folder} ({_reason(error)}); "
+        raise UsageError(f"cannot create the data cache {folder} ({reason(error)}); "
                          "set ALEXNET_DATA to a writable folder") from None
     for attempt in range(1, DOWNLOAD_TRIES + 1):
         try:
@@ -387,11 +386,11 @@ def _download(folder: Path) -> Path:
             break
         except OSError as error:  # URLError, timeouts and connection resets are all OSError
             part.unlink(missing_ok=True)
-            reason = _reason(getattr(error, "reason", None) or error)
+            why = reason(getattr(error, "reason", None) or error)
             if attempt == DOWNLOAD_TRIES:
-                raise _DownloadFailed(f"{DOWNLOAD_TRIES} tries, last: {reason}") from None
+                raise _DownloadFailed(f"{DOWNLOAD_TRIES} tries, last: {why}") from None
             wait = DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1)
-            print(f"download of {URL} failed ({reason}); retrying in {wait:g} s", file=sys.stderr)
+            print(f"download of {URL} failed ({why}); retrying in {wait:g} s", file=sys.stderr)
             time.sleep(wait)
     if digest != MD5:
         part.unlink(missing_ok=True)
@@ -468,7 +467,7 @@ def _unpickle_batch(data: bytes, where: str) -> Split:
         images = np.array(batch[b"data"], dtype=np.uint8).reshape(-1, 3, SIZE, SIZE)
         labels = np.array(batch[b"labels"], dtype=np.int64)
     except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError, AttributeError) as error:
-        raise UsageError(f"{where}: not a CIFAR-10 python batch ({_reason(error)})") from None
+        raise UsageError(f"{where}: not a CIFAR-10 python batch ({reason(error)})") from None
     in_range = labels.min(initial=0) >= 0 and labels.max(initial=0) < len(CLASSES)
     if labels.shape != (images.shape[0],) or not in_range:
         raise UsageError(f"{where}: labels do not match the images or are outside 0..9")
@@ -496,7 +495,7 @@ def _decode_batches_tar(path: Path) -> tuple[Split, Split]:
                 if member.isfile() and name in wanted:
                     blobs[name] = archive.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as error:
-        raise UsageError(f"{path}: cannot read the archive ({_reason(error)})") from None
+        raise UsageError(f"{path}: cannot read the archive ({reason(error)})") from None
     return _splits_from_batches(blobs, path)
 
 
@@ -505,7 +504,7 @@ def _decode_batches_dir(path: Path) -> tuple[Split, Split]:
     try:
         blobs = {n: (path / n).read_bytes() for n in (*_TRAIN_BATCHES, _TEST_BATCH)}
     except OSError as error:
-        raise UsageError(f"{path}: cannot read the batches ({_reason(error)})") from None
+        raise UsageError(f"{path}: cannot read the batches ({reason(error)})") from None
     return _splits_from_batches(blobs, path)
 
 
@@ -518,7 +517,7 @@ def _decode_folder_dir(root: Path) -> tuple[Split, Split]:
             _check_classes(classes, folder)
             for label, name in enumerate(classes):
                 for file in sorted((folder / name).iterdir()):
-                    if file.is_file() and _is_image_name(file.name):
+                    if file.is_file() and is_image_name(file.name):
                         _add_file(decoder, split, label, file, root.parent)
         return decoder.finish(root)
 
@@ -529,7 +528,7 @@ def _add_file(decoder: _Decoder, split: str, label: int, file: Path, base: Path)
     try:
         decoder.add(split, name, label, file.read_bytes())
     except OSError as error:
-        decoder.failures.append((name, _reason(error)))
+        decoder.failures.append((name, reason(error)))
 
 
 def _decode_folder_tar(path: Path) -> tuple[Split, Split]:
@@ -542,7 +541,7 @@ def _decode_folder_tar(path: Path) -> tuple[Split, Split]:
                 if class_name in CLASSES:
                     decoder.add(split, name, CLASSES.index(class_name), data)
         except (tarfile.TarError, OSError, EOFError) as error:
-            raise UsageError(f"{path}: cannot read the archive ({_reason(error)})") from None
+            raise UsageError(f"{path}: cannot read the archive ({reason(error)})") from None
         for split in _SPLITS:
             _check_classes(sorted(found[split]), f"{path}:{split}/")
         return decoder.finish(path)
@@ -555,14 +554,11 @@ def _tar_images(path: Path) -> Iterator[tuple[str, str, str, bytes]]:
             parts = _member_parts(member.name)
             if len(parts) < 3 or parts[-3] not in _SPLITS or not member.isfile():
                 continue
-            if not _is_image_name(parts[-1]):
+            if not is_image_name(parts[-1]):
                 continue
             yield parts[-3], parts[-2], member.name, archive.extractfile(member).read()
 
 
-def _is_image_name(name: str) -> bool:
-    """True for visible files with an image suffix (skips ``._x.jpg`` macOS litter)."""
-    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _check_classes(found: list[str], where: Path | str) -> None:
@@ -620,7 +616,7 @@ class _Decoder:
             try:
                 self._pool = make_pool(_worker_count())
             except (OSError, NotImplementedError, ValueError) as error:
-                print(f"decoding in one process (no worker pool: {_reason(error)})", file=sys.stderr)
+                print(f"decoding in one process (no worker pool: {reason(error)})", file=sys.stderr)
                 self._pool_failed = True
         return self._pool
 
@@ -667,32 +663,15 @@ def _decode_chunk(chunk: list[tuple[str, int, bytes]]) -> tuple[np.ndarray, np.n
     Returns numpy arrays so results cross process boundaries as plain pickles.
     """
     images, labels, failures = [], [], []
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its decoders (for torchcodec) with a warning per call,
-        # which would cost more than the decode itself.
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.")
+    with quiet_decoders():  # torchvision 0.29 warns on every decode call: that costs more than the decode
         for name, label, data in chunk:
             try:
-                images.append(_to_32x32(_decode_image(data)))
+                images.append(_to_32x32(decode_rgb(data)))
                 labels.append(label)
             except Exception as error:  # any decoder failure means: skip this one image
-                failures.append((name, _reason(error)))
+                failures.append((name, reason(error)))
     stacked = torch.stack(images).numpy() if images else np.empty((0, 3, SIZE, SIZE), np.uint8)
     return stacked, np.array(labels, dtype=np.int64), failures
-
-
-def _decode_image(data: bytes) -> torch.Tensor:
-    """Encoded bytes to a uint8 (3, H, W) RGB tensor: torchvision first, PIL as a fallback."""
-    from torchvision.io import ImageReadMode, decode_image
-
-    try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except Exception:  # unsupported or damaged for torchvision: let PIL try (and explain)
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as image:
-            array = np.asarray(image.convert("RGB"))
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 def _to_32x32(image: torch.Tensor) -> torch.Tensor:
@@ -711,11 +690,3 @@ def _report_failures(failures: list[tuple[str, str]], shown: int = 5) -> None:
     listed = ", ".join(f"{name} ({reason})" for name, reason in failures[:shown])
     more = f", and {len(failures) - shown} more" if len(failures) > shown else ""
     print(f"skipped {len(failures)} unreadable image(s): {listed}{more}", file=sys.stderr)
-
-
-def _reason(error: BaseException | str) -> str:
-    """A short one-line reason for an exception."""
-    if type(error).__name__ == "UnidentifiedImageError":
-        return "not a recognised image"
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text[:160]

@@ -94,7 +94,6 @@ import re
 import sys
 import tarfile
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +102,8 @@ import numpy as np
 import torch
 
 from alexnet.data import shards
+from alexnet.data.decode import (BadImage, decode_rgb, is_image_name, quiet_decoders,  # noqa: F401
+                                 reason as _reason)
 from alexnet.data.pool import make_pool
 from alexnet.errors import UsageError
 
@@ -122,8 +123,6 @@ SPLITS = ("train", "val")
 SIZE = shards.SIZE
 SHARD_IMAGES = 1000  # images per shard where the source has no natural unit (folders, val tar)
 PREPARED_VERSION = 2  # 2: centre square resized (was: resize, then crop); stats before encoding
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm",
-                            ".tif", ".tiff"})
 _VAL_NAME = re.compile(r"ILSVRC2012_val_(\d+)\.", re.IGNORECASE)
 _SHARD_FILE = re.compile(r"shard-\d+(\.bin|\.idx\.npz|\.done\.json|\.stats\.npz)")
 _ACCEPTED = (
@@ -175,10 +174,6 @@ def prepare_imagenet(src: Path, out: Path, workers: int | None = None, fmt: str 
     return summary
 
 
-class BadImage(ValueError):
-    """A file that is not a usable image; the message is the reason written to report.json."""
-
-
 def preprocess(data: bytes) -> torch.Tensor:
     """Encoded image bytes -> uint8 (3, 256, 256): RGB, shorter side 256, centre crop.
 
@@ -211,28 +206,6 @@ def _decode_jpeg_scaled(data: bytes) -> np.ndarray | None:
                                       min_width=-(-width // factor), strict=True)
     except ValueError:
         return None
-
-
-def decode_rgb(data: bytes) -> torch.Tensor:
-    """Encoded bytes -> uint8 (3, H, W) RGB, stored pixel order (EXIF orientation ignored)."""
-    from torchvision.io import ImageReadMode, decode_image
-
-    if not data:
-        raise BadImage("empty file")
-    try:
-        with _quiet_decoders():
-            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                                 apply_exif_orientation=False)
-    except RuntimeError as error:  # a format torchvision lacks, or damaged data: PIL decides
-        with _quiet_decoders():
-            image = _decode_with_pil(data, error)
-    if image.dim() == 4:  # an animated GIF: the first frame
-        image = image[0]
-    if image.dtype != torch.uint8:  # 16-bit PNG
-        image = (image.to(torch.int32) >> 8).to(torch.uint8)
-    if image.shape[0] != 3 or image.shape[1] < 1 or image.shape[2] < 1:
-        raise BadImage(f"unexpected decoded shape {tuple(image.shape)}")
-    return image
 
 
 def resize_center_crop(image: torch.Tensor, size: int = SIZE) -> torch.Tensor:
@@ -296,66 +269,6 @@ def imagenet_classes() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- decoding details
-
-
-_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
-               (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
-
-
-def _signature(data: bytes) -> str | None:
-    """The image format that ``data``'s first bytes announce, or ``None``."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    return next((kind for magic, kind in _SIGNATURES if data.startswith(magic)), None)
-
-
-def _decode_with_pil(data: bytes, first_error: Exception) -> torch.Tensor:
-    """Decode with PIL after torchvision failed; raise BadImage with the best reason."""
-    from PIL import Image, UnidentifiedImageError
-
-    kind = _signature(data)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            array = np.asarray(image.convert("RGB"))
-    except UnidentifiedImageError:
-        if kind is None:
-            raise BadImage(f"not an image ({_describe_content(data)})") from None
-        raise BadImage(f"corrupt {kind} data ({_reason(first_error)})") from None
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError ... for damaged data
-        said = f"{first_error} {error}".lower()
-        if "truncat" in said or "incomplete" in said:
-            raise BadImage(f"truncated {kind or 'image'} data") from None
-        raise BadImage(f"corrupt {kind or 'image'} data ({_reason(error)})") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
-def _describe_content(data: bytes) -> str:
-    """``text`` for printable data, else the first bytes in hex."""
-    head = data[:512]
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
-        return "text"
-    return f"unrecognised content starting {head[:8].hex()}"
-
-
-def _reason(error: BaseException) -> str:
-    """A short one-line reason for an exception (drops torchvision's C++ source location)."""
-    text = str(error).strip()
-    text = re.sub(r"^.*?\.cpp:\d+, ", "", text.splitlines()[0]) if text else type(error).__name__
-    return text[:160]
-
-
-class _quiet_decoders(warnings.catch_warnings):
-    """Silence per-call codec warnings (torchvision's deprecation, PIL's EXIF and bomb notes)."""
-
-    def __enter__(self):
-        result = super().__enter__()
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.")
-        warnings.filterwarnings("ignore", module=r"PIL\.")
-        return result
 
 
 # --------------------------------------------------------------------------- finding the source
@@ -501,7 +414,7 @@ def _val_source(root: Path) -> tuple[str | None, Path | None]:
         return None, None
     if _class_folders(folder):
         return "folder", folder
-    if any(_is_image_name(p.name) and p.is_file() for p in folder.iterdir()):
+    if any(is_image_name(p.name) and p.is_file() for p in folder.iterdir()):
         return "flat", folder
     raise UsageError(f"{folder}: neither class folders (val/<class>/) nor image files; {_ACCEPTED}")
 
@@ -534,10 +447,6 @@ def _devkit_files(path: Path) -> tuple[bytes, str]:
     return found[META_MAT], found[GROUND_TRUTH].decode()
 
 
-def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
-
-
 def _class_folders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -552,7 +461,7 @@ def _list_files(folder: Path, root: Path) -> list[str]:
     for where, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         base = Path(where).relative_to(root)
-        found.extend(str(base / name) for name in files if _is_image_name(name))
+        found.extend(str(base / name) for name in files if is_image_name(name))
     return sorted(found)
 
 
@@ -618,7 +527,7 @@ def _val_units(kind: str, path: Path, root: Path, devkit: Devkit | None, classes
     if kind == "flat":
         names = [(rel, Path(rel).name) for rel in _list_files(path, root) if Path(rel).parent == path.relative_to(root)]
     else:
-        names = sorted((name, off, size) for name, off, size in _tar_members(path) if _is_image_name(Path(name).name))
+        names = sorted((name, off, size) for name, off, size in _tar_members(path) if is_image_name(Path(name).name))
     for entry in names:
         name = entry[0]
         wnid, why = _val_wnid(Path(name).name, devkit)
@@ -740,7 +649,7 @@ def _build_unit(unit: _Unit, folder: str, fmt: str, quality: int, key: str) -> d
     kept: list[tuple[str, int, bytes]] = []
     skipped: list[dict] = []
     sums = _Sums() if unit.split == "train" else None
-    with _quiet_decoders():
+    with quiet_decoders():
         for source, label, data in _unit_images(unit):
             try:
                 if isinstance(data, BadImage):
@@ -791,7 +700,7 @@ def _inner_tar_images(archive, display: str, label: int, offset: int, size: int)
     try:
         with tarfile.open(fileobj=window, mode="r:") as inner:
             for member in inner:
-                if member.isfile() and _is_image_name(Path(member.name).name):
+                if member.isfile() and is_image_name(Path(member.name).name):
                     yield f"{display}/{member.name}", label, inner.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as error:
         yield display, label, BadImage(f"damaged class archive, the rest of it is missing ({_reason(error)})")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import collections
 import os
-import warnings
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alexnet.data.decode import quiet_decoders
 from alexnet.errors import UsageError
 
 try:
@@ -72,7 +72,7 @@ def encode(image: torch.Tensor, fmt: str, quality: int = 90) -> bytes:
         return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace="RGB", colorsubsampling="420")
     from torchvision.io import encode_jpeg
 
-    with _quiet_torchvision():
+    with quiet_decoders():
         return encode_jpeg(image.contiguous(), quality=quality).numpy().tobytes()
 
 
@@ -99,7 +99,7 @@ def decode_jpeg_into(record: bytes, out: torch.Tensor) -> torch.Tensor:
         return out
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    with _quiet_torchvision():
+    with quiet_decoders():
         image = decode_jpeg(torch.frombuffer(bytearray(record), dtype=torch.uint8), mode=ImageReadMode.RGB)
     if tuple(image.shape) != (3, SIZE, SIZE):
         raise ValueError(f"the record decodes to {tuple(image.shape)}, not (3, {SIZE}, {SIZE})")
@@ -110,15 +110,6 @@ def decode_jpeg_into(record: bytes, out: torch.Tensor) -> torch.Tensor:
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise UsageError(f"unknown shard format {fmt!r}; expected one of {', '.join(FORMATS)}")
-
-
-class _quiet_torchvision(warnings.catch_warnings):
-    """Silence torchvision 0.29's per-call deprecation warning of its image codecs."""
-
-    def __enter__(self):
-        result = super().__enter__()
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.")
-        return result
 
 
 # --------------------------------------------------------------------------- writing
