@@ -63,13 +63,14 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
     train_images = data.train_images  # uint8 tensor (CIFAR-10, moved to the device once) or shards
     if isinstance(train_images, torch.Tensor):
         train_images = train_images.to(device)
+    stats = _augment_stats(data.stats, device)
     net = _wrap(model, ddp, device)
     writer = _tensorboard(out) if ddp.main else None
     log(f"training {config.recipe}: {len(data.train_labels)} images, {steps_per_epoch} steps/epoch, "
         f"{config.optim.epochs} epochs on {device_name(device)}")
     while progress.epoch < config.optim.epochs:
         epoch_metrics = train_epoch(net, optimizer, schedule, scaler, train_images, data.train_labels,
-                                    config, device, progress, data.stats, ddp)
+                                    config, device, progress, stats, ddp)
         progress.epoch += 1
         evaluated = progress.epoch == config.optim.epochs or progress.epoch % config.train.eval_every == 0
         if evaluated:
@@ -88,6 +89,19 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     shutdown_distributed()
     return summary
+
+
+def _augment_stats(stats: dict | None, device: torch.device) -> dict | None:
+    """The training set's mean image and lighting components on the device, once for the whole run.
+
+    Deviation: the paper scales p_i by its eigenvalue lambda_i; on the 0..255 scale that is a shift
+    of hundreds of levels, so PCA lighting uses sqrt(lambda_i), the pixel standard deviation along
+    p_i (as fb.resnet.torch and most reproductions do): a shift of a few levels for sigma 0.1.
+    """
+    if stats is None:
+        return None
+    return {"mean_image": stats["mean_image"].to(device), "eigvec": stats["eigvec"].to(device),
+            "pc_std": stats["eigval"].clamp_min(0).sqrt().to(device)}
 
 
 def _steps_per_epoch(images: int, batch: int, world: int) -> int:
@@ -142,15 +156,12 @@ def augment_batch(images: torch.Tensor, config: cfgmod.RunConfig, generator: tor
         return normalize(x, config.data.mean, config.data.std, config.train.channels_last)
     n, _, h, w = images.shape
     dy, dx = random_crop_offsets(n, h, w, size, generator)
-    flip = random_flips(n, generator, p=0.5 if config.data.flip else 0.0)
-    x = flip_where(crop_at(images, dy, dx, size), flip.to(images.device))
-    mean = stats["mean_image"].to(images.device)
-    x = subtract_mean_image(x, flip_where(crop_at(mean, dy, dx, size), flip.to(images.device)), config.train.channels_last)
-    if config.data.pca_std:
-        # Deviation: the paper scales p_i by its eigenvalue lambda_i; on the 0..255 scale that is a shift
-        # of hundreds of levels, so we use sqrt(lambda_i), the pixel standard deviation along p_i (as
-        # fb.resnet.torch and most reproductions do): a shift of a few levels for sigma 0.1.
-        x = pca_lighting(x, stats["eigval"].clamp_min(0).sqrt(), stats["eigvec"], generator, sigma=config.data.pca_std)
+    flip = random_flips(n, generator, p=0.5 if config.data.flip else 0.0).to(images.device)
+    x = flip_where(crop_at(images, dy, dx, size), flip)
+    mean = flip_where(crop_at(stats["mean_image"], dy, dx, size), flip)  # the same window, mirrored alike
+    x = subtract_mean_image(x, mean, config.train.channels_last)
+    if config.data.pca_std:  # stats from _augment_stats: pc_std = sqrt(eigenvalue), see there
+        x = pca_lighting(x, stats["pc_std"], stats["eigvec"], generator, sigma=config.data.pca_std)
     return x
 
 
