@@ -133,10 +133,15 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _overrides(args) -> list[str]:
+    """The key=value overrides, with --data as data.path."""
+    return list(args.overrides) + ([f"data.path={json.dumps(args.data)}"] if args.data else [])
+
+
 def cmd_train(args) -> int:
     from .train import train
 
-    overrides = list(args.overrides) + ([f"data.path={json.dumps(args.data)}"] if args.data else [])
+    overrides = _overrides(args)
     if args.resume:
         if args.out is None:
             raise UsageError("--resume needs --out RUN_DIR (the run folder to continue)")
@@ -164,7 +169,7 @@ def cmd_eval(args) -> int:
     from .runtime import init_distributed, pick_device, shutdown_distributed
 
     ckpt = load_checkpoint(args.checkpoint)
-    overrides = list(args.overrides) + ([f"data.path={json.dumps(args.data)}"] if args.data else [])
+    overrides = _overrides(args)
     config = cfgmod.build_config(ckpt.get("config", {}), overrides)
     ddp = init_distributed(config.train.device)  # under torchrun: each process evaluates its share
     device = pick_device(config.train.device, ddp.local_rank)
