@@ -78,3 +78,14 @@ def test_an_unfinished_folder_is_refused(prepared, tmp_path, capsys):
     (half / "prepared.json").unlink()
     assert main(["train", "--data", str(half), "--out", str(tmp_path / "run"), *PAPER]) == 2
     assert "prepared.json" in capsys.readouterr().err
+
+
+def test_limit_takes_a_balanced_subset_of_each_prepared_split(prepared):
+    from alexnet.config import DataConfig
+    from alexnet.data.datasets import load_prepared
+
+    data = load_prepared(DataConfig(dataset="imagenet", path=str(prepared), limit=3), seed=0)
+    assert sorted(data.train_labels.tolist()) == sorted(data.val_labels.tolist()) == [0, 1, 2]
+    images = data.train_images[torch.arange(3)]
+    assert images.shape == (3, 3, 256, 256)
+    assert torch.equal(images[0], data.train_images.reader.read(int(data.train_images.indices[0])))

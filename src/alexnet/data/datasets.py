@@ -33,12 +33,18 @@ class Dataset:
 class ShardImages:
     """A split of prepared shards that slices like a uint8 tensor: ``images[idx]`` decodes those records."""
 
-    def __init__(self, folder: Path, indices: torch.Tensor | None = None):
+    def __init__(self, folder: Path):
         from .shards import ShardReader
 
         self.reader = ShardReader(folder)
-        self.indices = indices if indices is not None else torch.arange(len(self.reader))
-        self.labels = self.reader.labels[self.indices]
+        self.indices = torch.arange(len(self.reader))
+        self.labels = self.reader.labels
+
+    def subset(self, indices: torch.Tensor) -> ShardImages:
+        """The records at ``indices`` (same reader, no second read of the shard indexes)."""
+        part = object.__new__(ShardImages)
+        part.reader, part.indices, part.labels = self.reader, self.indices[indices], self.labels[indices]
+        return part
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -111,8 +117,8 @@ def load_prepared(cfg: DataConfig, seed: int) -> Dataset:
         classes = tuple(row["wnid"] for row in csv.DictReader(f, delimiter="\t"))
     train, val = ShardImages(root / "train"), ShardImages(root / "val")
     if cfg.limit:
-        train = ShardImages(root / "train", balanced_indices(train.labels, len(classes), cfg.limit, seed))
-        val = ShardImages(root / "val", balanced_indices(val.labels, len(classes), cfg.limit, seed))
+        train = train.subset(balanced_indices(train.labels, len(classes), cfg.limit, seed))
+        val = val.subset(balanced_indices(val.labels, len(classes), cfg.limit, seed))
     stats = load_file(str(root / "stats.safetensors"))
     return Dataset(train, train.labels, val, val.labels, classes, stats)
 
