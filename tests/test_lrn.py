@@ -51,3 +51,16 @@ def test_fused_relu_lrn_equals_relu_then_lrn_with_gradients():
     torch.testing.assert_close(LocalResponseNorm()(z.detach(), relu=True), lrn_formula(torch.relu(z.detach())),
                                atol=1e-5, rtol=1e-5)
     assert torch.all(z.grad[z.detach() < 0] == 0)
+
+
+def test_a_failing_compiler_falls_back_to_the_same_eager_numbers(monkeypatch, capsys):
+    from alexnet import lrn
+
+    def broken():
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(lrn, "_compiled", broken)
+    monkeypatch.setitem(lrn._compile, "on", True)
+    a = torch.relu(torch.randn(2, 8, 4, 4)) * 20
+    torch.testing.assert_close(LocalResponseNorm()(a), lrn_formula(a), atol=1e-5, rtol=1e-5)
+    assert lrn._compile["on"] is False and "using eager LRN" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 
 import torch
 from torch import nn
@@ -75,13 +76,15 @@ def lrn_backward(z, s, grad, band, k: float, alpha: float, beta: float, size: in
     return grad_x.to(x.dtype)
 
 
+EAGER = (lrn_forward, lrn_backward)
+# Compiling is on unless ALEXNET_COMPILE=0; it is switched off for the process if it fails once.
+_compile = {"on": os.environ.get("ALEXNET_COMPILE", "1") != "0" and hasattr(torch, "compile")}
+
+
 @functools.cache
-def _kernels():
-    """The fused (compiled) kernels, or the eager functions when compiling is off or unavailable."""
+def _compiled():
+    """The fused kernels; dynamic=False: one specialised kernel per shape (conv1, conv2 x batch sizes)."""
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" noise
-    if os.environ.get("ALEXNET_COMPILE", "1") == "0" or not hasattr(torch, "compile"):
-        return lrn_forward, lrn_backward
-    # dynamic=False: one specialised kernel per shape (few: conv1, conv2 x train, eval batch).
     return torch.compile(lrn_forward, dynamic=False), torch.compile(lrn_backward, dynamic=False)
 
 
@@ -102,18 +105,14 @@ class _LRNFunction(torch.autograd.Function):
 
 
 def _run(which: int, *args):
-    """Call the compiled kernel; if compiling fails on this machine, fall back to eager for good."""
-    try:
-        return _kernels()[which](*args)
-    except Exception as err:  # noqa: BLE001 - any compiler failure means "use eager"
-        if _kernels() == (lrn_forward, lrn_backward):
-            raise
-        import sys
-
-        print(f"alexnet: torch.compile failed for LRN ({type(err).__name__}); using eager LRN", file=sys.stderr)
-        _kernels.cache_clear()
-        os.environ["ALEXNET_COMPILE"] = "0"
-        return (lrn_forward, lrn_backward)[which](*args)
+    """Call the compiled kernel; if compiling fails on this machine, use the eager one from then on."""
+    if _compile["on"]:
+        try:
+            return _compiled()[which](*args)
+        except Exception as err:  # noqa: BLE001 - any compiler failure means "use eager"
+            print(f"alexnet: torch.compile failed for LRN ({type(err).__name__}); using eager LRN", file=sys.stderr)
+            _compile["on"] = False
+    return EAGER[which](*args)
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
