@@ -7,6 +7,7 @@ results that scripts read (eval's JSON line) go to stdout, progress goes to stde
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -54,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--checkpoint", required=True, type=Path)
     exp.add_argument("--format", default="safetensors", choices=["safetensors"])
     exp.add_argument("--out", required=True, type=Path)
+    for name in PAPER_COMMANDS:  # each module adds its own sub-command and runs it
+        importlib.import_module(f".{name}", __package__).add_parser(commands)
     return parser
+
+
+# The paper's claims and figures, one module each: add_parser(commands) and run(args) -> exit code.
+PAPER_COMMANDS = ("figure1", "ablate", "figures", "report")
 
 
 PREPARE_EXAMPLES = """examples:
@@ -197,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"train": cmd_train, "eval": cmd_eval, "prepare": cmd_prepare, "export": cmd_export,
                 "bench": cmd_bench}
     try:
+        if args.command in PAPER_COMMANDS:
+            return importlib.import_module(f".{args.command}", __package__).run(args)
         return handlers[args.command](args)
     except UsageError as err:
         print(f"alexnet {args.command}: error: {err}", file=sys.stderr)

@@ -30,7 +30,7 @@ class DataConfig:
     limit: int = 0  # >0: a seeded, class-balanced subset of this many images per split
     crop_padding: int = 4  # random-crop padding in pixels (CIFAR); 0 disables the crop
     flip: bool = True  # random horizontal flips (section 4.1)
-    pca_std: float = 0.1  # prepared ImageNet: sigma of the PCA lighting alphas (section 4.1); 0 disables
+    pca_std: float = 0.1  # sigma of the PCA lighting alphas (section 4.1); 0 disables
     workers: int = -1  # prepared ImageNet: decode processes per training process; -1: the cores / local processes, 0: inline
     mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)  # per-channel mean, 0..1 scale
     std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)  # per-channel std, 0..1 scale

@@ -63,7 +63,7 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
     train_images = data.train_images  # uint8 tensor (CIFAR-10, moved to the device once) or shards
     if isinstance(train_images, torch.Tensor):
         train_images = train_images.to(device)
-    stats = _augment_stats(data.stats, device)
+    stats = _augment_stats(data, config, device)
     net = _wrap(model, ddp, device)
     writer = _tensorboard(out) if ddp.main else None
     log(f"training {config.recipe}: {len(data.train_labels)} images, {steps_per_epoch} steps/epoch, "
@@ -91,17 +91,31 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
     return summary
 
 
-def _augment_stats(stats: dict | None, device: torch.device) -> dict | None:
+def _augment_stats(data, config: cfgmod.RunConfig, device: torch.device) -> dict | None:
     """The training set's mean image and lighting components on the device, once for the whole run.
 
     Deviation: the paper scales p_i by its eigenvalue lambda_i; on the 0..255 scale that is a shift
     of hundreds of levels, so PCA lighting uses sqrt(lambda_i), the pixel standard deviation along
     p_i (as fb.resnet.torch and most reproductions do): a shift of a few levels for sigma 0.1.
+    CIFAR-10 (no prepared statistics) gets lighting only when ``data.pca_std`` > 0, from the RGB
+    covariance of its training pixels, with p_i divided by the per-channel std of its normalisation.
     """
-    if stats is None:
-        return None
+    if data.stats is None:
+        if not config.data.pca_std:
+            return None
+        eigval, eigvec = rgb_eigen(data.train_images)
+        scale = torch.tensor(config.data.std, dtype=torch.float32) * 255
+        return {"pc_std": eigval.clamp_min(0).sqrt().to(device), "eigvec": (eigvec / scale[:, None]).to(device)}
+    stats = data.stats
     return {"mean_image": stats["mean_image"].to(device), "eigvec": stats["eigvec"].to(device),
             "pc_std": stats["eigval"].clamp_min(0).sqrt().to(device)}
+
+
+def rgb_eigen(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors (columns) of the RGB covariance of uint8 (N, 3, H, W) images."""
+    pixels = images.permute(1, 0, 2, 3).reshape(3, -1).double()
+    eigval, eigvec = torch.linalg.eigh(torch.cov(pixels))
+    return eigval.float(), eigvec.float()
 
 
 def _steps_per_epoch(images: int, batch: int, world: int) -> int:
@@ -144,16 +158,20 @@ def augment_batch(images: torch.Tensor, config: cfgmod.RunConfig, generator: tor
                   stats: dict | None = None) -> torch.Tensor:
     """The training pipeline: uint8 crop and flip, then float work on the device.
 
-    CIFAR-10: padded random crop, flip, per-channel normalisation. Prepared ImageNet (``stats``):
+    CIFAR-10: padded random crop, flip, per-channel normalisation (and PCA lighting if
+    ``data.pca_std`` > 0; the cifar10 recipe leaves it off). Prepared ImageNet (``stats``):
     the paper's section 4.1, random 224 crops of the 256x256 images and their mirrors, minus the
     same window of the mean image, plus PCA lighting.
     """
     size = config.model.input_size
-    if stats is None:
+    if stats is None or "mean_image" not in stats:
         x = random_crop(images, size, config.data.crop_padding, generator)
         if config.data.flip:
             x = flip_lr(x, generator)
-        return normalize(x, config.data.mean, config.data.std, config.train.channels_last)
+        x = normalize(x, config.data.mean, config.data.std, config.train.channels_last)
+        if stats is not None:  # CIFAR-10 with data.pca_std > 0, see _augment_stats
+            x = pca_lighting(x, stats["pc_std"], stats["eigvec"], generator, sigma=config.data.pca_std)
+        return x
     n, _, h, w = images.shape
     dy, dx = random_crop_offsets(n, h, w, size, generator)
     flip = random_flips(n, generator, p=0.5 if config.data.flip else 0.0).to(images.device)
