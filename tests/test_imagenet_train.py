@@ -89,3 +89,18 @@ def test_limit_takes_a_balanced_subset_of_each_prepared_split(prepared):
     images = data.train_images[torch.arange(3)]
     assert images.shape == (3, 3, 256, 256)
     assert torch.equal(images[0], data.train_images.reader.read(int(data.train_images.indices[0])))
+
+
+def test_device_decode_gives_the_cpu_decoders_batches(prepared):
+    """data.decode=device (torchvision decode_jpeg, nvJPEG on a GPU) runs here on the CPU: same
+    labels, and pixels within the rounding of two libjpeg-turbo builds."""
+    from alexnet.data.datasets import batches
+
+    images = ShardImages(prepared / "train")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    cpu = list(batches(images, images.labels, order, 6, torch.device("cpu")))
+    dev = list(batches(images, images.labels, order, 6, torch.device("cpu"), decode="device", start=1))
+    assert len(cpu) == 3 and len(dev) == 2  # start=1: the resumed epoch skips batch 0
+    for (x, y), (xd, yd) in zip(cpu[1:], dev):
+        assert torch.equal(y, yd) and xd.shape == x.shape and xd.dtype == torch.uint8
+        assert (x.int() - xd.int()).abs().max() <= 2

@@ -32,8 +32,13 @@ class DataConfig:
     flip: bool = True  # random horizontal flips (section 4.1)
     pca_std: float = 0.1  # sigma of the PCA lighting alphas (section 4.1); 0 disables
     workers: int = -1  # prepared ImageNet: decode processes per training process; -1: the cores / local processes, 0: inline
+    decode: str = "cpu"  # prepared JPEG shards: cpu (in the workers) | device (torchvision decode_jpeg on the training device, nvJPEG on a GPU)
     mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)  # per-channel mean, 0..1 scale
     std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)  # per-channel std, 0..1 scale
+
+    def __post_init__(self):
+        if self.decode not in ("cpu", "device"):
+            raise ValueError(f"data.decode must be cpu or device; got {self.decode!r}")
 
 
 @dataclass

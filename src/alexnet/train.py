@@ -201,7 +201,8 @@ def train_epoch(model, optimizer, schedule, scaler, images, labels, config, devi
     loss_sum, correct, started = torch.zeros((), device=device), torch.zeros((), device=device), time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {progress.epoch + 1}/{config.optim.epochs}", file=sys.stderr,
                disable=not (config.train.progress and ddp.main), unit="step", leave=False, dynamic_ncols=True)
-    for i, (x, y) in enumerate(batches(images, labels, order, batch, device, config.data.workers, ddp.rank, ddp.world)):
+    for i, (x, y) in enumerate(batches(images, labels, order, batch, device, workers=config.data.workers,
+                                         rank=ddp.rank, world=ddp.world, decode=config.data.decode)):
         x = augment_batch(x, config, generator, stats)
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr(progress.step)

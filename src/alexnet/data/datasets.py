@@ -18,6 +18,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import UsageError
+from .shards import decode_on_device
 
 
 @dataclass
@@ -52,18 +53,27 @@ class ShardImages:
     def __getitem__(self, idx) -> torch.Tensor:
         return self.reader.read_many(self.indices[idx].tolist())
 
+    def encoded(self, idx) -> list[torch.Tensor]:
+        """The JPEG bytes of the records at ``idx``, undecoded."""
+        return self.reader.read_encoded(self.indices[idx].tolist())
+
 
 class _EpochBatches(torch.utils.data.Dataset):
-    """Item i is batch i of the epoch's order: decoded together in one worker."""
+    """Item i is batch ``start + i`` of the epoch's order: decoded together in one worker (or, with
+    ``encoded``, read as JPEG bytes for ``decode_on_device``)."""
 
-    def __init__(self, images: ShardImages, order: torch.Tensor, batch: int, rank: int, world: int):
+    def __init__(self, images: ShardImages, order: torch.Tensor, batch: int, rank: int, world: int,
+                 start: int = 0, encoded: bool = False):
         self.images, self.order, self.batch, self.rank, self.world = images, order, batch, rank, world
+        self.start, self.encoded = start, encoded
 
     def __len__(self) -> int:
-        return len(self.order) // self.batch
+        return len(self.order) // self.batch - self.start
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = batch_share(self.order, i, self.batch, self.rank, self.world)
+    def __getitem__(self, i: int):
+        idx = batch_share(self.order, self.start + i, self.batch, self.rank, self.world)
+        if self.encoded:
+            return self.images.encoded(idx), self.images.labels[idx]
         return self.images[idx], self.images.labels[idx]
 
 
@@ -72,23 +82,27 @@ def batch_share(order: torch.Tensor, i: int, batch: int, rank: int, world: int) 
     return order[i * batch:(i + 1) * batch][rank::world]
 
 
-def batches(images, labels: torch.Tensor, order: torch.Tensor, batch: int, device: torch.device,
-            workers: int, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(images, labels: torch.Tensor, order: torch.Tensor, batch: int, device: torch.device, *,
+            workers: int = 0, rank: int = 0, world: int = 1, start: int = 0,
+            decode: str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This process's share of the full global batches of one epoch in ``order`` (the same order on
-    every process): uint8 images and int64 labels on ``device``."""
+    every process), from batch ``start`` on (a resumed epoch): uint8 images and int64 labels on
+    ``device``. ``decode="device"`` decodes JPEG shards on ``device`` instead of in the workers."""
     if isinstance(images, torch.Tensor):
-        for i in range(len(order) // batch):
+        for i in range(start, len(order) // batch):
             idx = batch_share(order, i, batch, rank, world)
             yield images[idx.to(images.device)], labels[idx].to(device, non_blocking=True)
         return
     if workers < 0:  # all cores, shared among the processes torchrun started on this machine
         workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    epoch = _EpochBatches(images, order, batch, rank, world)
+    encoded = decode == "device" and images.reader.format == "jpeg"  # raw shards have nothing to decode
+    epoch = _EpochBatches(images, order, batch, rank, world, start, encoded)
     loader = torch.utils.data.DataLoader(epoch, batch_size=None, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if workers else None, persistent_workers=False)
     for x, y in loader:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x = decode_on_device(x, device) if encoded else x.to(device, non_blocking=True)
+        yield x, y.to(device, non_blocking=True)
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
