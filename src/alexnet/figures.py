@@ -1,13 +1,425 @@
-"""`alexnet figures`: the paper's Figures 3 and 4 from a checkpoint (placeholder: being written)."""
+"""`alexnet figures`: the paper's Figures 3 and 4 from a trained checkpoint.
+
+Figure 3: conv1's kernels. The paper shows the 48 kernels learned on GPU 1 above the 48 on
+GPU 2; our towers are conv2's two input halves (``groups=2``), so conv1's first half of kernels
+is tower 1 and the second half tower 2.
+
+Figure 4 (left): eight images, each with the network's five most probable classes, the true
+class's bar in red. Figure 4 (right): five of them as queries, each with the six gallery images
+whose fc7 activations (the last hidden layer) are nearest in Euclidean distance (section 6.1).
+
+Every image reaches the network exactly as in evaluation (``evaluate.eval_inputs``): the
+stored image (CIFAR-10 32x32, prepared ImageNet 256x256), its centre ``input_size`` window,
+then per-channel normalisation or the mean image. Image files are first brought to the stored
+size the way ``alexnet prepare`` does (centre square, resized).
+"""
 
 from __future__ import annotations
 
+import argparse
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
 from .errors import UsageError
+
+QUERIES = 8  # Figure 4 left: images with their top-5 (the paper shows eight)
+NEIGHBOUR_QUERIES = 5  # Figure 4 right: query rows (the paper shows five)
+NEIGHBOURS = 6  # gallery images per query (the paper's six)
+TOP = 5  # classes per image in Figure 4 left
+KERNEL_PIXELS = 44  # conv1 kernels are enlarged (nearest) to about this many pixels a side
+TRUE_COLOUR, OTHER_COLOUR = "tab:red", "tab:blue"  # the paper draws the true class's bar in red
+
+EXAMPLES = """examples:
+  alexnet figures --checkpoint runs/demo/checkpoints/best.pt          # into runs/demo/figures
+  alexnet figures --checkpoint best.pt --images photos/ --gallery more_photos/ --out figs
+  alexnet figures --checkpoint best.pt --gallery-limit 20000            # search more training images
+
+Without --images the first eight validation images of the checkpoint's dataset are shown; with
+it, the first eight image files (sorted), whose true class is known when the file or its folder
+names a class (cat/1.png, cat_1.png, n01440764_tench.JPEG). Without --gallery the neighbours come
+from a seeded class-balanced subset of the training split. Writes figure3.png,
+figure4_top5.png, figure4_neighbours.png and figures.json; prints one JSON line.
+"""
 
 
 def add_parser(commands) -> None:
-    commands.add_parser("figures", help="the paper's Figures 3 and 4 from a checkpoint")
+    p = commands.add_parser("figures", help="the paper's Figures 3 and 4 from a checkpoint", epilog=EXAMPLES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--images", type=Path, help="folder of image files for Figure 4 (default: validation images)")
+    p.add_argument("--gallery", type=Path, help="folder of image files searched for neighbours "
+                                                "(default: the training split)")
+    p.add_argument("--gallery-limit", type=int, default=5000, metavar="N",
+                   help="at most N gallery images: a class-balanced subset of the training split, or the "
+                        "first N files of --gallery (default 5000)")
+    p.add_argument("--data", help="dataset location (default: the one in the checkpoint's config)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/figures beside the checkpoints)")
+
+
+@dataclass
+class ImageSet:
+    """Some images of a split or a folder, and what is known about each."""
+
+    images: Any  # slices like a uint8 (N, 3, H, W) tensor: a tensor, ShardImages or FolderImages
+    indices: torch.Tensor  # which of ``images`` belong to the set, in order
+    ids: list[str]  # "val[3]" or the file path, for figures.json
+    labels: list[int | None]  # true class, None where unknown
+    paths: list[Path | None]  # the file, for folders (a query is never its own neighbour)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batches(self, size: int):
+        for start in range(0, len(self.indices), size):
+            yield self.images[self.indices[start:start + size]]
+
+    def uint8(self, positions: list[int]) -> torch.Tensor:
+        return self.images[self.indices[positions]]
+
+
+class FolderImages:
+    """Image files that slice like a uint8 (N, 3, size, size) tensor, as ``ShardImages`` do: decoded
+    when sliced, so a large gallery is never all in memory."""
+
+    def __init__(self, files: list[Path], size: int):
+        self.files, self.size = files, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return torch.stack([self.load(self.files[i]) for i in torch.as_tensor(idx).reshape(-1).tolist()])
+
+    def load(self, path: Path) -> torch.Tensor:
+        """The centre square resized to the stored size, as ``alexnet prepare`` makes the dataset."""
+        from .data.decode import BadImage, decode_rgb
+        from .data.imagenet import resize_center_crop
+
+        try:
+            image = decode_rgb(path.read_bytes())
+        except BadImage as err:
+            raise UsageError(f"{path}: {err}; remove it from the folder or convert it to JPEG or PNG") from None
+        return resize_center_crop(image, self.size).contiguous()
 
 
 def run(args) -> int:
-    raise UsageError("not implemented yet")
+    from .evaluate import eval_inputs, views
+    from .runtime import log, pick_device
+
+    check_args(args)
+    device = pick_device(args.device)
+    model, config = load_network(args.checkpoint, args.data, device)
+    data = load_data(config, needed=args.images is None or args.gallery is None)
+    names, keys = class_names(config, data)
+    if model.config.num_classes != len(names):
+        raise UsageError(f"checkpoint {args.checkpoint} has {model.config.num_classes} classes but its dataset has "
+                         f"{len(names)}; pass --data with the dataset it was trained on")
+    _, size, prepare = eval_inputs(data, config, crops=1)
+    stored = stored_size(data, config)
+    queries = (folder_set(args.images, QUERIES, stored, keys) if args.images else
+               split_set(data.val_images, data.val_labels, torch.arange(min(QUERIES, len(data.val_labels))), "val"))
+    gallery = folder_set(args.gallery, args.gallery_limit, stored, keys) if args.gallery else train_gallery(
+        data, args.gallery_limit, config.seed)
+    log(f"figures: {len(queries)} images, fc7 features of {len(gallery)} gallery images on {device}")
+    network = Network(model, lambda x: prepare(views(x.to(device), 1, size)), config.data.eval_batch_size)
+    out = args.out or default_out(args.checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = make_figures(network, queries, gallery, names, lambda x: views(x, 1, size), out)
+    print(json.dumps({key: str(path) for key, path in paths.items()}))
+    return 0
+
+
+def check_args(args) -> None:
+    if args.gallery_limit < 1:
+        raise UsageError(f"--gallery-limit must be at least 1; got {args.gallery_limit}")
+    for flag, folder in (("--images", args.images), ("--gallery", args.gallery)):
+        if folder is not None and not folder.is_dir():
+            raise UsageError(f"{flag} {folder}: not a folder; pass a folder of image files (.jpg, .png, ...)")
+
+
+def load_network(path: Path, data_path: str | None, device: torch.device):
+    """The checkpoint's network in eval mode (no dropout) and its resolved run config."""
+    from .checkpoint import load_checkpoint, load_weights
+    from .config import build_config
+    from .model import AlexNet
+
+    ckpt = load_checkpoint(path)
+    config = build_config(ckpt.get("config", {}), [f"data.path={json.dumps(data_path)}"] if data_path else [])
+    model = AlexNet(config.model)
+    load_weights(model, ckpt, path)
+    return model.to(device).eval(), config
+
+
+def load_data(config, needed: bool):
+    """The run's dataset; CIFAR-10 is skipped (classes only) when both image sets are folders."""
+    from .data.datasets import Dataset, load_dataset
+
+    if needed or config.data.dataset != "cifar10":  # prepared ImageNet: its mean image is the normalisation
+        return load_dataset(config.data, config.seed)
+    from .data.cifar import CLASSES
+
+    images, labels = torch.empty(0, 3, 32, 32, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+    return Dataset(images, labels, images, labels, CLASSES)
+
+
+def class_names(config, data) -> tuple[list[str], list[tuple[str, ...]]]:
+    """Display names, and the names a file or folder may use for each class (CIFAR-10's ten; a
+    prepared folder's classes.tsv ``name``, first of its comma-separated words, and ``wnid``)."""
+    if data.stats is None:
+        return list(data.classes), [(c,) for c in data.classes]
+    with open(Path(config.data.path) / "classes.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    names = [(row.get("name") or row["wnid"]).split(",")[0].strip() for row in rows]
+    return names, [(name, row["wnid"]) for name, row in zip(names, rows)]
+
+
+def stored_size(data, config) -> int:
+    """The side of the images as stored: prepared ImageNet's mean image, else the input size (CIFAR-10)."""
+    return int(data.stats["mean_image"].shape[-1]) if data.stats is not None else config.model.input_size
+
+
+def split_set(images, labels: torch.Tensor, indices: torch.Tensor, split: str) -> ImageSet:
+    return ImageSet(images, indices, [f"{split}[{i}]" for i in indices.tolist()],
+                    labels[indices].tolist(), [None] * len(indices))
+
+
+def train_gallery(data, limit: int, seed: int) -> ImageSet:
+    """A seeded class-balanced subset of the training split, in index order."""
+    from .data.datasets import balanced_indices
+
+    picked = balanced_indices(data.train_labels, len(data.classes), limit, seed).sort().values
+    if not len(picked):
+        raise UsageError("the training split is empty; pass --gallery DIR with image files to search")
+    return split_set(data.train_images, data.train_labels, picked, "train")
+
+
+def folder_set(folder: Path, limit: int, size: int, keys: list[tuple[str, ...]]) -> ImageSet:
+    """The first ``limit`` image files under ``folder`` (sorted, searched recursively)."""
+    from .data.decode import is_image_name
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name))[:limit]
+    if not files:
+        raise UsageError(f"{folder}: no image files (.jpg, .png, ...) in it; pass a folder of images")
+    return ImageSet(FolderImages(files, size), torch.arange(len(files)), [str(f) for f in files],
+                    [true_class(f, keys) for f in files], list(files))
+
+
+def true_class(path: Path, keys: list[tuple[str, ...]]) -> int | None:
+    """The class that ``path``'s folder or file name names (``cat/1.png``, ``cat.png``, ``cat_1.png``,
+    ``n01440764_tench.JPEG``), else None. The longest name wins: tiger_shark_1.png is not a tiger."""
+    folder, stem = _words(path.parent.name), _words(path.stem)
+    best, best_len = None, 0
+    for label, names in enumerate(keys):
+        for name in map(_words, names):
+            rest = stem[len(name):] if stem.startswith(name) else None
+            named = folder == name or (rest is not None and (not rest or not rest[0].isalpha()))
+            if named and len(name) > best_len:
+                best, best_len = label, len(name)
+    return best
+
+
+def _words(text: str) -> str:
+    """Lower case with spaces for ``_`` and ``-``: "Great_White-shark" -> "great white shark"."""
+    return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
+
+
+def default_out(checkpoint: Path) -> Path:
+    """RUN_DIR/figures for RUN_DIR/checkpoints/X.pt, else a figures folder beside the checkpoint."""
+    parent = checkpoint.parent
+    return (parent.parent if parent.name == "checkpoints" else parent) / "figures"
+
+
+@dataclass
+class Network:
+    """The model with its input preparation: uint8 images at stored size in, float results out."""
+
+    model: torch.nn.Module
+    to_input: Callable[[torch.Tensor], torch.Tensor]
+    batch_size: int
+
+    @torch.no_grad()
+    def probabilities(self, images: ImageSet) -> torch.Tensor:
+        return torch.cat([self.model(self.to_input(x)).float().softmax(1).cpu() for x in images.batches(self.batch_size)])
+
+    @torch.no_grad()
+    def fc7(self, images: ImageSet) -> torch.Tensor:
+        return torch.cat([self.model.fc7_features(self.to_input(x)).float().cpu() for x in images.batches(self.batch_size)])
+
+
+def nearest_neighbours(queries: torch.Tensor, gallery: torch.Tensor, k: int,
+                       exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices and distances (both (Q, k)) of the ``k`` rows of ``gallery`` nearest each row of
+    ``queries`` in Euclidean distance, nearest first; ties go to the lower gallery index.
+
+    Distances are exact differences in float64, not the |a|^2 + |b|^2 - 2ab expansion, which
+    loses near-identical vectors to rounding. ``exclude[q, g]`` True drops gallery row g for
+    query q (the query's own file); ``k`` shrinks to what every query has left.
+    """
+    dist = torch.cdist(queries.double()[None], gallery.double()[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
+    excluded = 0
+    if exclude is not None:
+        dist = dist.masked_fill(exclude, math.inf)
+        excluded = int(exclude.sum(1).max()) if len(exclude) else 0
+    order = dist.argsort(dim=1, stable=True)[:, :min(k, gallery.shape[0] - excluded)]
+    return order, dist.gather(1, order)
+
+
+def same_files(queries: ImageSet, gallery: ImageSet) -> torch.Tensor:
+    """(Q, G) True where a query and a gallery image are the same file (the same path, resolved)."""
+    gallery_paths = [p.resolve() if p else None for p in gallery.paths]
+    return torch.tensor([[q is not None and q.resolve() == g for g in gallery_paths] for q in queries.paths],
+                        dtype=torch.bool).reshape(len(queries.paths), len(gallery_paths))
+
+
+def make_figures(network: Network, queries: ImageSet, gallery: ImageSet, names: list[str],
+                 display: Callable[[torch.Tensor], torch.Tensor], out: Path) -> dict[str, Path]:
+    """Compute Figures 3 and 4, draw them into ``out`` and write figures.json; returns the paths."""
+    top5 = top5_records(network.probabilities(queries), queries, names)
+    first = ImageSet(queries.images, queries.indices[:NEIGHBOUR_QUERIES], queries.ids[:NEIGHBOUR_QUERIES],
+                     queries.labels[:NEIGHBOUR_QUERIES], queries.paths[:NEIGHBOUR_QUERIES])
+    index, dist = nearest_neighbours(network.fc7(first), network.fc7(gallery), NEIGHBOURS, same_files(first, gallery))
+    neighbours = neighbour_records(index, dist, first, gallery, names)
+    paths = {"figure3": out / "figure3.png", "figure4_top5": out / "figure4_top5.png",
+             "figure4_neighbours": out / "figure4_neighbours.png", "json": out / "figures.json"}
+    conv = network.model.conv1.weight.detach().float().cpu().numpy()
+    draw_figure3(conv, towers=network.model.conv2.groups, path=paths["figure3"])
+    draw_top5([hwc(x) for x in display(queries.uint8(list(range(len(queries)))))], top5, paths["figure4_top5"])
+    rows = [[hwc(x) for x in display(gallery.uint8(row))] for row in index.tolist()]
+    draw_neighbours([hwc(x) for x in display(first.uint8(list(range(len(first)))))], rows, neighbours,
+                    paths["figure4_neighbours"])
+    blob = {"top5": top5, "neighbours": neighbours}
+    paths["json"].write_text(json.dumps(blob, indent=2) + "\n")
+    return paths
+
+
+def top5_records(probs: torch.Tensor, images: ImageSet, names: list[str]) -> list[dict]:
+    values, classes = probs.topk(min(TOP, probs.shape[1]), dim=1)
+    return [{"image": image, "label": label, "true": None if label is None else names[label],
+             "top5": [{"label": c, "class": names[c], "probability": round(p, 6)} for c, p in zip(cs, ps)]}
+            for image, label, cs, ps in zip(images.ids, images.labels, classes.tolist(), values.tolist())]
+
+
+def neighbour_records(index: torch.Tensor, dist: torch.Tensor, queries: ImageSet, gallery: ImageSet,
+                      names: list[str]) -> list[dict]:
+    def entry(g: int, d: float) -> dict:
+        label = gallery.labels[g]
+        return {"gallery_position": g, "image": gallery.ids[g], "path": _str(gallery.paths[g]), "label": label,
+                "class": None if label is None else names[label], "distance": d}
+
+    return [{"query": queries.ids[q], "path": _str(queries.paths[q]), "label": queries.labels[q],
+             "true": None if queries.labels[q] is None else names[queries.labels[q]],
+             "neighbours": [entry(g, d) for g, d in zip(row, ds)]}
+            for q, (row, ds) in enumerate(zip(index.tolist(), dist.tolist()))]
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def hwc(image: torch.Tensor):
+    """uint8 (3, H, W) -> a numpy (H, W, 3) array for imshow."""
+    return image.permute(1, 2, 0).contiguous().numpy()
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files, no screen), imported on first use: the command
+    line imports every command module to build its parser, and pyplot costs a second."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def kernel_mosaic(kernels, columns: int, scale: int, gap: int = 1):
+    """(n, 3, k, k) kernels -> one (H, W, 3) image in 0..1 on white: each kernel stretched to 0..1
+    on its own, enlarged ``scale`` times by repetition (nearest), in rows of ``columns``."""
+    import numpy as np
+
+    n, _, k, _ = kernels.shape
+    low = kernels.min(axis=(1, 2, 3), keepdims=True)
+    span = kernels.max(axis=(1, 2, 3), keepdims=True) - low
+    tiles = (kernels - low) / np.where(span > 0, span, 1)
+    tiles = tiles.repeat(scale, axis=2).repeat(scale, axis=3).transpose(0, 2, 3, 1)
+    side, rows = k * scale, -(-n // columns)
+    mosaic = np.ones((rows * (side + gap) - gap, columns * (side + gap) - gap, 3))
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        mosaic[r * (side + gap):r * (side + gap) + side, c * (side + gap):c * (side + gap) + side] = tile
+    return mosaic
+
+
+def draw_figure3(kernels, towers: int, path: Path) -> None:
+    """conv1's kernels, one block per tower (first half of the kernels = tower 1)."""
+    import numpy as np
+
+    plt = pyplot()
+    n, _, k, _ = kernels.shape
+    groups = np.split(kernels, towers)
+    columns, scale = min(16, len(groups[0])), max(1, math.ceil(KERNEL_PIXELS / k))
+    mosaics = [kernel_mosaic(g, columns, scale) for g in groups]
+    height, width = mosaics[0].shape[:2]
+    inches = max(5.0, 1.6 * width / 100)  # 1.6 screen pixels per mosaic pixel, at least 5 inches wide
+    fig, axes = plt.subplots(towers, 1, squeeze=False, layout="constrained", figsize=(inches, towers * (inches * height / width + 0.3) + 0.4))
+    for i, (ax, mosaic) in enumerate(zip(axes[:, 0], mosaics)):
+        ax.imshow(mosaic, interpolation="nearest")
+        ax.set_title(f"tower {i + 1}" if towers > 1 else "one tower", fontsize=11)
+        ax.axis("off")
+    fig.suptitle(f"Figure 3: the {n} conv1 kernels ({k}x{k}x3), each scaled to 0..1", fontsize=12)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def draw_top5(images: list, records: list[dict], path: Path) -> None:
+    """Figure 4 (left): each image above its top-5 bars; the true class's bar in red."""
+    plt = pyplot()
+    columns = min(4, len(records))
+    rows = -(-len(records) // columns)
+    fig = plt.figure(figsize=(3.2 * columns, 3.9 * rows))
+    grid = fig.add_gridspec(rows, columns, hspace=0.3, wspace=0.8)
+    for i, (image, record) in enumerate(zip(images, records)):
+        cell = grid[divmod(i, columns)].subgridspec(2, 1, height_ratios=[3, 1.5], hspace=0.1)
+        ax = fig.add_subplot(cell[0])
+        ax.imshow(image)
+        ax.axis("off")
+        ax.set_title(record["true"] or Path(record["image"]).name, fontsize=10)
+        bars = fig.add_subplot(cell[1])
+        top = record["top5"]
+        colours = [TRUE_COLOUR if t["label"] == record["label"] else OTHER_COLOUR for t in top]
+        bars.barh(range(len(top)), [t["probability"] for t in top], color=colours)
+        bars.set_yticks(range(len(top)), [t["class"] for t in top], fontsize=8)
+        bars.invert_yaxis()
+        bars.set_xlim(0, 1)
+        bars.tick_params(axis="x", labelsize=7)
+    fig.suptitle("Figure 4 (left): the five most probable classes of each image; the true class in red")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def draw_neighbours(queries: list, rows: list[list], records: list[dict], path: Path) -> None:
+    """Figure 4 (right): a query per row, then its nearest gallery images in fc7 space."""
+    plt = pyplot()
+    columns = 1 + max(len(row) for row in rows)
+    fig, axes = plt.subplots(len(rows), columns, squeeze=False, figsize=(1.7 * columns, 2.0 * len(rows)))
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (query, row, record) in enumerate(zip(queries, rows, records)):
+        axes[r, 0].imshow(query)
+        axes[r, 0].set_title(f"query: {record['true'] or Path(record['query']).name}", fontsize=8, color=TRUE_COLOUR)
+        for j, (image, nb) in enumerate(zip(row, record["neighbours"])):
+            axes[r, j + 1].imshow(image)
+            axes[r, j + 1].set_title(f"{nb['class'] or Path(nb['image']).name}\nd={nb['distance']:.3g}", fontsize=7)
+    fig.suptitle(f"Figure 4 (right): the {columns - 1} gallery images nearest each query in fc7 space")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
