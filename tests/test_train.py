@@ -81,9 +81,13 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 def test_one_step_in_each_precision_moves_the_weights(precision):
     import torch
 
+    from types import SimpleNamespace
+
     from alexnet import AlexNet
-    from alexnet.config import build_config, read_recipe
+    from alexnet.resume import Progress
+    from alexnet.runtime import Dist
     from alexnet.train import make_optimizer, train_step
+    from alexnet.config import build_config, read_recipe
 
     config = build_config(read_recipe("cifar10"), ["model.width=0.25", f"train.precision={json.dumps(precision)}"])
     model = AlexNet(config.model)
@@ -91,8 +95,10 @@ def test_one_step_in_each_precision_moves_the_weights(precision):
     scaler = torch.amp.GradScaler("cpu", enabled=precision == "fp16")
     before = model.conv1.weight.detach().clone()
     x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+    run = SimpleNamespace(config=config, device=torch.device("cpu"), net=model, model=model, optimizer=optimizer,
+                          scaler=scaler, ddp=Dist(), progress=Progress())
     for _ in range(20):  # fp16 skips steps while the grad scaler backs off from 2**16
-        loss, logits = train_step(model, optimizer, scaler, x, y, config, torch.device("cpu"))
+        loss, logits, _ = train_step(run, x, y)
         if not torch.equal(before, model.conv1.weight):
             break
     assert torch.isfinite(loss) and logits.shape == (8, 10)

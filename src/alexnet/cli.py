@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -149,7 +150,8 @@ def cmd_train(args) -> int:
     from .train import train
 
     overrides = _overrides(args)
-    if args.resume:
+    resume = args.resume or _torchrun_restart(args)
+    if resume:
         if args.out is None:
             raise UsageError("--resume needs --out RUN_DIR (the run folder to continue)")
         recipe = _checkpoint_config(args.out / "checkpoints" / "last.pt")
@@ -157,9 +159,20 @@ def cmd_train(args) -> int:
         recipe = cfgmod.read_recipe(args.recipe)
     config = cfgmod.build_config(recipe, overrides)
     out = args.out or Path("runs") / f"{config.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = train(config, out, resume=args.resume)
+    summary = train(config, out, resume=resume)
     print(json.dumps(summary))
     return 0
+
+
+def _torchrun_restart(args) -> bool:
+    """Under torchrun, every process and every restart must use one run folder; a restart after a
+    failure (``--max-restarts``) continues from its last checkpoint by itself."""
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return False
+    if args.out is None:
+        raise UsageError("under torchrun pass --out RUN_DIR, so that every process and every restart use the same run folder")
+    restarted = int(os.environ["TORCHELASTIC_RESTART_COUNT"]) > 0
+    return restarted and (args.out / "checkpoints" / "last.pt").is_file()
 
 
 def _checkpoint_config(path: Path) -> dict:

@@ -67,6 +67,15 @@ class TrainConfig:
     eval_every: int = 1  # epochs between validation passes (the last epoch always evaluates)
     eval_flip: bool = False  # average the softmax of each image and its mirror when validating
     progress: bool = True  # progress bar on stderr
+    checkpoint_every_steps: int = 0  # >0: also checkpoint inside epochs, every this many steps (epoch ends always)
+    keep_checkpoints: int = 2  # step checkpoints kept besides best.pt (last.pt is the newest)
+    on_nonfinite: str = "stop"  # a nan/inf loss: stop (naming the step, last good checkpoint kept) | skip the step
+
+    def __post_init__(self):
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"train.on_nonfinite must be stop or skip; got {self.on_nonfinite!r}")
+        if self.keep_checkpoints < 1 or self.checkpoint_every_steps < 0:
+            raise ValueError("train.keep_checkpoints must be >= 1 and train.checkpoint_every_steps >= 0")
 
 
 @dataclass

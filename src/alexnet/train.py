@@ -2,15 +2,19 @@
 
 Data flow: uint8 images (on the device when it is a GPU) -> a batch of indices -> random
 crop + flip on uint8 -> normalise to float on the device -> model.
+
+A run survives being stopped anywhere (see ``resume.py``): checkpoints at each epoch end and
+every ``train.checkpoint_every_steps`` carry the position inside the epoch and every random
+state, SIGTERM/SIGINT finish the step and checkpoint (``stop.py``), and a non-finite loss stops
+the run before it overwrites a good checkpoint (or skips the step, ``train.on_nonfinite``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,28 +22,42 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from . import config as cfgmod
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import load_checkpoint, load_weights
 from .data.augment import (crop_at, flip_lr, flip_where, normalize, pca_lighting, random_crop, random_crop_offsets,
                            random_flips, subtract_mean_image)
 from .data.datasets import batches, load_dataset
 from .errors import UsageError
 from .evaluate import eval_inputs, evaluate_views
 from .model import AlexNet
+from .resume import Checkpoints, Progress, gather, rng_state, set_rng_state
 from .runtime import (Dist, all_sum, autocast, device_name, git_commit, init_distributed, log, pick_device,
                       seed_everything, set_threads, shutdown_distributed)
 from .schedule import Schedule
+from .stop import StopRequest, agreed, fault_injection
+
+CHECK_EVERY = 10  # steps between checks of the loss (a host sync) and, under torchrun, of stop requests
 
 
 @dataclass
-class Progress:
-    """What a checkpoint must carry to continue a run."""
+class Run:
+    """What a training run holds while it runs."""
 
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimiser steps taken
-    train_seconds: float = 0.0
-    images_seen: int = 0
-    best_val_top1_err: float = math.inf
-    last_eval: dict = field(default_factory=dict)
+    config: cfgmod.RunConfig
+    out: Path
+    device: torch.device
+    ddp: Dist
+    model: torch.nn.Module  # the plain model: what checkpoints store
+    net: torch.nn.Module  # what trains: the model, or DDP around it under torchrun
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    progress: Progress
+    checkpoints: Checkpoints
+    stop: StopRequest
+    stats: dict | None = None  # augmentation statistics on the device (_augment_stats)
+    resumed: dict | None = None  # inside-epoch state from the checkpoint, for the epoch under way
+    writer: object = None  # TensorBoard (rank 0)
+    stopped: str | None = None  # the signal that ended the run early (on any process)
 
 
 def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
@@ -48,47 +66,47 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
     seed_everything(config.seed)
     ddp = init_distributed(config.train.device)
     device = pick_device(config.train.device, ddp.local_rank)
-    data = load_dataset(config.data, config.seed)
+    with StopRequest() as stop:  # from here on SIGTERM/SIGINT end the run with a checkpoint
+        data = load_dataset(config.data, config.seed)
+        run = _start(config, out, resume, ddp, device, data, stop)
+        train_images = data.train_images  # uint8 tensor (CIFAR-10, moved to the device once) or shards
+        if isinstance(train_images, torch.Tensor):
+            train_images = train_images.to(device)
+        log(f"training {config.recipe}: {len(data.train_labels)} images, "
+            f"{len(data.train_labels) // config.data.batch_size} steps/epoch, {config.optim.epochs} epochs on "
+            f"{device_name(device)}")
+        while run.progress.epoch < config.optim.epochs and not _stop_agreed(run):
+            epoch_metrics = train_epoch(run, train_images, data.train_labels)
+            if epoch_metrics is None:  # stopped inside the epoch, checkpoint written
+                break
+            _end_epoch(run, epoch_metrics, data)
+    summary = _summary(run)
+    if ddp.main:
+        run.writer.close()
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if run.stopped:
+            log(f"stopped by {run.stopped} at step {run.progress.step}; continue with: alexnet train --out {out} --resume")
+    shutdown_distributed()
+    return summary
+
+
+def _start(config, out: Path, resume: bool, ddp: Dist, device, data, stop: StopRequest) -> Run:
+    """Build the model, optimiser and schedule, and restore them from ``last.pt`` when resuming."""
     model = AlexNet(config.model).to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = _steps_per_epoch(len(data.train_labels), config.data.batch_size, ddp.world)
     optimizer = make_optimizer(model, config.optim)
-    schedule = Schedule(config.optim, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
-    progress = Progress()
     ckpt_dir = _prepare_run_dir(out, config, resume, ddp.main)
+    run = Run(config, out, device, ddp, model, _wrap(model, ddp, device), optimizer,
+              Schedule(config.optim, steps_per_epoch),
+              torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16"), Progress(),
+              Checkpoints(ckpt_dir, config.train.keep_checkpoints), stop)
     if resume:
-        progress = _restore(ckpt_dir / "last.pt", model, optimizer, schedule, scaler)
-    train_images = data.train_images  # uint8 tensor (CIFAR-10, moved to the device once) or shards
-    if isinstance(train_images, torch.Tensor):
-        train_images = train_images.to(device)
-    stats = _augment_stats(data, config, device)
-    net = _wrap(model, ddp, device)
-    writer = _tensorboard(out) if ddp.main else None
-    log(f"training {config.recipe}: {len(data.train_labels)} images, {steps_per_epoch} steps/epoch, "
-        f"{config.optim.epochs} epochs on {device_name(device)}")
-    while progress.epoch < config.optim.epochs:
-        epoch_metrics = train_epoch(net, optimizer, schedule, scaler, train_images, data.train_labels,
-                                    config, device, progress, stats, ddp)
-        progress.epoch += 1
-        evaluated = progress.epoch == config.optim.epochs or progress.epoch % config.train.eval_every == 0
-        if evaluated:
-            started = time.perf_counter()
-            progress.last_eval = validate(model, data, config, device)
-            progress.train_seconds += time.perf_counter() - started
-            if schedule.end_epoch(progress.last_eval["val_top1_err"]):
-                log(f"validation error stopped improving: learning rate / 10 (drop {schedule.drops})")
-        row = _epoch_row(progress, epoch_metrics, schedule, evaluated)
-        if ddp.main:  # one writer: rank 0 logs and checkpoints
-            _append_metrics(out, row, writer)
-            _save_epoch(ckpt_dir, model, config, optimizer, schedule, scaler, progress, evaluated)
-    summary = _summary(progress, config, device, ddp.world)
-    if ddp.main:
-        writer.close()
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    shutdown_distributed()
-    return summary
+        _restore(run, ckpt_dir / "last.pt")
+    run.stats = _augment_stats(data, config, device)
+    run.writer = _tensorboard(out) if ddp.main else None
+    return run
 
 
 def _augment_stats(data, config: cfgmod.RunConfig, device: torch.device) -> dict | None:
@@ -183,60 +201,128 @@ def augment_batch(images: torch.Tensor, config: cfgmod.RunConfig, generator: tor
     return x
 
 
-def train_epoch(model, optimizer, schedule, scaler, images, labels, config, device, progress: Progress,
-                stats: dict | None = None, ddp: Dist = Dist()) -> dict:
-    """One pass over a seeded permutation of the training set; updates ``progress`` in place.
+def train_epoch(run: Run, images, labels: torch.Tensor) -> dict | None:
+    """One pass over a seeded permutation of the training set (or the rest of it, when resumed
+    inside the epoch); updates ``run.progress``. Returns the epoch's metrics, or None when a
+    stop request ended the epoch early (after writing a checkpoint).
 
     Every process draws the same order and takes its share of each global batch; rank 0 keeps
     drawing augmentations from the same stream, other ranks from their own.
     """
-    model.train()
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + progress.epoch)
+    config, device, p = run.config, run.device, run.progress
     batch = config.data.batch_size
-    order = torch.randperm(len(labels), generator=generator)
-    if ddp.rank:
-        generator.manual_seed(config.seed * 100_003 + progress.epoch + 7_919 * ddp.rank)
     steps = len(labels) // batch  # drop the ragged last batch: every step sees `batch` images
+    order, generator, sums = _epoch_state(run, len(labels))
+    run.model.train()
     # Sums stay on the device: no host synchronisation inside the loop.
-    loss_sum, correct, started = torch.zeros((), device=device), torch.zeros((), device=device), time.perf_counter()
-    bar = tqdm(total=steps, desc=f"epoch {progress.epoch + 1}/{config.optim.epochs}", file=sys.stderr,
-               disable=not (config.train.progress and ddp.main), unit="step", leave=False, dynamic_ncols=True)
-    for i, (x, y) in enumerate(batches(images, labels, order, batch, device, workers=config.data.workers,
-                                         rank=ddp.rank, world=ddp.world, decode=config.data.decode)):
-        x = augment_batch(x, config, generator, stats)
-        for group in optimizer.param_groups:
-            group["lr"] = schedule.lr(progress.step)
-        loss, logits = train_step(model, optimizer, scaler, x, y, config, device)
-        loss_sum += loss.detach()
-        correct += (logits.detach().argmax(1) == y).sum()
-        progress.step += 1
-        if not bar.disable and (i % 10 == 9 or i == steps - 1):
-            _update_bar(bar, i + 1, loss_sum, batch, started, progress, config, steps)
+    loss_sum, correct = (torch.tensor(v, dtype=torch.float32, device=device) for v in sums)
+    first_bad = torch.zeros((), dtype=torch.int64, device=device)  # first step with a non-finite loss
+    bar = tqdm(total=steps, initial=p.epoch_step, desc=f"epoch {p.epoch + 1}/{config.optim.epochs}", file=sys.stderr,
+               disable=not (config.train.progress and run.ddp.main), unit="step", leave=False, dynamic_ncols=True)
+    every, started, done_before = config.train.checkpoint_every_steps, time.perf_counter(), p.epoch_step
+    for x, y in batches(images, labels, order, batch, device, workers=config.data.workers, rank=run.ddp.rank,
+                        world=run.ddp.world, start=p.epoch_step, decode=config.data.decode):
+        x = augment_batch(x, config, generator, run.stats)
+        for group in run.optimizer.param_groups:
+            group["lr"] = run.schedule.lr(p.step)
+        loss, logits, taken = train_step(run, x, y)
+        if taken:
+            loss_sum += loss.detach()
+            correct += (logits.detach().argmax(1) == y).sum()
+        p.step += 1
+        p.epoch_step += 1
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), p.step, first_bad)
+        due = every > 0 and p.step % every == 0 and p.epoch_step < steps  # the last step saves at epoch end
+        stopping = False
+        if due or p.epoch_step % CHECK_EVERY == 0 or p.epoch_step == steps or (run.ddp.world == 1 and run.stop.signal):
+            stopping = _guard(run, first_bad)
+        if due or stopping:
+            p.epoch_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            _save(run, best=False, order=order, generator=generator, sums=(loss_sum.item(), correct.item()))
+        if p.epoch_step < steps:  # the epoch's last step: after its checkpoint, in _end_epoch
+            fault_injection(p.step, run.ddp.rank)
+        if not bar.disable and (p.epoch_step % 10 == 0 or p.epoch_step == steps):
+            _update_bar(bar, p.epoch_step - done_before, loss_sum, batch, p.epoch_seconds + time.perf_counter() - started,
+                        p, config, steps)
+        if stopping:
+            bar.close()
+            return None
     bar.close()
-    seconds = time.perf_counter() - started
-    progress.train_seconds += seconds
-    progress.images_seen += steps * batch
-    loss_total, correct_total = all_sum([loss_sum.item() / ddp.world, correct.item()], device)
+    p.epoch_seconds += time.perf_counter() - started
+    seconds, p.epoch_seconds = p.epoch_seconds, 0.0
+    p.train_seconds += seconds
+    p.images_seen += steps * batch
+    loss_total, correct_total = all_sum([loss_sum.item() / run.ddp.world, correct.item()], device)
     return {"train_loss": loss_total / steps, "train_top1_err": 1 - correct_total / (steps * batch),
-            "images_per_s": steps * batch / seconds}
+            "images_per_s": steps * batch / max(seconds, 1e-9)}
 
 
-def train_step(model, optimizer, scaler, x, y, config, device):
+def _epoch_state(run: Run, n: int) -> tuple[torch.Tensor, torch.Generator, tuple[float, float]]:
+    """The epoch's sample order, its augmentation generator and its running sums: from the
+    checkpoint when resuming inside the epoch, else fresh from the seed and the epoch number."""
+    config, p, rank = run.config, run.progress, run.ddp.rank
+    generator = torch.Generator()
+    seed = config.seed * 100_003 + p.epoch
+    resumed, run.resumed = run.resumed, None
+    if resumed is not None and p.epoch_step > 0:
+        if resumed["generator"] is not None:
+            generator.set_state(resumed["generator"])
+        else:  # the number of processes changed: the data order is kept, augmentations are new
+            generator.manual_seed(seed + 7_919 * rank + 104_729 * p.step)
+        return resumed["order"].long(), generator, resumed["sums"]
+    generator.manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    if rank:
+        generator.manual_seed(seed + 7_919 * rank)
+    return order, generator, (0.0, 0.0)
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Forward, backward and the optimiser step; returns the loss, the logits and whether the step
+    was taken (``train.on_nonfinite = "skip"`` skips a step whose loss is not finite)."""
+    config, device = run.config, run.device
     with autocast(device, config.train.precision):
-        logits = model(x)
+        logits = run.net(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.optim.label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss, logits
+    if config.train.on_nonfinite == "skip" and not _all_finite(loss, run.ddp.world, device):
+        run.progress.skipped_steps += 1
+        log(f"step {run.progress.step + 1}: loss is {loss.item()}, step skipped (train.on_nonfinite=skip)")
+        return loss, logits, False
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return loss, logits, True
 
 
-def _update_bar(bar, done, loss_sum, batch, started, progress, config, steps):
-    rate = done * batch / (time.perf_counter() - started)
-    remaining = (config.optim.epochs - progress.epoch) * steps - done
-    bar.set_postfix_str(f"loss {loss_sum.item() / done:.3f}  {rate:.0f} img/s  run ETA {_clock(remaining * batch / rate)}")
-    bar.update(done - bar.n)
+def _all_finite(loss: torch.Tensor, world: int, device: torch.device) -> bool:
+    """Whether the loss is finite on every process (all must skip together, or DDP would hang)."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0], device=device)
+    return all_sum(bad.tolist(), device)[0] == 0 if world > 1 else bad.item() == 0
+
+
+def _guard(run: Run, first_bad: torch.Tensor) -> bool:
+    """Stop with a message naming the step if any loss so far was not finite (before anything is
+    saved, so the last good checkpoint stays); returns whether the processes agreed to stop."""
+    stop, bad = agreed(run.stop.signal is not None, int(first_bad.item()), run.ddp.world, run.device)
+    if stop:
+        run.stopped = run.stop.signal or "a signal to another process"
+    if bad and run.config.train.on_nonfinite == "stop":
+        last = run.checkpoints.last
+        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written"
+        raise UsageError(f"the training loss became nan or inf at step {bad} (epoch {run.progress.epoch + 1}); "
+                         f"the run stopped and {kept}. Lower optim.lr, try train.precision=fp32, or set "
+                         "train.on_nonfinite=skip to skip such steps")
+    return stop
+
+
+def _update_bar(bar, done, loss_sum, batch, seconds, progress, config, steps):
+    rate = done * batch / max(seconds, 1e-9)
+    remaining = (config.optim.epochs - progress.epoch) * steps - progress.epoch_step
+    loss = loss_sum.item() / max(progress.epoch_step, 1)
+    bar.set_postfix_str(f"loss {loss:.3f}  {rate:.0f} img/s  run ETA {_clock(remaining * batch / max(rate, 1e-9))}")
+    bar.update(progress.epoch_step - bar.n)
 
 
 def _clock(seconds: float) -> str:
@@ -267,28 +353,77 @@ def _prepare_run_dir(out: Path, config: cfgmod.RunConfig, resume: bool, main: bo
     return ckpt_dir
 
 
-def _restore(path: Path, model, optimizer, schedule, scaler) -> Progress:
+def _end_epoch(run: Run, epoch_metrics: dict, data) -> None:
+    """Validate when due, step the plateau schedule, log the epoch, write the epoch-end checkpoint."""
+    config, p = run.config, run.progress
+    p.epoch += 1
+    p.epoch_step = 0
+    evaluated = p.epoch == config.optim.epochs or p.epoch % config.train.eval_every == 0
+    if evaluated:
+        started = time.perf_counter()
+        p.last_eval = validate(run.model, data, config, run.device)
+        p.train_seconds += time.perf_counter() - started
+        if run.schedule.end_epoch(p.last_eval["val_top1_err"]):
+            log(f"validation error stopped improving: learning rate / 10 (drop {run.schedule.drops})")
+    row = _epoch_row(p, epoch_metrics, run.schedule, evaluated)
+    if run.ddp.main:  # one writer: rank 0 logs and checkpoints
+        _append_metrics(run.out, row, run.writer)
+    best = evaluated and p.last_eval["val_top1_err"] <= p.best_val_top1_err
+    _save(run, best=best)
+    fault_injection(p.step, run.ddp.rank)
+
+
+def _stop_agreed(run: Run) -> bool:
+    """Between epochs: whether a stop request reached any process (the last checkpoint is current)."""
+    stop, _ = agreed(run.stop.signal is not None, 0, run.ddp.world, run.device)
+    if stop:
+        run.stopped = run.stop.signal or "a signal to another process"
+    return stop
+
+
+def _save(run: Run, best: bool, order: torch.Tensor | None = None, generator: torch.Generator | None = None,
+          sums: tuple[float, float] = (0.0, 0.0)) -> None:
+    """A checkpoint of the run now: at an epoch end, or inside one with its order, generator and sums.
+    Every process calls it (their random states are gathered); rank 0 writes."""
+    ranks = gather({"rng": rng_state(generator), "sums": list(sums)}, run.ddp.world)
+    error = None
+    if run.ddp.main:
+        state = {"optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
+                 "scaler": run.scaler.state_dict(), "progress": vars(run.progress), "ranks": ranks,
+                 "data": {"order": order.to(torch.int32) if order is not None else None}}
+        try:
+            run.checkpoints.save(run.model, cfgmod.to_dict(run.config), state, run.progress.step, best)
+        except UsageError as err:
+            error = err
+    failed = all_sum([1.0 if error else 0.0], run.device)[0] if run.ddp.world > 1 else float(error is not None)
+    if error:
+        raise error
+    if failed:
+        raise UsageError("rank 0 could not write a checkpoint (see its message); stopping every process")
+
+
+def _restore(run: Run, path: Path) -> None:
+    """Continue from ``path``: weights, optimiser, schedule, scaler, progress and this process's random states."""
     ckpt = load_checkpoint(path)
-    load_weights(model, ckpt, path)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    schedule.load_state_dict(ckpt["schedule"])
-    scaler.load_state_dict(ckpt["scaler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    progress = Progress(**ckpt["progress"])
-    log(f"resuming from {path} after epoch {progress.epoch}")
-    return progress
-
-
-def _save_epoch(ckpt_dir, model, config, optimizer, schedule, scaler, progress: Progress, evaluated: bool) -> None:
-    """last.pt every epoch; best.pt when this epoch's validation error is the best so far."""
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
-             "progress": vars(progress), "rng": rng}
-    save_checkpoint(ckpt_dir / "last.pt", model, cfgmod.to_dict(config), **state)
-    if evaluated and progress.last_eval["val_top1_err"] <= progress.best_val_top1_err:
-        save_checkpoint(ckpt_dir / "best.pt", model, cfgmod.to_dict(config), progress=vars(progress))
+    load_weights(run.model, ckpt, path)
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.schedule.load_state_dict(ckpt["schedule"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    run.progress = Progress(**ckpt["progress"])
+    ranks = ckpt.get("ranks") or []
+    mine = ranks[run.ddp.rank] if len(ranks) == run.ddp.world else None
+    if mine is not None:
+        set_rng_state(mine["rng"])
+    elif ranks:
+        log(f"{path} was written by {len(ranks)} processes, this run has {run.ddp.world}: the data order and "
+            "weights continue, random augmentations and dropout do not repeat the original run exactly")
+    order = (ckpt.get("data") or {}).get("order")
+    if run.progress.epoch_step and order is not None:
+        run.resumed = {"order": order, "generator": mine["rng"]["epoch_generator"] if mine else None,
+                       "sums": tuple(mine["sums"]) if mine else (0.0, 0.0)}
+    where = f"inside epoch {run.progress.epoch + 1} at step {run.progress.step}" if run.progress.epoch_step \
+        else f"after epoch {run.progress.epoch}"
+    log(f"resuming from {path} {where}")
 
 
 def _append_metrics(out: Path, row: dict, writer) -> None:
@@ -309,7 +444,8 @@ def _tensorboard(out: Path):
     return SummaryWriter(log_dir=str(out))
 
 
-def _summary(progress: Progress, config: cfgmod.RunConfig, device: torch.device, world: int) -> dict:
+def _summary(run: Run) -> dict:
+    progress, config, device, world = run.progress, run.config, run.device, run.ddp.world
     return {
         "val_top1_err": progress.last_eval.get("val_top1_err"),
         "val_top5_err": progress.last_eval.get("val_top5_err"),
@@ -322,4 +458,7 @@ def _summary(progress: Progress, config: cfgmod.RunConfig, device: torch.device,
         "torch_version": torch.__version__,
         "git_commit": git_commit(),
         "recipe": config.recipe,
+        "step": progress.step,
+        "skipped_steps": progress.skipped_steps,
+        "stopped": run.stopped,  # SIGTERM / SIGINT when a signal ended the run early, else null
     }

@@ -99,10 +99,20 @@ def batches(images, labels: torch.Tensor, order: torch.Tensor, batch: int, devic
     epoch = _EpochBatches(images, order, batch, rank, world, start, encoded)
     loader = torch.utils.data.DataLoader(epoch, batch_size=None, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda",
-                                         prefetch_factor=4 if workers else None, persistent_workers=False)
+                                         prefetch_factor=4 if workers else None, persistent_workers=False,
+                                         worker_init_fn=_ignore_stop_signals)
     for x, y in loader:
         x = decode_on_device(x, device) if encoded else x.to(device, non_blocking=True)
         yield x, y.to(device, non_blocking=True)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Decode workers leave SIGTERM/SIGINT to the training process (Slurm and Ctrl-C signal the
+    whole process group): it finishes its step and checkpoints while they keep serving batches."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:

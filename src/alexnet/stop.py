@@ -1,0 +1,68 @@
+"""Stopping a run cleanly: SIGTERM/SIGINT, agreement across processes, and a test fault.
+
+A cluster preempts a job with SIGTERM (Slurm, Kubernetes, torchrun passing it on) and a user
+presses Ctrl-C (SIGINT). Either one asks the run to finish its current step, write a
+checkpoint and exit 0; a second SIGINT interrupts at once. Under torchrun every process must
+stop at the same step, so the processes agree on it (``agreed``) at fixed steps.
+
+``ALEXNET_FAULT_AT_STEP=N[:RANK]`` kills this process with SIGKILL right after step N (and
+after any checkpoint of that step) in the first attempt of a run (torchrun's restart count 0):
+the tests use it for a real ``kill -9`` at a known place.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import torch
+import torch.distributed as dist
+
+
+class StopRequest:
+    """Context manager: while active, SIGTERM and SIGINT set ``signal`` instead of killing."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        self.signal = signal.Signals(signum).name
+        from .runtime import log
+
+        log(f"{self.signal} received: finishing this step, writing a checkpoint, then exiting "
+            "(Ctrl-C again to interrupt at once)")
+
+
+def agreed(stop: bool, first_bad_step: int, world: int, device: torch.device) -> tuple[bool, int]:
+    """Whether any process was asked to stop, and the earliest step any process saw a non-finite
+    loss at (0: none). A collective under torchrun: every process calls it at the same steps."""
+    if world == 1:
+        return stop, first_bad_step
+    big = 2**62
+    t = torch.tensor([-int(stop), first_bad_step or big], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t[0] < 0), int(t[1]) if t[1] < big else 0
+
+
+def fault_injection(step: int, rank: int) -> None:
+    """SIGKILL this process after ``step`` if ``ALEXNET_FAULT_AT_STEP`` asks for it (see above)."""
+    spec = os.environ.get("ALEXNET_FAULT_AT_STEP")
+    if not spec or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        return
+    at, _, who = spec.partition(":")
+    if int(at) == step and (not who or int(who) == rank):
+        os.kill(os.getpid(), signal.SIGKILL)
