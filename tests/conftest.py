@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,7 +7,22 @@ import torch
 # Small, deterministic CPU tests: two threads like CI, a fixed seed per test.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+MIRROR = Path(os.environ.get("ALEXNET_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+TARBALL = MIRROR / "cifar10-jpeg.tar.gz"
+
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory):
+    """One private CIFAR-10 decode cache for the whole session (the user's ~/.cache/alexnet stays
+    untouched); yields its folder, also set as ALEXNET_DATA for in-process runs."""
+    if not TARBALL.exists():
+        pytest.fail(f"CIFAR-10 mirror not found at {TARBALL}; set ALEXNET_MIRROR to the shared data folder")
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ALEXNET_DATA", str(cache))
+        yield cache

@@ -16,16 +16,6 @@ SMOKE = ["data.limit=512", "optim.epochs=1", "data.batch_size=16", "optim.lr=0.0
 
 
 @pytest.fixture(scope="module")
-def data_cache(tmp_path_factory):
-    """A private decode cache for this module (the user's ~/.cache/alexnet stays untouched)."""
-    if not TARBALL.exists():
-        pytest.fail(f"CIFAR-10 mirror not found at {TARBALL}; set ALEXNET_MIRROR to the shared data folder")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ALEXNET_DATA", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, data_cache):
     out = tmp_path_factory.mktemp("runs") / "smoke"
     assert main(["train", "--out", str(out), *SMOKE]) == 0

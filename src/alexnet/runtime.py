@@ -43,8 +43,24 @@ def init_distributed(device_name: str) -> Dist:
     on_gpu = device_name != "cpu" and torch.cuda.is_available()
     if on_gpu:
         torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if on_gpu else "gloo")
+    dist.init_process_group("nccl" if on_gpu else "gloo", store=_attempt_store(rank, world), rank=rank,
+                            world_size=world)
     return Dist(rank, world, local_rank)
+
+
+def _attempt_store(rank: int, world: int) -> dist.Store:
+    """torchrun's key-value store, with a prefix per restart attempt.
+
+    torchrun's agent store outlives a restart (``--max-restarts``), and the restarted processes
+    would read the previous attempt's peer addresses from it: with gloo (torch 2.14) they fail to
+    connect or hang. A prefix per attempt keeps each attempt's keys apart.
+    """
+    import datetime
+
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts it; else rank 0 does
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=rank == 0 and not agent, timeout=datetime.timedelta(minutes=10))
+    return dist.PrefixStore(f"alexnet/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def shutdown_distributed() -> None:
