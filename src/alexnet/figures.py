@@ -51,16 +51,18 @@ figure4_top5.png, figure4_neighbours.png and figures.json; prints one JSON line.
 def add_parser(commands) -> None:
     p = commands.add_parser("figures", help="the paper's Figures 3 and 4 from a checkpoint", epilog=EXAMPLES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--images", type=Path, help="folder of image files for Figure 4 (default: validation images)")
-    p.add_argument("--gallery", type=Path, help="folder of image files searched for neighbours "
-                                                "(default: the training split)")
+    p.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT")
+    p.add_argument("--images", type=Path, metavar="DIR",
+                   help="folder of image files for Figure 4 (default: validation images)")
+    p.add_argument("--gallery", type=Path, metavar="DIR",
+                   help="folder of image files searched for neighbours (default: the training split)")
     p.add_argument("--gallery-limit", type=int, default=5000, metavar="N",
                    help="at most N gallery images: a class-balanced subset of the training split, or the "
                         "first N files of --gallery (default 5000)")
-    p.add_argument("--data", help="dataset location (default: the one in the checkpoint's config)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/figures beside the checkpoints)")
+    p.add_argument("--data", metavar="PATH", help="dataset location (default: the one in the checkpoint's config)")
+    p.add_argument("--device", default="auto", help="auto (default: the GPU if there is one), cpu, cuda or cuda:N")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="output folder (default: RUN_DIR/figures beside the checkpoints)")
 
 
 @dataclass
@@ -80,8 +82,12 @@ class ImageSet:
         for start in range(0, len(self.indices), size):
             yield self.images[self.indices[start:start + size]]
 
-    def uint8(self, positions: list[int]) -> torch.Tensor:
-        return self.images[self.indices[positions]]
+    def pixels(self, positions: list[int] | None = None) -> torch.Tensor:
+        """The uint8 images at ``positions`` of the set (all by default)."""
+        return self.images[self.indices if positions is None else self.indices[positions]]
+
+    def head(self, n: int) -> ImageSet:
+        return ImageSet(self.images, self.indices[:n], self.ids[:n], self.labels[:n], self.paths[:n])
 
 
 class FolderImages:
@@ -110,7 +116,7 @@ class FolderImages:
 
 
 def run(args) -> int:
-    from .evaluate import eval_inputs, views
+    from .evaluate import eval_inputs
     from .runtime import log, pick_device
 
     check_args(args)
@@ -121,17 +127,18 @@ def run(args) -> int:
     if model.config.num_classes != len(names):
         raise UsageError(f"checkpoint {args.checkpoint} has {model.config.num_classes} classes but its dataset has "
                          f"{len(names)}; pass --data with the dataset it was trained on")
-    _, size, prepare = eval_inputs(data, config, crops=1)
+    _, size, prepare = eval_inputs(data, config, crops=1)  # exactly evaluation's input
+    network = Network(model, prepare, size, device, config.data.eval_batch_size)
     stored = stored_size(data, config)
-    queries = (folder_set(args.images, QUERIES, stored, keys) if args.images else
-               split_set(data.val_images, data.val_labels, torch.arange(min(QUERIES, len(data.val_labels))), "val"))
-    gallery = folder_set(args.gallery, args.gallery_limit, stored, keys) if args.gallery else train_gallery(
-        data, args.gallery_limit, config.seed)
+    first = torch.arange(min(QUERIES, len(data.val_labels)))
+    queries = (folder_set(args.images, QUERIES, stored, keys) if args.images
+               else split_set(data.val_images, data.val_labels, first, "val"))
+    gallery = (folder_set(args.gallery, args.gallery_limit, stored, keys) if args.gallery
+               else train_gallery(data, args.gallery_limit, config.seed))
     log(f"figures: {len(queries)} images, fc7 features of {len(gallery)} gallery images on {device}")
-    network = Network(model, lambda x: prepare(views(x.to(device), 1, size)), config.data.eval_batch_size)
     out = args.out or default_out(args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    paths = make_figures(network, queries, gallery, names, lambda x: views(x, 1, size), out)
+    paths = make_figures(network, queries, gallery, names, out)
     print(json.dumps({key: str(path) for key, path in paths.items()}))
     return 0
 
@@ -186,6 +193,9 @@ def stored_size(data, config) -> int:
 
 
 def split_set(images, labels: torch.Tensor, indices: torch.Tensor, split: str) -> ImageSet:
+    if not len(indices):
+        flag = "--images" if split == "val" else "--gallery"
+        raise UsageError(f"the dataset's {split} split is empty; pass {flag} DIR with image files instead")
     return ImageSet(images, indices, [f"{split}[{i}]" for i in indices.tolist()],
                     labels[indices].tolist(), [None] * len(indices))
 
@@ -195,8 +205,6 @@ def train_gallery(data, limit: int, seed: int) -> ImageSet:
     from .data.datasets import balanced_indices
 
     picked = balanced_indices(data.train_labels, len(data.classes), limit, seed).sort().values
-    if not len(picked):
-        raise UsageError("the training split is empty; pass --gallery DIR with image files to search")
     return split_set(data.train_images, data.train_labels, picked, "train")
 
 
@@ -238,19 +246,33 @@ def default_out(checkpoint: Path) -> Path:
 
 @dataclass
 class Network:
-    """The model with its input preparation: uint8 images at stored size in, float results out."""
+    """The model (eval mode) with evaluation's input: uint8 images at stored size in, batched."""
 
     model: torch.nn.Module
-    to_input: Callable[[torch.Tensor], torch.Tensor]
+    prepare: Callable[[torch.Tensor], torch.Tensor]  # from eval_inputs: normalisation or mean image
+    size: int | None  # the centre window the network sees; None: the whole stored image
+    device: torch.device
     batch_size: int
+
+    def window(self, x: torch.Tensor) -> torch.Tensor:
+        """The uint8 centre window of each image that the network sees (also what the figures show)."""
+        from .evaluate import views
+
+        return views(x, 1, self.size)
 
     @torch.no_grad()
     def probabilities(self, images: ImageSet) -> torch.Tensor:
-        return torch.cat([self.model(self.to_input(x)).float().softmax(1).cpu() for x in images.batches(self.batch_size)])
+        batches = images.batches(self.batch_size)
+        return torch.cat([self.model(self.inputs(x)).float().softmax(1).cpu() for x in batches])
 
     @torch.no_grad()
     def fc7(self, images: ImageSet) -> torch.Tensor:
-        return torch.cat([self.model.fc7_features(self.to_input(x)).float().cpu() for x in images.batches(self.batch_size)])
+        """The last hidden layer's activations (fc7 after its ReLU; no dropout in eval mode)."""
+        batches = images.batches(self.batch_size)
+        return torch.cat([self.model.fc7_features(self.inputs(x)).float().cpu() for x in batches])
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prepare(self.window(x.to(self.device)))
 
 
 def nearest_neighbours(queries: torch.Tensor, gallery: torch.Tensor, k: int,
@@ -262,7 +284,8 @@ def nearest_neighbours(queries: torch.Tensor, gallery: torch.Tensor, k: int,
     loses near-identical vectors to rounding. ``exclude[q, g]`` True drops gallery row g for
     query q (the query's own file); ``k`` shrinks to what every query has left.
     """
-    dist = torch.cdist(queries.double()[None], gallery.double()[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
+    dist = torch.cdist(queries.double()[None], gallery.double()[None],
+                       compute_mode="donot_use_mm_for_euclid_dist")[0]
     excluded = 0
     if exclude is not None:
         dist = dist.masked_fill(exclude, math.inf)
@@ -279,23 +302,23 @@ def same_files(queries: ImageSet, gallery: ImageSet) -> torch.Tensor:
 
 
 def make_figures(network: Network, queries: ImageSet, gallery: ImageSet, names: list[str],
-                 display: Callable[[torch.Tensor], torch.Tensor], out: Path) -> dict[str, Path]:
+                 out: Path) -> dict[str, Path]:
     """Compute Figures 3 and 4, draw them into ``out`` and write figures.json; returns the paths."""
     top5 = top5_records(network.probabilities(queries), queries, names)
-    first = ImageSet(queries.images, queries.indices[:NEIGHBOUR_QUERIES], queries.ids[:NEIGHBOUR_QUERIES],
-                     queries.labels[:NEIGHBOUR_QUERIES], queries.paths[:NEIGHBOUR_QUERIES])
+    first = queries.head(NEIGHBOUR_QUERIES)
     index, dist = nearest_neighbours(network.fc7(first), network.fc7(gallery), NEIGHBOURS, same_files(first, gallery))
+    if not index.shape[1]:
+        raise UsageError("the gallery holds only the query images themselves; pass --gallery DIR with other images")
     neighbours = neighbour_records(index, dist, first, gallery, names)
     paths = {"figure3": out / "figure3.png", "figure4_top5": out / "figure4_top5.png",
              "figure4_neighbours": out / "figure4_neighbours.png", "json": out / "figures.json"}
-    conv = network.model.conv1.weight.detach().float().cpu().numpy()
-    draw_figure3(conv, towers=network.model.conv2.groups, path=paths["figure3"])
-    draw_top5([hwc(x) for x in display(queries.uint8(list(range(len(queries)))))], top5, paths["figure4_top5"])
-    rows = [[hwc(x) for x in display(gallery.uint8(row))] for row in index.tolist()]
-    draw_neighbours([hwc(x) for x in display(first.uint8(list(range(len(first)))))], rows, neighbours,
-                    paths["figure4_neighbours"])
-    blob = {"top5": top5, "neighbours": neighbours}
-    paths["json"].write_text(json.dumps(blob, indent=2) + "\n")
+    # conv2's groups are the towers: 2 when conv2 sees each half of conv1's kernels separately.
+    conv1 = network.model.conv1.weight.detach().float().cpu().numpy()
+    draw_figure3(conv1, towers=network.model.conv2.groups, path=paths["figure3"])
+    draw_top5(hwc(network.window(queries.pixels())), top5, paths["figure4_top5"])
+    rows = [hwc(network.window(gallery.pixels(row))) for row in index.tolist()]
+    draw_neighbours(hwc(network.window(first.pixels())), rows, neighbours, paths["figure4_neighbours"])
+    paths["json"].write_text(json.dumps({"top5": top5, "neighbours": neighbours}, indent=2) + "\n")
     return paths
 
 
@@ -323,9 +346,9 @@ def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-def hwc(image: torch.Tensor):
-    """uint8 (3, H, W) -> a numpy (H, W, 3) array for imshow."""
-    return image.permute(1, 2, 0).contiguous().numpy()
+def hwc(images: torch.Tensor) -> list:
+    """uint8 (N, 3, H, W) -> N numpy (H, W, 3) arrays for imshow."""
+    return list(images.permute(0, 2, 3, 1).contiguous().numpy())
 
 
 # --------------------------------------------------------------------------- drawing
@@ -371,7 +394,8 @@ def draw_figure3(kernels, towers: int, path: Path) -> None:
     mosaics = [kernel_mosaic(g, columns, scale) for g in groups]
     height, width = mosaics[0].shape[:2]
     inches = max(5.0, 1.6 * width / 100)  # 1.6 screen pixels per mosaic pixel, at least 5 inches wide
-    fig, axes = plt.subplots(towers, 1, squeeze=False, layout="constrained", figsize=(inches, towers * (inches * height / width + 0.3) + 0.4))
+    fig, axes = plt.subplots(towers, 1, squeeze=False, layout="constrained",
+                             figsize=(inches, towers * (inches * height / width + 0.3) + 0.4))
     for i, (ax, mosaic) in enumerate(zip(axes[:, 0], mosaics)):
         ax.imshow(mosaic, interpolation="nearest")
         ax.set_title(f"tower {i + 1}" if towers > 1 else "one tower", fontsize=11)
@@ -411,12 +435,13 @@ def draw_neighbours(queries: list, rows: list[list], records: list[dict], path: 
     """Figure 4 (right): a query per row, then its nearest gallery images in fc7 space."""
     plt = pyplot()
     columns = 1 + max(len(row) for row in rows)
-    fig, axes = plt.subplots(len(rows), columns, squeeze=False, figsize=(1.7 * columns, 2.0 * len(rows)))
+    fig, axes = plt.subplots(len(rows), columns, squeeze=False, layout="constrained",
+                             figsize=(1.7 * columns, 2.0 * len(rows) + 0.4))
     for ax in axes.flat:
         ax.axis("off")
     for r, (query, row, record) in enumerate(zip(queries, rows, records)):
         axes[r, 0].imshow(query)
-        axes[r, 0].set_title(f"query: {record['true'] or Path(record['query']).name}", fontsize=8, color=TRUE_COLOUR)
+        axes[r, 0].set_title(f"query: {record['true'] or Path(record['query']).name}", fontsize=8, fontweight="bold")
         for j, (image, nb) in enumerate(zip(row, record["neighbours"])):
             axes[r, j + 1].imshow(image)
             axes[r, j + 1].set_title(f"{nb['class'] or Path(nb['image']).name}\nd={nb['distance']:.3g}", fontsize=7)

@@ -47,7 +47,8 @@ def add_parser(commands) -> None:
     p = commands.add_parser("report", help="one HTML page (and markdown) for a run folder", epilog=EXAMPLES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by `alexnet train --out`")
-    p.add_argument("--out", type=Path, help="folder for report.html, report.md and report_curves.png (default RUN_DIR)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="folder for report.html, report.md and report_curves.png (default RUN_DIR)")
 
 
 @dataclass
@@ -98,7 +99,8 @@ def read_json(path: Path) -> dict:
     try:
         blob = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path}: not valid JSON ({err}); rewrite it or delete it to report the run as unfinished") from None
+        raise UsageError(f"{path}: not valid JSON ({err}); repair it, or delete it to report the run as "
+                         "unfinished") from None
     if not isinstance(blob, dict):
         raise UsageError(f"{path}: expected a JSON object, found {type(blob).__name__}")
     return blob
