@@ -1,13 +1,358 @@
-"""`alexnet ablate`: re-measure the paper's design claims (LRN, pooling, dropout, ...) over seeds (placeholder: being written)."""
+"""`alexnet ablate`: re-measure the paper's design claims on CIFAR-10, one switch at a time, over seeds.
+
+Every arm is the recipe (default ``cifar10``) with one change, trained with the same budget and
+the same seeds; ``--study all`` trains one shared baseline per seed and every other arm. The
+paper's claims (section 3.2-4.2) as changes in validation error, arm minus baseline:
+
+    lrn      model.lrn=false                 LRN reduces top-1/top-5 error by 1.4/1.2 points
+    pooling  model.overlap_pool=false        overlapping 3/2 pooling: -0.4/-0.3 points vs 2/2
+    dropout  model.dropout=0.0               without dropout: substantial overfitting (no number)
+    augment  data.crop_padding=0 data.flip=false   without crops and flips: substantial overfitting
+    pca      data.pca_std=0.1                PCA lighting reduces top-1 error by over 1 point
+    towers   model.towers=false model.width=0.5    two towers: -1.7/-1.2 points vs one tower with half the kernels
+
+The ``towers`` arm is not quite the paper's one-GPU net. Section 3.2 compares the two-GPU net
+with "a net with half as many kernels in each convolutional layer trained on one GPU", and its
+footnote says that net keeps the full number of kernels in the last convolutional layer and
+full-size fully-connected layers, so that both nets have about the same number of parameters.
+``model.width=0.5`` halves every layer including conv5, fc6 and fc7 (ModelConfig has no
+per-layer widths): on the cifar10 recipe that is 1.44 M parameters against the baseline's
+5.13 M (the paper's one-GPU net would have about 4.7 M). The arm therefore measures "two
+towers vs a one-tower net with half the width everywhere", a comparison that favours the towers
+more than the paper's did; the parameter counts are recorded in ablation.json.
+
+Verdicts compare top-1 error. ``delta`` = mean(arm) - mean(baseline) in points; ``noise`` =
+the pooled seed-to-seed standard deviation sqrt((s_arm^2 + s_base^2) / 2) (sample std over
+seeds). |delta| <= noise: "within noise"; otherwise "agrees" when the sign is the paper's and
+"disagrees" when it is not. Nothing is tuned per arm: the same recipe, budget and seeds.
+
+A run folder ``<out>/<arm>/seed<k>`` with a summary.json is reused (after checking that its
+config.toml is the config this call would train); one without is a run that was stopped, and
+is deleted and trained again. So a killed ablation re-runs only what is missing.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config as cfgmod
 from .errors import UsageError
 
 
+@dataclass(frozen=True)
+class Arm:
+    name: str  # study name and run folder
+    label: str  # what the arm is, for the table
+    change: tuple[str, ...]  # the overrides that make this arm
+    claim: str  # the paper's claim, as this arm's change in error
+    paper_top1: float | None  # the paper's delta (arm - baseline) in points, where it gives one
+    paper_top5: float | None
+    sign: int  # +1: the paper says this arm has the higher error; -1: the lower
+
+
+BASELINE = Arm("baseline", "baseline", (), "", None, None, 0)
+ARMS = {arm.name: arm for arm in (
+    Arm("lrn", "no LRN", ("model.lrn=false",), "LRN reduces top-1/top-5 by 1.4/1.2 % (3.3)", 1.4, 1.2, +1),
+    Arm("pooling", "2x2/2 pooling", ("model.overlap_pool=false",), "overlapping pooling reduces top-1/top-5 by 0.4/0.3 % (3.4)",
+        0.4, 0.3, +1),
+    Arm("dropout", "no dropout", ("model.dropout=0.0",), "without dropout: substantial overfitting (4.2)", None, None, +1),
+    Arm("augment", "no crops or flips", ("data.crop_padding=0", "data.flip=false"),
+        "without crops and flips: substantial overfitting (4.1)", None, None, +1),
+    Arm("pca", "PCA lighting", ("data.pca_std=0.1",), "PCA lighting reduces top-1 by over 1 % (4.1)", -1.0, None, -1),
+    Arm("towers", "one tower, half width", ("model.towers=false", "model.width=0.5"),
+        "two towers reduce top-1/top-5 by 1.7/1.2 % vs one GPU with half the kernels (3.2)", 1.7, 1.2, +1),
+)}
+STUDIES = (*ARMS, "all")
+
+EXAMPLES = """examples:
+  alexnet ablate --study lrn                          # baseline + no-LRN, 3 seeds, the recipe's budget
+  alexnet ablate --study all --seeds 3 --epochs 4 --limit 25000 --out runs/ablate
+  alexnet ablate --study pca,towers --epochs 2 data.batch_size=256   # key=value applies to every arm
+
+Prints one JSON line with the paths of ablation.md, ablation.json and ablation.png and the minutes.
+Runs that finished (summary.json) are reused: re-run the same command to finish a stopped ablation.
+"""
+
+
 def add_parser(commands) -> None:
-    commands.add_parser("ablate", help="re-measure the paper's design claims (LRN, pooling, dropout, ...) over seeds")
+    p = commands.add_parser("ablate", help="re-measure the paper's design claims (LRN, pooling, dropout, ...) over seeds",
+                            description="Train the recipe with one switch changed per arm, over seeds, and compare "
+                                        "validation error with a shared baseline and the paper's claims.",
+                            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", default="all", help=f"one of {', '.join(STUDIES)}, or several comma-separated "
+                                                  "(default all)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per arm (default 3)")
+    p.add_argument("--epochs", type=int, help="training budget per run: optim.epochs (default: the recipe's)")
+    p.add_argument("--limit", type=int, help="data.limit: a class-balanced subset of N images per split "
+                                             "(default: the recipe's)")
+    p.add_argument("--recipe", default="cifar10", help="recipe name or .toml file (default cifar10)")
+    p.add_argument("--data", help="dataset location (data.path)")
+    p.add_argument("--out", type=Path, default=Path("runs/ablate"), help="output folder (default runs/ablate)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every arm")
 
 
 def run(args) -> int:
-    raise UsageError("not implemented yet")
+    arms = select_arms(args.study)
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be at least 1; got {args.seeds}")
+    budget = budget_overrides(args.epochs, args.limit, args.data)
+    recipe = cfgmod.read_recipe(args.recipe)
+    result = ablate(recipe, arms, list(range(args.seeds)), budget, list(args.overrides), args.out)
+    print(json.dumps(result))
+    return 0
+
+
+def select_arms(study: str) -> list[Arm]:
+    """The baseline and the arms of ``study`` (a name, several comma-separated, or all)."""
+    names = [s.strip() for s in study.split(",") if s.strip()]
+    unknown = [n for n in names if n not in STUDIES]
+    if unknown or not names:
+        raise UsageError(f"unknown study {unknown[0] if unknown else study!r}; choose from {', '.join(STUDIES)} "
+                         "(several comma-separated)")
+    picked = list(ARMS) if "all" in names else [n for n in ARMS if n in names]
+    return [BASELINE, *(ARMS[n] for n in picked)]
+
+
+def budget_overrides(epochs: int | None, limit: int | None, data: str | None) -> list[str]:
+    out = []
+    if epochs is not None:
+        if epochs < 1:
+            raise UsageError(f"--epochs must be at least 1; got {epochs}")
+        out.append(f"optim.epochs={epochs}")
+    if limit is not None:
+        if limit < 0:
+            raise UsageError(f"--limit must not be negative; got {limit}")
+        out.append(f"data.limit={limit}")
+    if data:
+        out.append(f"data.path={json.dumps(data)}")
+    return out
+
+
+def arm_overrides(arm: Arm, seed: int, budget: list[str], user: list[str], recipe: dict) -> list[str]:
+    """All overrides of one run, in order: budget, quiet progress, validation at the end only,
+    the user's, the seed, then the arm's change (which must not be overridden by the user)."""
+    user_keys = {cfgmod.parse_override(o)[0] for o in user}
+    clash = sorted(user_keys & ({"seed"} | {cfgmod.parse_override(c)[0] for c in arm.change}))
+    if clash:
+        raise UsageError(f"override {clash[0]} is what the {arm.name} arm (or --seeds) sets; leave it out, or change "
+                         f"the recipe (--recipe FILE) to give every arm another starting point")
+    fixed = [*budget, "train.progress=false"]
+    if "train.eval_every" not in user_keys:  # the summary needs only the final validation
+        epochs = cfgmod.build_config(recipe, [*fixed, *user]).optim.epochs
+        fixed.append(f"train.eval_every={epochs}")
+    return [*fixed, *user, f"seed={seed}", *arm.change]
+
+
+def ablate(recipe: dict, arms: list[Arm], seeds: list[int], budget: list[str], user: list[str], out: Path) -> dict:
+    """Train (or reuse) every arm x seed under ``out``; write ablation.md/json/png; return the paths."""
+    started = time.monotonic()
+    configs = {(arm.name, seed): cfgmod.build_config(recipe, arm_overrides(arm, seed, budget, user, recipe))
+               for arm in arms for seed in seeds}  # every config checked before the first run starts
+    params = {arm.name: _parameters(configs[arm.name, seeds[0]]) for arm in arms}
+    runs = {arm.name: [] for arm in arms}
+    for (name, seed), config in configs.items():
+        runs[name].append(run_one(config, out / name / f"seed{seed}", f"{name}/seed{seed}"))
+    rows = table_rows(arms, runs)
+    wall = time.monotonic() - started
+    first = configs[BASELINE.name, seeds[0]]
+    record = {"recipe": first.recipe, "seeds": seeds,
+              "budget": {"epochs": first.optim.epochs, "limit": first.data.limit, "batch_size": first.data.batch_size,
+                         "overrides": budget, "user_overrides": user},
+              "verdict_rule": "top-1 delta vs pooled seed std sqrt((s_arm^2 + s_base^2) / 2): within it 'within noise', "
+                              "else 'agrees' if the sign is the paper's, 'disagrees' if not",
+              "arms": {arm.name: {"change": list(arm.change), "claim": arm.claim, "paper_top1": arm.paper_top1,
+                                  "paper_top5": arm.paper_top5, "parameters": params[arm.name],
+                                  "runs": runs[arm.name]} for arm in arms},
+              "rows": rows, "wall_seconds": round(wall, 1),
+              "train_seconds_total": round(sum(r["train_seconds"] for rs in runs.values() for r in rs), 1),
+              "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "cpu_count": os.cpu_count(), "device": runs[arms[0].name][0].get("device"),
+                          "torch_version": runs[arms[0].name][0].get("torch_version")}}
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out / "ablation.md", "json": out / "ablation.json", "png": out / "ablation.png"}
+    paths["json"].write_text(json.dumps(record, indent=2) + "\n")
+    paths["md"].write_text(markdown(record, arms))
+    plot(rows, paths["png"])
+    trained = sum(not r["reused"] for rs in runs.values() for r in rs)
+    return {**{k: str(v) for k, v in paths.items()}, "runs": sum(map(len, runs.values())), "trained": trained,
+            "minutes": round(wall / 60, 2)}
+
+
+def run_one(config: cfgmod.RunConfig, run_dir: Path, name: str) -> dict:
+    """Train one arm x seed into ``run_dir``, or reuse its finished run; returns its numbers."""
+    summary_file = run_dir / "summary.json"
+    if summary_file.is_file():
+        changed = config_differences(run_dir / "config.toml", config)
+        if changed:
+            raise UsageError(f"{run_dir} holds a finished run with another config ({', '.join(changed[:3])} differ); "
+                             "use another --out or delete that folder")
+        _log(f"ablate: {name}: reusing the finished run in {run_dir}")
+        return _numbers(run_dir, config.seed, reused=True, wall=None)
+    if run_dir.exists():
+        _log(f"ablate: {name}: {run_dir} has no summary.json (a stopped run): deleting it and training again")
+        shutil.rmtree(run_dir)
+    from .train import train
+
+    _log(f"ablate: {name}: training into {run_dir}")
+    started = time.monotonic()
+    train(config, run_dir)
+    return _numbers(run_dir, config.seed, reused=False, wall=time.monotonic() - started)
+
+
+def config_differences(path: Path, config: cfgmod.RunConfig) -> list[str]:
+    """Keys whose value in the run's stored config.toml differs from ``config`` (all keys if it is missing).
+
+    Keys only one side has are ignored, so a finished run stays reusable when a new config field is added.
+    """
+    if not path.is_file():
+        return ["config.toml"]
+    stored, current = _flat(tomllib.loads(path.read_text())), _flat(cfgmod.to_dict(config))
+    return sorted(k for k in stored.keys() & current.keys() if stored[k] != current[k])
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def _numbers(run_dir: Path, seed: int, reused: bool, wall: float | None) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"seed": seed, "val_top1_err": summary["val_top1_err"], "val_top5_err": summary["val_top5_err"],
+            "train_top1_err": rows[-1]["train_top1_err"] if rows else None, "epochs": summary["epochs"],
+            "train_seconds": summary["train_seconds"], "wall_seconds": None if wall is None else round(wall, 1),
+            "reused": reused, "device": summary.get("device"), "torch_version": summary.get("torch_version"),
+            "run_dir": str(run_dir)}
+
+
+def _parameters(config: cfgmod.RunConfig) -> int:
+    from .model import AlexNet, count_parameters
+
+    return count_parameters(AlexNet(config.model))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1); the std of a single value is 0."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def verdict(delta: float, noise: float, sign: int) -> str:
+    """'within noise' when |delta| <= noise, else whether the delta has the paper's sign."""
+    if abs(delta) <= noise:
+        return "within noise"
+    return "agrees" if delta * sign > 0 else "disagrees"
+
+
+def table_rows(arms: list[Arm], runs: dict[str, list[dict]]) -> list[dict]:
+    """Per arm: top-1/top-5 error mean and std in %, delta vs the baseline in points, and the verdict."""
+    rows = []
+    for arm in arms:
+        top1 = mean_std([100 * r["val_top1_err"] for r in runs[arm.name]])
+        top5 = mean_std([100 * r["val_top5_err"] for r in runs[arm.name]])
+        row = {"study": arm.name if arm is not BASELINE else "-", "arm": arm.name, "label": arm.label,
+               "change": " ".join(arm.change),
+               "top1_mean": top1[0], "top1_std": top1[1], "top5_mean": top5[0], "top5_std": top5[1],
+               "seeds": len(runs[arm.name]), "claim": arm.claim, "paper_top1": arm.paper_top1,
+               "paper_top5": arm.paper_top5}
+        train = [r.get("train_top1_err") for r in runs[arm.name]]
+        row["train_top1_mean"] = None if None in train else mean_std([100 * t for t in train])[0]
+        if arm is not BASELINE:
+            base = rows[0]
+            row["delta_top1"] = top1[0] - base["top1_mean"]
+            row["delta_top5"] = top5[0] - base["top5_mean"]
+            row["noise_top1"] = math.sqrt((top1[1] ** 2 + base["top1_std"] ** 2) / 2)
+            row["verdict"] = verdict(row["delta_top1"], row["noise_top1"], arm.sign)
+        rows.append(row)
+    return rows
+
+
+def markdown(record: dict, arms: list[Arm]) -> str:
+    b, m = record["budget"], record["machine"]
+    data = f"data.limit={b['limit']}" if b["limit"] else "all 50,000 training images"
+    lines = [f"# Ablations of the paper's design choices on CIFAR-10 ({record['recipe']} recipe)", "",
+             f"Budget per run: {b['epochs']} epochs on {data} (validation: the 10,000 test images), batch "
+             f"{b['batch_size']}; seeds {', '.join(map(str, record['seeds']))}. Overrides for every arm: "
+             f"`{' '.join(b['overrides'] + b['user_overrides']) or '-'}`. Wall time {record['wall_seconds'] / 60:.1f} "
+             f"min for this call (training and validation {record['train_seconds_total'] / 60:.1f} min over all runs) "
+             f"on {m['device']}, {m['cpu_count']} CPUs, torch {m['torch_version']}.", "",
+             "Errors in % on the validation set, mean ± sample std over seeds; Δ = arm − baseline in points "
+             "(positive: the arm is worse); train = training error of the last epoch (on augmented batches, with "
+             "dropout on). Verdict on top-1: |Δ| within the pooled seed std → within noise, otherwise agrees or "
+             "disagrees with the sign of the paper's claim (written as arm − baseline).", "",
+             "| study | arm | change | top-1 err % | top-5 err % | Δ top-1 | Δ top-5 | train % | paper Δ top-1/top-5 "
+             "| verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in record["rows"]:
+        delta1 = f"{row['delta_top1']:+.2f}" if "delta_top1" in row else "-"
+        delta5 = f"{row['delta_top5']:+.2f}" if "delta_top5" in row else "-"
+        train = f"{row['train_top1_mean']:.1f}" if row.get("train_top1_mean") is not None else "-"
+        lines.append(f"| {row['study']} | {row['label']} | `{row['change'] or 'recipe as is'}` | "
+                     f"{row['top1_mean']:.2f} ± {row['top1_std']:.2f} | {row['top5_mean']:.2f} ± {row['top5_std']:.2f} "
+                     f"| {delta1} | {delta5} | {train} | {_paper(row)} | {row.get('verdict', '-')} |")
+    lines += ["", "The paper's claims: " + "; ".join(f"**{a.label}**: {a.claim}" for a in arms if a.claim) + ".", ""]
+    disagree = [r for r in record["rows"] if r.get("verdict") == "disagrees"]
+    if disagree:
+        lines += ["Where CIFAR-10 at this budget disagrees with the paper: " + "; ".join(
+            f"**{r['label']}** (`{r['change']}`) changes top-1 error by {r['delta_top1']:+.2f} points where the "
+            f"paper expects {'a rise' if ARMS[r['arm']].sign > 0 else 'a fall'}" for r in disagree) + ".", ""]
+    if "towers" in record["arms"]:
+        p = record["arms"]
+        lines += [f"The towers arm halves every layer (`model.width=0.5`: {p['towers']['parameters']:,} parameters "
+                  f"against the baseline's {p['baseline']['parameters']:,}); the paper's one-GPU net kept conv5 and "
+                  "the fully-connected layers at full size (about the same parameters as the two-GPU net), so this "
+                  "comparison favours the towers more than the paper's did.", ""]
+    return "\n".join(lines)
+
+
+def _paper(row: dict) -> str:
+    if row["paper_top1"] is None:
+        return "overfitting (no number)" if row["claim"] else "-"
+    top1 = f"{row['paper_top1']:+.1f}" if row["arm"] != "pca" else "< -1"
+    return f"{top1} / {row['paper_top5']:+.1f}" if row["paper_top5"] is not None else f"{top1} / -"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Top-1 and top-5 error per arm with the seed std as error bars; the baseline's top-1 as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 4), dpi=120)
+    x = range(len(rows))
+    width = 0.38
+    ax.bar([i - width / 2 for i in x], [r["top1_mean"] for r in rows], width, yerr=[r["top1_std"] for r in rows],
+           capsize=3, color="#4c72b0", label="top-1")
+    ax.bar([i + width / 2 for i in x], [r["top5_mean"] for r in rows], width, yerr=[r["top5_std"] for r in rows],
+           capsize=3, color="#dd8452", label="top-5")
+    ax.axhline(rows[0]["top1_mean"], color="#4c72b0", lw=0.8, ls="--")
+    ax.set_xticks(list(x), [r["arm"] if r["arm"] == "baseline" else f"{r['arm']}\n{r['delta_top1']:+.2f}"
+                            for r in rows])
+    ax.set_ylabel("validation error (%)")
+    ax.set_title(f"CIFAR-10 ablations: mean ± std over {rows[0]['seeds']} seed(s); Δ top-1 under each arm", fontsize=9)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

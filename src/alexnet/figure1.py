@@ -49,6 +49,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from torch import nn
+from torch.nn import functional as F
+
 from .errors import UsageError
 
 THRESHOLD = 0.25  # the paper's training error rate target
@@ -137,43 +141,37 @@ def ratio_of(relu: tuple[float, bool], tanh: tuple[float, bool]) -> float | None
     return tanh[0] / relu[0]
 
 
-def four_layer_net(activation: str):
-    """The Figure 1 network; see the module docstring."""
-    from torch import nn
+class FourLayerNet(nn.Module):
+    """The Figure 1 network (see the module docstring); ``activation`` is its only switch."""
 
-    class FourLayerNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 32, 5, padding=2)
-            self.conv2 = nn.Conv2d(32, 32, 5, padding=2)
-            self.conv3 = nn.Conv2d(32, 64, 5, padding=2)
-            self.fc4 = nn.Linear(64 * 4 * 4, 10)
-            self.act = nn.ReLU() if activation == "relu" else nn.Tanh()
-            self.pool = nn.MaxPool2d(3, stride=2, padding=1)  # 32 -> 16 -> 8 -> 4
-            for layer in (self.conv1, self.conv2, self.conv3, self.fc4):  # LeCun normal, biases 0
-                nn.init.normal_(layer.weight, 0.0, 1.0 / math.sqrt(layer.weight[0].numel()))
-                nn.init.zeros_(layer.bias)
+    def __init__(self, activation: str):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be relu or tanh; got {activation!r}")
+        self.conv1 = nn.Conv2d(3, 32, 5, padding=2)
+        self.conv2 = nn.Conv2d(32, 32, 5, padding=2)
+        self.conv3 = nn.Conv2d(32, 64, 5, padding=2)
+        self.fc4 = nn.Linear(64 * 4 * 4, 10)
+        self.act = nn.ReLU() if activation == "relu" else nn.Tanh()
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)  # 32 -> 16 -> 8 -> 4
+        for layer in (self.conv1, self.conv2, self.conv3, self.fc4):  # LeCun normal N(0, 1/fan_in), biases 0
+            nn.init.normal_(layer.weight, 0.0, 1.0 / math.sqrt(layer.weight[0].numel()))
+            nn.init.zeros_(layer.bias)
 
-        def forward(self, x):
-            x = self.pool(self.act(self.conv1(x)))
-            x = self.pool(self.act(self.conv2(x)))
-            x = self.pool(self.act(self.conv3(x)))
-            return self.fc4(x.flatten(1))
-
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be relu or tanh; got {activation!r}")
-    return FourLayerNet()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.act(self.conv1(x)))
+        x = self.pool(self.act(self.conv2(x)))
+        x = self.pool(self.act(self.conv3(x)))
+        return self.fc4(x.flatten(1))
 
 
 class Run:
     """One network at one learning rate: its model, optimiser and per-epoch curve."""
 
     def __init__(self, activation: str, lr: float, seed: int):
-        import torch
-
         torch.manual_seed(seed)  # the same initial weights for every activation and rate
         self.activation, self.lr, self.seed = activation, lr, seed
-        self.model = four_layer_net(activation).to(memory_format=torch.channels_last)
+        self.model = FourLayerNet(activation).to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
         self.errors: list[float] = []
         self.losses: list[float] = []
@@ -182,9 +180,6 @@ class Run:
 
     def train_epoch(self, images, labels, batch_size: int) -> float:
         """One pass in the seed's order for this epoch; returns the error over its batches."""
-        import torch
-        from torch.nn import functional as F
-
         from .data.augment import normalize
 
         started = time.perf_counter()
@@ -257,8 +252,6 @@ def figure1(out: Path, lrs=DEFAULT_LRS, epochs_cap: int = 40, sweep_epochs: int 
             minutes: float = 28.0, batch_size: int = 128, limit: int = 0, seed: int = 0, threads: int = 0,
             data: str | None = None) -> dict:
     """Run the experiment into ``out``; return the summary (the JSON line)."""
-    import torch
-
     from .data.cifar import load_cifar10
 
     started, deadline = time.monotonic(), time.monotonic() + minutes * 60
