@@ -2,7 +2,7 @@
 
 A checkpoint holds ``format``, ``config`` (the resolved run config as plain data), ``model``
 (state_dict of the unwrapped model) and, from training, ``optimizer``, ``schedule``,
-``scaler``, ``epoch``, ``best_val_top1_err`` and ``rng``. Everything is tensors, numbers,
+``scaler``, ``progress``, ``data`` and ``ranks`` (see ``resume.py``). Everything is tensors, numbers,
 strings, lists and dicts, so ``torch.load(..., weights_only=True)`` reads it.
 """
 
@@ -32,6 +32,7 @@ def save_checkpoint(path: str | os.PathLike, model: AlexNet, config: dict[str, A
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual permissions
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -41,6 +42,12 @@ def save_checkpoint(path: str | os.PathLike, model: AlexNet, config: dict[str, A
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

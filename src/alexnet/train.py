@@ -12,6 +12,7 @@ the run before it overwrites a good checkpoint (or skips the step, ``train.on_no
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -449,7 +450,7 @@ def _summary(run: Run) -> dict:
     return {
         "val_top1_err": progress.last_eval.get("val_top1_err"),
         "val_top5_err": progress.last_eval.get("val_top5_err"),
-        "best_val_top1_err": progress.best_val_top1_err,
+        "best_val_top1_err": progress.best_val_top1_err if math.isfinite(progress.best_val_top1_err) else None,
         "examples": progress.last_eval.get("examples"),
         "epochs": progress.epoch,
         "train_seconds": round(progress.train_seconds, 2),
