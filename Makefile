@@ -25,6 +25,8 @@ demo: $(BIN)/alexnet
 	rm -rf runs/demo
 	$(BIN)/alexnet train --recipe cifar10 --out runs/demo
 	$(BIN)/alexnet eval --checkpoint runs/demo/checkpoints/last.pt
+	$(BIN)/alexnet figures --checkpoint runs/demo/checkpoints/last.pt
+	$(BIN)/alexnet report runs/demo
 
 test: $(BIN)/alexnet
 	$(BIN)/python -m pytest -q
