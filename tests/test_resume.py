@@ -63,6 +63,7 @@ def test_kill_9_then_resume_gives_identical_weights(uninterrupted, tmp_path, dat
         assert torch.equal(ours[key], theirs[key]), key
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]
+    assert not list((out / "checkpoints").glob(".*.tmp"))
 
 
 def test_checkpoint_files_keep_the_last_k_and_best(uninterrupted):

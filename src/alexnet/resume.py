@@ -99,6 +99,11 @@ class Checkpoints:
             raise UsageError(f"train.keep_checkpoints must be at least 1; got {keep}")
         self.folder, self.keep = folder, keep
 
+    def sweep(self) -> None:
+        """Remove temp files a killed run left behind (its last complete checkpoint stays)."""
+        for tmp in self.folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
     @property
     def last(self) -> Path:
         return self.folder / "last.pt"

@@ -105,6 +105,8 @@ def _start(config, out: Path, resume: bool, ddp: Dist, device, data, stop: StopR
               Checkpoints(ckpt_dir, config.train.keep_checkpoints), stop)
     if resume:
         _restore(run, ckpt_dir / "last.pt")
+        if ddp.main:
+            run.checkpoints.sweep()
     run.stats = _augment_stats(data, config, device)
     run.writer = _tensorboard(out) if ddp.main else None
     return run
