@@ -107,6 +107,7 @@ def _start(config, out: Path, resume: bool, ddp: Dist, device, data, stop: StopR
         _restore(run, ckpt_dir / "last.pt")
         if ddp.main:
             run.checkpoints.sweep()
+            _trim_metrics(out, run.progress.epoch)
     run.stats = _augment_stats(data, config, device)
     run.writer = _tensorboard(out) if ddp.main else None
     return run
@@ -427,6 +428,16 @@ def _restore(run: Run, path: Path) -> None:
     where = f"inside epoch {run.progress.epoch + 1} at step {run.progress.step}" if run.progress.epoch_step \
         else f"after epoch {run.progress.epoch}"
     log(f"resuming from {path} {where}")
+
+
+def _trim_metrics(out: Path, epochs: int) -> None:
+    """Drop metrics rows of epochs after the checkpoint (a kill between a row and its checkpoint)."""
+    path = out / "metrics.jsonl"
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line)["epoch"] <= epochs]
+        if len(kept) != len(rows):
+            path.write_text("".join(line + "\n" for line in kept))
 
 
 def _append_metrics(out: Path, row: dict, writer) -> None:
