@@ -435,9 +435,16 @@ def _trim_metrics(out: Path, epochs: int) -> None:
     path = out / "metrics.jsonl"
     if path.is_file():
         rows = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if json.loads(line)["epoch"] <= epochs]
+        kept = [line for line in rows if _row_epoch(line) <= epochs]
         if len(kept) != len(rows):
             path.write_text("".join(line + "\n" for line in kept))
+
+
+def _row_epoch(line: str) -> float:
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+        return math.inf
 
 
 def _append_metrics(out: Path, row: dict, writer) -> None:
