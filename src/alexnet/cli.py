@@ -186,7 +186,7 @@ def cmd_eval(args) -> int:
     from .data.datasets import load_dataset
     from .evaluate import eval_inputs, evaluate_views
     from .model import AlexNet
-    from .runtime import init_distributed, pick_device, shutdown_distributed
+    from .runtime import init_distributed, main_first, pick_device, shutdown_distributed
 
     ckpt = load_checkpoint(args.checkpoint)
     overrides = _overrides(args)
@@ -196,7 +196,8 @@ def cmd_eval(args) -> int:
     model = AlexNet(config.model)
     load_weights(model, ckpt, args.checkpoint)
     models = [model] + [load_model(path) for path in args.ensemble]
-    data = load_dataset(config.data, config.seed)
+    with main_first(ddp):  # one process fills the CIFAR-10 cache
+        data = load_dataset(config.data, config.seed)
     for path, member in zip([args.checkpoint, *args.ensemble], models):
         if member.config.num_classes != len(data.classes):
             raise UsageError(f"checkpoint {path} has {member.config.num_classes} classes but the dataset "

@@ -63,6 +63,17 @@ def _attempt_store(rank: int, world: int) -> dist.Store:
     return dist.PrefixStore(f"alexnet/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
+@contextlib.contextmanager
+def main_first(ddp: Dist):
+    """Rank 0 runs the block first, the others after it (e.g. one process fills the data cache,
+    the rest read it instead of decoding the same files again)."""
+    if ddp.world > 1 and not ddp.main:
+        dist.barrier()
+    yield
+    if ddp.world > 1 and ddp.main:
+        dist.barrier()
+
+
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

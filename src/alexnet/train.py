@@ -31,8 +31,8 @@ from .errors import UsageError
 from .evaluate import eval_inputs, evaluate_views
 from .model import AlexNet
 from .resume import Checkpoints, Progress, gather, rng_state, set_rng_state
-from .runtime import (Dist, all_sum, autocast, device_name, git_commit, init_distributed, log, pick_device,
-                      seed_everything, set_threads, shutdown_distributed)
+from .runtime import (Dist, all_sum, autocast, device_name, git_commit, init_distributed, log, main_first,
+                      pick_device, seed_everything, set_threads, shutdown_distributed)
 from .schedule import Schedule
 from .stop import StopRequest, agreed, fault_injection
 
@@ -68,7 +68,8 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
     ddp = init_distributed(config.train.device)
     device = pick_device(config.train.device, ddp.local_rank)
     with StopRequest() as stop:  # from here on SIGTERM/SIGINT end the run with a checkpoint
-        data = load_dataset(config.data, config.seed)
+        with main_first(ddp):  # one process fills the CIFAR-10 cache
+            data = load_dataset(config.data, config.seed)
         run = _start(config, out, resume, ddp, device, data, stop)
         train_images = data.train_images  # uint8 tensor (CIFAR-10, moved to the device once) or shards
         if isinstance(train_images, torch.Tensor):
