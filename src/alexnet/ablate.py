@@ -39,7 +39,6 @@ import math
 import os
 import platform
 import shutil
-import sys
 import time
 import tomllib
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from pathlib import Path
 
 from . import config as cfgmod
 from .errors import UsageError
+from .runtime import log
 
 
 @dataclass(frozen=True)
@@ -196,14 +196,14 @@ def run_one(config: cfgmod.RunConfig, run_dir: Path, name: str) -> dict:
         if changed:
             raise UsageError(f"{run_dir} holds a finished run with another config ({', '.join(changed[:3])} differ); "
                              "use another --out or delete that folder")
-        _log(f"ablate: {name}: reusing the finished run in {run_dir}")
+        log(f"ablate: {name}: reusing the finished run in {run_dir}")
         return _numbers(run_dir, config.seed, reused=True, wall=None)
     if run_dir.exists():
-        _log(f"ablate: {name}: {run_dir} has no summary.json (a stopped run): deleting it and training again")
+        log(f"ablate: {name}: {run_dir} has no summary.json (a stopped run): deleting it and training again")
         shutil.rmtree(run_dir)
     from .train import train
 
-    _log(f"ablate: {name}: training into {run_dir}")
+    log(f"ablate: {name}: training into {run_dir}")
     started = time.monotonic()
     train(config, run_dir)
     return _numbers(run_dir, config.seed, reused=False, wall=time.monotonic() - started)
@@ -313,6 +313,13 @@ def markdown(record: dict, arms: list[Arm]) -> str:
         lines += ["Where CIFAR-10 at this budget disagrees with the paper: " + "; ".join(
             f"**{r['label']}** (`{r['change']}`) changes top-1 error by {r['delta_top1']:+.2f} points where the "
             f"paper expects {'a rise' if ARMS[r['arm']].sign > 0 else 'a fall'}" for r in disagree) + ".", ""]
+    base = record["rows"][0]
+    regularisers = [r for r in disagree if r["arm"] in ("dropout", "augment")]
+    if regularisers and base.get("train_top1_mean") is not None and base["train_top1_mean"] >= base["top1_mean"]:
+        lines += [f"The overfitting claims are about the paper's 90-epoch training. At this budget the baseline's "
+                  f"last-epoch training error ({base['train_top1_mean']:.1f} %) is still above its validation error "
+                  f"({base['top1_mean']:.1f} %): the net has not begun to overfit, so taking a regulariser away "
+                  "helps instead of hurting. Testing these claims needs a much longer budget.", ""]
     if "towers" in record["arms"]:
         p = record["arms"]
         lines += [f"The towers arm halves every layer (`model.width=0.5`: {p['towers']['parameters']:,} parameters "
@@ -352,7 +359,3 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,133 @@
+"""`alexnet ablate`: arms and their overrides, the table's statistics, and a tiny end-to-end run that resumes."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from alexnet.ablate import ARMS, BASELINE, arm_overrides, config_differences, markdown, mean_std, select_arms, table_rows, verdict
+from alexnet.cli import main
+from alexnet.config import build_config, read_recipe, to_toml
+from alexnet.errors import UsageError
+
+MIRROR = Path(os.environ.get("ALEXNET_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+TARBALL = MIRROR / "cifar10-jpeg.tar.gz"
+TINY = ["--seeds", "2", "--data", str(TARBALL), "--epochs", "1", "--limit", "256", "model.width=0.25",
+        "data.batch_size=64", "data.eval_batch_size=256", "optim.warmup_epochs=0"]
+
+
+def test_studies_select_the_baseline_and_their_arms():
+    assert [a.name for a in select_arms("lrn")] == ["baseline", "lrn"]
+    assert [a.name for a in select_arms("all")] == ["baseline", "lrn", "pooling", "dropout", "augment", "pca", "towers"]
+    assert [a.name for a in select_arms("pca, lrn")] == ["baseline", "lrn", "pca"]
+    with pytest.raises(UsageError, match="unknown study"):
+        select_arms("lrn,bogus")
+
+
+def test_each_arm_changes_its_switch_on_top_of_budget_and_user_overrides():
+    recipe = read_recipe("cifar10")
+    budget = ["optim.epochs=2", "data.limit=1000"]
+    overrides = arm_overrides(ARMS["augment"], 1, budget, ["data.batch_size=64"], recipe)
+    assert overrides == ["optim.epochs=2", "data.limit=1000", "train.progress=false", "train.eval_every=2",
+                         "data.batch_size=64", "seed=1", "data.crop_padding=0", "data.flip=false"]
+    base = build_config(recipe, arm_overrides(BASELINE, 0, budget, [], recipe))
+    assert (base.model.lrn, base.model.overlap_pool, base.model.towers, base.data.pca_std) == (True, True, True, 0.0)
+    expected = {"lrn": ("model", "lrn", False), "pooling": ("model", "overlap_pool", False),
+                "dropout": ("model", "dropout", 0.0), "augment": ("data", "flip", False),
+                "pca": ("data", "pca_std", 0.1), "towers": ("model", "towers", False)}
+    for name, (section, key, value) in expected.items():
+        config = build_config(recipe, arm_overrides(ARMS[name], 0, budget, [], recipe))
+        assert getattr(getattr(config, section), key) == value != getattr(getattr(base, section), key), name
+        assert config.optim.epochs == 2 and config.data.limit == 1000 and config.train.eval_every == 2
+    assert build_config(recipe, arm_overrides(ARMS["towers"], 0, budget, [], recipe)).model.width == 0.5
+    assert "train.eval_every=2" not in arm_overrides(BASELINE, 0, budget, ["train.eval_every=1"], recipe)
+
+
+def test_overriding_an_arms_own_switch_is_refused():
+    recipe = read_recipe("cifar10")
+    with pytest.raises(UsageError, match="model.lrn"):
+        arm_overrides(ARMS["lrn"], 0, [], ["model.lrn=true"], recipe)
+    with pytest.raises(UsageError, match="seed"):
+        arm_overrides(BASELINE, 0, [], ["seed=3"], recipe)
+    arm_overrides(ARMS["lrn"], 0, [], ["model.width=0.5"], recipe)  # only the towers arm sets the width
+
+
+def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
+    config = build_config(read_recipe("cifar10"), ["optim.epochs=2"])
+    path = tmp_path / "config.toml"
+    assert config_differences(path, config) == ["config.toml"]  # no stored config: not reusable
+    path.write_text(to_toml(config))
+    assert config_differences(path, config) == []
+    assert config_differences(path, build_config(read_recipe("cifar10"), ["optim.epochs=3", "seed=1"])) == [
+        "optim.epochs", "seed"]
+    path.write_text("\n".join(line for line in to_toml(config).splitlines() if not line.startswith("label_smoothing")))
+    assert config_differences(path, config) == []  # a key the stored run did not know yet is not a difference
+
+
+def test_statistics_deltas_and_verdicts_on_fixed_numbers():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([5.0]) == (5.0, 0.0)
+    assert verdict(0.5, 1.0, +1) == "within noise" and verdict(-1.0, 1.0, +1) == "within noise"
+    assert verdict(1.5, 1.0, +1) == "agrees" and verdict(-1.5, 1.0, +1) == "disagrees"
+    assert verdict(-1.5, 1.0, -1) == "agrees"
+    runs = {"baseline": [{"val_top1_err": e, "val_top5_err": 0.02, "train_top1_err": 0.4} for e in (0.30, 0.32, 0.34)],
+            "lrn": [{"val_top1_err": 0.35, "val_top5_err": 0.03} for _ in range(3)],
+            "pca": [{"val_top1_err": e, "val_top5_err": 0.02} for e in (0.31, 0.33, 0.35)],
+            "dropout": [{"val_top1_err": 0.28, "val_top5_err": 0.02} for _ in range(3)]}
+    rows = table_rows([BASELINE, ARMS["lrn"], ARMS["pca"], ARMS["dropout"]], runs)
+    base, lrn, pca, dropout = rows
+    assert (base["top1_mean"], base["top1_std"]) == (pytest.approx(32.0), pytest.approx(2.0))
+    assert lrn["delta_top1"] == pytest.approx(3.0) and lrn["delta_top5"] == pytest.approx(1.0)
+    assert lrn["noise_top1"] == pytest.approx(2 ** 0.5) and lrn["verdict"] == "agrees"
+    assert pca["delta_top1"] == pytest.approx(1.0) and pca["verdict"] == "within noise"  # noise is 2
+    assert dropout["delta_top1"] == pytest.approx(-4.0) and dropout["verdict"] == "disagrees"
+    record = {"recipe": "cifar10", "seeds": [0, 1, 2], "rows": rows, "wall_seconds": 60, "train_seconds_total": 50,
+              "budget": {"epochs": 2, "limit": 0, "batch_size": 128, "overrides": [], "user_overrides": []},
+              "machine": {"device": "cpu", "cpu_count": 2, "torch_version": "x"},
+              "arms": {a: {"parameters": 1} for a in runs}}
+    text = markdown(record, [BASELINE, ARMS["lrn"], ARMS["pca"], ARMS["dropout"]])
+    assert "| lrn | no LRN | `model.lrn=false` | 35.00 ± 0.00 | 3.00 ± 0.00 | +3.00 | +1.00 | - | +1.4 / +1.2 | agrees |" in text
+    assert "**no dropout** (`model.dropout=0.0`) changes top-1 error by -4.00 points" in text
+    assert "training error (40.0 %) is still above its validation error (32.0 %)" in text
+
+
+def test_tiny_ablation_writes_outputs_and_resumes(tmp_path, capsys, data_cache, monkeypatch):
+    monkeypatch.setitem(__import__("alexnet.lrn").lrn._compile, "on", False)  # eager LRN: no compile wait per shape
+    out = tmp_path / "abl"
+    assert main(["ablate", "--study", "lrn", "--out", str(out), *TINY]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["runs"] == 4 and result["trained"] == 4
+    record = json.loads((out / "ablation.json").read_text())
+    assert list(record["arms"]) == ["baseline", "lrn"]
+    for arm in record["arms"].values():
+        assert [r["seed"] for r in arm["runs"]] == [0, 1] and all(0 <= r["val_top1_err"] <= 1 for r in arm["runs"])
+    assert record["budget"]["epochs"] == 1 and record["budget"]["limit"] == 256
+    assert "| lrn | no LRN | `model.lrn=false` |" in (out / "ablation.md").read_text()
+    assert (out / "ablation.png").stat().st_size > 1000
+    summaries = sorted(out.glob("*/seed*/summary.json"))
+    assert len(summaries) == 4
+    mtimes = {p: p.stat().st_mtime_ns for p in summaries}
+
+    stopped = out / "baseline" / "seed1"  # a run stopped before its summary: deleted and trained again
+    (stopped / "summary.json").unlink()
+    assert main(["ablate", "--study", "lrn", "--out", str(out), *TINY]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["trained"] == 1
+    assert captured.err.count("reusing the finished run") == 3 and "no summary.json" in captured.err
+    for path, mtime in mtimes.items():
+        assert path == stopped / "summary.json" or path.stat().st_mtime_ns == mtime
+    again = json.loads((out / "ablation.json").read_text())
+    assert again["arms"]["lrn"]["runs"][0]["val_top1_err"] == record["arms"]["lrn"]["runs"][0]["val_top1_err"]
+    # deterministic: the retrained run gives the same numbers as the first time
+    assert again["arms"]["baseline"]["runs"][1]["val_top1_err"] == record["arms"]["baseline"]["runs"][1]["val_top1_err"]
+
+    assert main(["ablate", "--study", "lrn", "--out", str(out), *TINY[:-1], "optim.warmup_epochs=0.5"]) == 2
+    assert "another config (optim.warmup_epochs differ)" in capsys.readouterr().err
+
+
+def test_bad_usage_exits_2(tmp_path, capsys):
+    assert main(["ablate", "--study", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown study" in capsys.readouterr().err
+    assert main(["ablate", "--study", "lrn", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert main(["ablate", "--study", "lrn", "--out", str(tmp_path), "model.lrn=true"]) == 2
