@@ -215,3 +215,12 @@ def test_bad_input_exits_2_with_a_message(folders, tmp_path, capsys):
     for argv, message in cases:
         assert main(["figures", "--checkpoint", str(ckpt), *map(str, argv)]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_default_queries_take_one_image_per_class_first():
+    from alexnet.figures import one_per_class
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])  # stored class by class, as CIFAR-10's test tarball
+    assert one_per_class(labels, 3).tolist() == [0, 3, 5]
+    assert one_per_class(labels, 5).tolist() == [0, 3, 5, 1, 2]
+    assert one_per_class(labels, 2).tolist() == [0, 3]

@@ -40,7 +40,7 @@ EXAMPLES = """examples:
   alexnet figures --checkpoint best.pt --images photos/ --gallery more_photos/ --out figs
   alexnet figures --checkpoint best.pt --gallery-limit 20000            # search more training images
 
-Without --images the first eight validation images of the checkpoint's dataset are shown; with
+Without --images the first validation image of each of eight classes is shown; with
 it, the first eight image files (sorted), whose true class is known when the file or its folder
 names a class (cat/1.png, cat_1.png, n01440764_tench.JPEG). Without --gallery the neighbours come
 from a seeded class-balanced subset of the training split. Writes figure3.png,
@@ -130,7 +130,7 @@ def run(args) -> int:
     _, size, prepare = eval_inputs(data, config, crops=1)  # exactly evaluation's input
     network = Network(model, prepare, size, device, config.data.eval_batch_size)
     stored = stored_size(data, config)
-    first = torch.arange(min(QUERIES, len(data.val_labels)))
+    first = one_per_class(data.val_labels, QUERIES)
     queries = (folder_set(args.images, QUERIES, stored, keys) if args.images
                else split_set(data.val_images, data.val_labels, first, "val"))
     gallery = (folder_set(args.gallery, args.gallery_limit, stored, keys) if args.gallery
@@ -190,6 +190,15 @@ def class_names(config, data) -> tuple[list[str], list[tuple[str, ...]]]:
 def stored_size(data, config) -> int:
     """The side of the images as stored: prepared ImageNet's mean image, else the input size (CIFAR-10)."""
     return int(data.stats["mean_image"].shape[-1]) if data.stats is not None else config.model.input_size
+
+
+def one_per_class(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """The first validation image of each class in turn, ``n`` in all (splits stored class by
+    class would otherwise give eight images of one class); then the first images left over."""
+    firsts = [int((labels == c).nonzero()[0]) for c in labels.unique(sorted=True).tolist()][:n]
+    taken = set(firsts)
+    rest = [i for i in range(min(len(labels), 2 * n)) if i not in taken][:max(0, n - len(firsts))]
+    return torch.tensor(sorted(firsts) + rest, dtype=torch.long)
 
 
 def split_set(images, labels: torch.Tensor, indices: torch.Tensor, split: str) -> ImageSet:
