@@ -31,7 +31,7 @@ class Boom:
 def test_malicious_pickle_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
-        pickle.dump({"model": Boom()}, f)
+        pickle.dump({"model": Boom()}, f, protocol=2)
     with pytest.raises(UsageError, match="refused"):
         load_checkpoint(path)
 
