@@ -40,7 +40,7 @@ def test_each_arm_changes_its_switch_on_top_of_budget_and_user_overrides():
         config = build_config(recipe, arm_overrides(ARMS[name], 0, budget, [], recipe))
         assert getattr(getattr(config, section), key) == value != getattr(getattr(base, section), key), name
         assert config.optim.epochs == 2 and config.data.limit == 1000 and config.train.eval_every == 2
-    assert build_config(recipe, arm_overrides(ARMS["towers"], 0, budget, [], recipe)).model.width == 0.5
+    assert build_config(recipe, arm_overrides(ARMS["towers"], 0, budget, [], recipe)).model.one_gpu
     assert "train.eval_every=2" not in arm_overrides(BASELINE, 0, budget, ["train.eval_every=1"], recipe)
 
 
@@ -50,7 +50,7 @@ def test_overriding_an_arms_own_switch_is_refused():
         arm_overrides(ARMS["lrn"], 0, [], ["model.lrn=true"], recipe)
     with pytest.raises(UsageError, match="seed"):
         arm_overrides(BASELINE, 0, [], ["seed=3"], recipe)
-    arm_overrides(ARMS["lrn"], 0, [], ["model.width=0.5"], recipe)  # only the towers arm sets the width
+    arm_overrides(ARMS["lrn"], 0, [], ["model.width=0.5"], recipe)  # no arm sets the width
 
 
 def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):

@@ -70,3 +70,13 @@ def test_fc7_features_are_the_last_hidden_layer():
     model = AlexNet(ModelConfig(variant="cifar", num_classes=10, input_size=32)).eval()
     feats = model.fc7_features(torch.randn(3, 3, 32, 32))
     assert feats.shape == (3, model.fc7.out_features) and (feats >= 0).all()
+
+
+def test_one_gpu_net_is_the_papers_comparison_net():
+    """Section 3.2: half the kernels in conv1-conv4, conv5 and the FC layers full, about the same size."""
+    net = AlexNet(ModelConfig(towers=False, one_gpu=True))
+    assert [net.conv1.out_channels, net.conv2.out_channels, net.conv3.out_channels, net.conv4.out_channels,
+            net.conv5.out_channels] == [48, 128, 192, 192, 256]
+    assert net.conv2.groups == 1 and sum(p.numel() for p in net.parameters()) == 59_798_312
+    with pytest.raises(ValueError, match="towers=false"):
+        ModelConfig(one_gpu=True)

@@ -53,6 +53,7 @@ class ModelConfig:
     towers: bool = True  # two-GPU connectivity as groups=2 in conv2, conv4, conv5 (section 3.2)
     dropout: float = 0.5  # dropout probability on fc6 and fc7 (section 4.2); 0 disables
     width: float = 1.0  # multiplier on every conv and hidden fc width (1.0 = the paper's)
+    one_gpu: bool = False  # section 3.2's comparison net: no towers, half the kernels in conv1-conv4, conv5 and fc full
     input_size: int = 224  # 224 or 227 for paper/torchvision, 32 for cifar
     init: str = "paper"  # paper: N(0, 0.01), bias 1 in conv2/4/5, fc6/7 | kaiming: He init (fast CIFAR runs)
 
@@ -62,6 +63,8 @@ class ModelConfig:
         _check_choice("init", self.init, ("paper", "kaiming"))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.one_gpu and self.towers:
+            raise ValueError("model.one_gpu is the one-tower comparison net: set model.towers=false with it")
         if self.num_classes < 1 or self.width <= 0:
             raise ValueError("model.num_classes must be >= 1 and model.width > 0")
 
@@ -109,6 +112,9 @@ class AlexNet(nn.Module):
         layout = _layout(config)
         towers = 2 if config.towers and config.variant != "torchvision" else 1
         c1, c2, c3, c4, c5 = (_scaled(c, config.width, 2) for c in layout.channels)
+        if config.one_gpu:  # "we did not halve the size of the final convolutional layer (nor the
+            # fully-connected layers which follow)" (section 3.2): about the two-tower parameter count
+            c1, c2, c3, c4 = (_scaled(c, config.width / 2, 2) for c in layout.channels[:4])
         hidden = _scaled(layout.hidden, config.width, 1)
         k1, s1, p1 = layout.conv1
         self.conv1 = nn.Conv2d(3, c1, k1, stride=s1, padding=p1)
