@@ -333,10 +333,9 @@ def _paper(row: dict) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Top-1 and top-5 error per arm with the seed std as error bars; the baseline's top-1 as a line."""
-    import matplotlib
+    from .plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 4), dpi=120)
     x = range(len(rows))

@@ -339,10 +339,9 @@ def figure1(out: Path, setup: str = "paper", lrs=None, epochs_cap: int = 40, swe
 
 def plot(curves: dict, path: Path, setup: str = "paper") -> None:
     """The paper's Figure 1 style: training error rate against epochs, ReLU solid, tanh dashed."""
-    import matplotlib
+    from .plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     styles = {"relu": ("-", "ReLU"), "tanh": ("--", "tanh")}

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import UsageError
+from .plotting import pyplot
 
 QUERIES = 8  # Figure 4 left: images with their top-5 (the paper shows eight)
 NEIGHBOUR_QUERIES = 5  # Figure 4 right: query rows (the paper shows five)
@@ -361,17 +362,6 @@ def hwc(images: torch.Tensor) -> list:
 
 
 # --------------------------------------------------------------------------- drawing
-
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (files, no screen), imported on first use: the command
-    line imports every command module to build its parser, and pyplot costs a second."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def kernel_mosaic(kernels, columns: int, scale: int, gap: int = 1):

@@ -136,7 +136,7 @@ def series(rows: list[dict], key: str) -> tuple[list, list]:
 
 def draw_curves(rows: list[dict], path: Path) -> Path:
     """Training loss, top-1/top-5 error, learning rate and images/s against the epoch, in one PNG."""
-    from .figures import pyplot
+    from .plotting import pyplot
 
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator
