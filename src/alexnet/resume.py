@@ -95,9 +95,7 @@ class Checkpoints:
     """The run's checkpoint folder: step files, ``last.pt`` and ``best.pt`` links, pruning."""
 
     def __init__(self, folder: Path, keep: int):
-        if keep < 1:
-            raise UsageError(f"train.keep_checkpoints must be at least 1; got {keep}")
-        self.folder, self.keep = folder, keep
+        self.folder, self.keep = folder, keep  # keep >= 1: TrainConfig checks it
 
     def sweep(self) -> None:
         """Remove temp files a killed run left behind (its last complete checkpoint stays)."""

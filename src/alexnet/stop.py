@@ -19,6 +19,8 @@ import threading
 import torch
 import torch.distributed as dist
 
+from .runtime import log
+
 
 class StopRequest:
     """Context manager: while active, SIGTERM and SIGINT set ``signal`` instead of killing."""
@@ -41,8 +43,6 @@ class StopRequest:
         if self.signal == "SIGINT" and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         self.signal = signal.Signals(signum).name
-        from .runtime import log
-
         log(f"{self.signal} received: finishing this step, writing a checkpoint, then exiting "
             "(Ctrl-C again to interrupt at once)")
 

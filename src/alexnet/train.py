@@ -290,7 +290,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
     with autocast(device, config.train.precision):
         logits = run.net(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.optim.label_smoothing)
-    if config.train.on_nonfinite == "skip" and not _all_finite(loss, run.ddp.world, device):
+    if config.train.on_nonfinite == "skip" and not _all_finite(loss, device):
         run.progress.skipped_steps += 1
         log(f"step {run.progress.step + 1}: loss is {loss.item()}, step skipped (train.on_nonfinite=skip)")
         return loss, logits, False
@@ -301,10 +301,10 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
     return loss, logits, True
 
 
-def _all_finite(loss: torch.Tensor, world: int, device: torch.device) -> bool:
+def _all_finite(loss: torch.Tensor, device: torch.device) -> bool:
     """Whether the loss is finite on every process (all must skip together, or DDP would hang)."""
-    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0], device=device)
-    return all_sum(bad.tolist(), device)[0] == 0 if world > 1 else bad.item() == 0
+    bad = 0.0 if torch.isfinite(loss.detach()) else 1.0
+    return all_sum([bad], device)[0] == 0  # all_sum is the value itself in a lone process
 
 
 def _guard(run: Run, first_bad: torch.Tensor) -> bool:
@@ -400,7 +400,7 @@ def _save(run: Run, best: bool, order: torch.Tensor | None = None, generator: to
             run.checkpoints.save(run.model, cfgmod.to_dict(run.config), state, run.progress.step, best)
         except UsageError as err:
             error = err
-    failed = all_sum([1.0 if error else 0.0], run.device)[0] if run.ddp.world > 1 else float(error is not None)
+    failed = all_sum([1.0 if error else 0.0], run.device)[0]  # every process learns of rank 0's failure
     if error:
         raise error
     if failed:
