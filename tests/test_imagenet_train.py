@@ -9,7 +9,7 @@ from torchvision.io import write_png
 from alexnet.cli import main
 from alexnet.data.augment import crop_at, flip_where
 from alexnet.data.datasets import ShardImages, balanced_indices
-from alexnet.train import augment_batch
+from alexnet.data.pipeline import Pipeline
 
 WNIDS = ("n00000001", "n00000002", "n00000003")
 
@@ -49,10 +49,16 @@ def test_paper_recipe_trains_one_epoch_and_evaluates_ten_crops(prepared, tmp_pat
 def test_paper_pipeline_crops_the_mean_with_the_image(prepared):
     from alexnet.config import build_config, read_recipe
 
-    config = build_config(read_recipe("paper"), ["data.pca_std=0"])
+    config = build_config(read_recipe("paper"), ["data.pca_std=0", f"data.path={json.dumps(str(prepared))}"])
+    from alexnet.data.datasets import load_dataset
+    from alexnet.data.pipeline import pipeline_for
+
+    pipeline = pipeline_for(config, load_dataset(config.data, 0))
+    assert pipeline.kind == "imagenet" and pipeline.std is None and pipeline.lighting is None  # the paper's
     images = ShardImages(prepared / "train")[torch.arange(4)]
     mean = torch.rand(3, 256, 256) * 255
-    x = augment_batch(images, config, torch.Generator().manual_seed(5), {"mean_image": mean})
+    pipeline = Pipeline("imagenet", 224, 0, True, mean, None, None)
+    x = pipeline.train(images, torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)  # replay the same random numbers
     from alexnet.data.augment import random_crop_offsets, random_flips
 
@@ -104,3 +110,38 @@ def test_device_decode_gives_the_cpu_decoders_batches(prepared):
     for (x, y), (xd, yd) in zip(cpu[1:], dev):
         assert torch.equal(y, yd) and xd.shape == x.shape and xd.dtype == torch.uint8
         assert (x.int() - xd.int()).abs().max() <= 2
+
+
+def test_standardize_divides_by_the_training_sets_channel_std_after_the_mean_image(prepared):
+    from safetensors.torch import load_file
+
+    from alexnet.config import build_config, read_recipe
+    from alexnet.data.augment import random_crop_offsets, random_flips
+    from alexnet.data.datasets import load_dataset
+    from alexnet.data.pipeline import pipeline_for
+
+    config = build_config(read_recipe("imagenet"), [f"data.path={json.dumps(str(prepared))}", "data.pca_std=0"])
+    pipeline = pipeline_for(config, load_dataset(config.data, 0))
+    stats = load_file(str(prepared / "stats.safetensors"))
+    std = stats["covariance"].diagonal().sqrt().view(3, 1, 1)
+    torch.testing.assert_close(pipeline.std, std)
+    images = ShardImages(prepared / "train")[torch.arange(4)]
+    x = pipeline.train(images, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    dy, dx = random_crop_offsets(4, 256, 256, 224, g)
+    flip = random_flips(4, g)
+    mean = flip_where(crop_at(stats["mean_image"], dy, dx, 224), flip)
+    torch.testing.assert_close(x, (flip_where(crop_at(images, dy, dx, 224), flip).float() - mean) / std)
+    assert 0.2 < x.std() < 5  # unit scale, where the paper's input has a std of tens of levels
+
+
+def test_a_test_folder_is_the_validation_split(tmp_path):
+    src = tmp_path / "src"
+    for split, count in (("train", 2), ("test", 1)):
+        for name in ("cat", "dog"):
+            (src / split / name).mkdir(parents=True)
+            for i in range(count):
+                write_png(torch.full((3, 30, 40), 90 * i, dtype=torch.uint8), str(src / split / name / f"{i}.png"))
+    out = tmp_path / "out"
+    assert main(["prepare", "imagenet", "--src", str(src), "--out", str(out), "--workers", "1"]) == 0
+    assert json.loads((out / "prepared.json").read_text())["counts"] == {"train": 4, "val": 2}

@@ -123,16 +123,16 @@ SMALL = ["--recipe", "cifar10", "data.limit=256", "data.batch_size=64", "optim.e
 @pytest.fixture
 def nan_at_step_3(monkeypatch):
     """The third training batch turns into nan (as a diverging run would)."""
-    import alexnet.train as train_module
+    from alexnet.data.pipeline import Pipeline
 
-    real, calls = train_module.augment_batch, []
+    real, calls = Pipeline.train, []
 
     def poisoned(*args, **kwargs):
         x = real(*args, **kwargs)
         calls.append(1)
         return x * float("nan") if len(calls) == 3 else x
 
-    monkeypatch.setattr(train_module, "augment_batch", poisoned)
+    monkeypatch.setattr(Pipeline, "train", poisoned)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, nan_at_step_3, capsys, data_cache):

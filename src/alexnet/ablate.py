@@ -154,10 +154,10 @@ def ablate(recipe: dict, arms: list[Arm], seeds: list[int], budget: list[str], u
     started = time.monotonic()
     configs = {(arm.name, seed): cfgmod.build_config(recipe, arm_overrides(arm, seed, budget, user, recipe))
                for arm in arms for seed in seeds}  # every config checked before the first run starts
-    params = {arm.name: _parameters(configs[arm.name, seeds[0]]) for arm in arms}
     runs = {arm.name: [] for arm in arms}
     for (name, seed), config in configs.items():
         runs[name].append(run_one(config, out / name / f"seed{seed}", f"{name}/seed{seed}"))
+    params = {arm.name: runs[arm.name][0]["parameters"] or _parameters(configs[arm.name, seeds[0]]) for arm in arms}
     rows = table_rows(arms, runs)
     wall = time.monotonic() - started
     first = configs[BASELINE.name, seeds[0]]
@@ -233,13 +233,14 @@ def _numbers(run_dir: Path, seed: int, reused: bool, wall: float | None) -> dict
             "train_top1_err": rows[-1]["train_top1_err"] if rows else None, "epochs": summary["epochs"],
             "train_seconds": summary["train_seconds"], "wall_seconds": None if wall is None else round(wall, 1),
             "reused": reused, "device": summary.get("device"), "torch_version": summary.get("torch_version"),
-            "run_dir": str(run_dir)}
+            "parameters": summary.get("parameters"), "run_dir": str(run_dir)}
 
 
-def _parameters(config: cfgmod.RunConfig) -> int:
+def _parameters(config: cfgmod.RunConfig) -> int | None:
+    """The network's size, for runs whose summary predates its ``parameters`` (None if fc8 follows the data)."""
     from .model import AlexNet, count_parameters
 
-    return count_parameters(AlexNet(config.model))
+    return count_parameters(AlexNet(config.model)) if config.model.num_classes else None
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -94,6 +94,45 @@ def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | os.Pa
         raise UsageError(f"checkpoint {path} does not fit the requested model: {str(err).splitlines()[0]}") from None
 
 
+def checkpoint_classes(ckpt: dict[str, Any]) -> list[dict] | None:
+    """The class list a training run stored (``[{"index", "wnid", "name"}, ...]``); for checkpoints
+    without one, CIFAR-10's ten when that is what the run trained on; else None."""
+    classes = ckpt.get("classes")
+    if classes:
+        return list(classes)
+    if ckpt.get("config", {}).get("data", {}).get("dataset", "cifar10") == "cifar10" and \
+            model_config(ckpt).num_classes == 10:
+        from .data.cifar import CLASSES
+
+        return [{"index": i, "wnid": c, "name": c} for i, c in enumerate(CLASSES)]
+    return None
+
+
+def check_classes(ckpt: dict[str, Any], path: str | os.PathLike, data) -> None:
+    """Refuse, in one line, to evaluate ``ckpt`` on ``data`` whose classes are not the ones it learned."""
+    outputs = model_config(ckpt).num_classes
+    if outputs != len(data.classes):
+        raise UsageError(f"checkpoint {path} has {outputs} classes but the dataset has {len(data.classes)}; "
+                         "evaluate it on the data it was trained for")
+    stored = checkpoint_classes(ckpt)
+    if stored is not None and [c["wnid"] for c in stored] != list(data.classes):
+        first = next(i for i, (c, d) in enumerate(zip(stored, data.classes)) if c["wnid"] != d)
+        raise UsageError(f"checkpoint {path} learned other classes than the dataset holds (class {first} is "
+                         f"{stored[first]['wnid']!r} there and {data.classes[first]!r} here); evaluate it on "
+                         "the data it was trained for")
+
+
+def eval_pipeline(ckpt: dict[str, Any], config, data):
+    """The evaluation input pipeline a checkpoint was trained with (its stored statistics), or,
+    for checkpoints written before they stored one, the one ``config`` builds from ``data``."""
+    from .data.pipeline import Pipeline, pipeline_for
+
+    state = ckpt.get("pipeline")
+    if state is not None:
+        return Pipeline.from_state(state, config.train.channels_last)
+    return pipeline_for(config, data, training=False)
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain model inside DDP and torch.compile wrappers."""
     while True:

@@ -182,9 +182,9 @@ def _checkpoint_config(path: Path) -> dict:
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import load_checkpoint, load_model, load_weights
+    from .checkpoint import check_classes, eval_pipeline, load_checkpoint, load_model, load_weights
     from .data.datasets import load_dataset
-    from .evaluate import eval_inputs, evaluate_views
+    from .evaluate import evaluate_views
     from .model import AlexNet
     from .runtime import init_distributed, main_first, pick_device, shutdown_distributed
 
@@ -197,16 +197,17 @@ def cmd_eval(args) -> int:
     load_weights(model, ckpt, args.checkpoint)
     models = [model] + [load_model(path) for path in args.ensemble]
     with main_first(ddp):  # one process fills the CIFAR-10 cache
-        data = load_dataset(config.data, config.seed)
-    for path, member in zip([args.checkpoint, *args.ensemble], models):
+        data = load_dataset(config.data, config.seed, ddp.main)
+    check_classes(ckpt, args.checkpoint, data)
+    for path, member in zip(args.ensemble, models[1:]):
         if member.config.num_classes != len(data.classes):
             raise UsageError(f"checkpoint {path} has {member.config.num_classes} classes but the dataset "
                              f"has {len(data.classes)}; evaluate it on the data it was trained for")
     crops = args.crops or (2 if config.train.eval_flip else 1)
-    images, size, prepare = eval_inputs(data, config, crops)
-    result = evaluate_views([m.to(device) for m in models], images, data.val_labels, device=device, crops=crops,
-                            batch_size=config.data.eval_batch_size, size=size, prepare=prepare,
-                            precision=config.train.precision)
+    pipeline = eval_pipeline(ckpt, config, data).to(device)
+    result = evaluate_views([m.to(device) for m in models], data.val_images, data.val_labels, device=device,
+                            crops=crops, batch_size=config.data.eval_batch_size,
+                            inputs=lambda x: pipeline.evaluate(x, crops), precision=config.train.precision)
     if ddp.main:
         print(json.dumps({**result, "crops": crops, "models": len(models), "checkpoint": str(args.checkpoint)}))
     shutdown_distributed()

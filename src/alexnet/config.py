@@ -33,10 +33,13 @@ class DataConfig:
     pca_std: float = 0.1  # sigma of the PCA lighting alphas (section 4.1); 0 disables
     workers: int = -1  # prepared ImageNet: decode processes per training process; -1: the cores / local processes, 0: inline
     decode: str = "cpu"  # prepared JPEG shards: cpu (in the workers) | device (torchvision decode_jpeg on the training device, nvJPEG on a GPU)
-    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)  # per-channel mean, 0..1 scale
-    std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)  # per-channel std, 0..1 scale
+    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)  # cifar10: per-channel mean, 0..1 scale
+    std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)  # cifar10: per-channel std, 0..1 scale
+    standardize: bool = False  # imagenet: after the mean image, divide by the training set's per-channel pixel std (stats.safetensors); False: the paper
 
     def __post_init__(self):
+        if self.dataset not in ("cifar10", "imagenet"):
+            raise ValueError(f"data.dataset must be cifar10 or imagenet; got {self.dataset!r}")
         if self.decode not in ("cpu", "device"):
             raise ValueError(f"data.decode must be cpu or device; got {self.decode!r}")
 
@@ -78,11 +81,17 @@ class TrainConfig:
             raise ValueError("train.keep_checkpoints must be >= 1 and train.checkpoint_every_steps >= 0")
 
 
+def _model_from_data() -> ModelConfig:
+    """A run's model: fc8 gets as many outputs as the training data has classes (resolved by
+    ``train``) unless ``model.num_classes`` is given."""
+    return ModelConfig(num_classes=0)
+
+
 @dataclass
 class RunConfig:
     seed: int = 0
     recipe: str = "cifar10"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=_model_from_data)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -148,10 +157,16 @@ def from_flat(flat: dict[str, Any]) -> RunConfig:
     for name, cls in SECTIONS.items():
         values = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(name + ".")}
         sections[name] = _make(cls, name, values)
+    if sections["model"].num_classes == 0 and sections["data"].dataset == "cifar10":
+        from .data.cifar import CLASSES  # CIFAR-10's class count is known without reading the data
+
+        sections["model"] = dataclasses.replace(sections["model"], num_classes=len(CLASSES))
     return RunConfig(**top, **sections)
 
 
 def _make(cls, section: str, values: dict[str, Any]):
+    if cls is ModelConfig:
+        values.setdefault("num_classes", 0)  # 0: from the data, see _model_from_data
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     for key, value in values.items():
         expected = str(types[key])

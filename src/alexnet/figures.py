@@ -8,24 +8,24 @@ Figure 4 (left): eight images, each with the network's five most probable classe
 class's bar in red. Figure 4 (right): five of them as queries, each with the six gallery images
 whose fc7 activations (the last hidden layer) are nearest in Euclidean distance (section 6.1).
 
-Every image reaches the network exactly as in evaluation (``evaluate.eval_inputs``): the
+Every image reaches the network exactly as in evaluation (the checkpoint's ``Pipeline``): the
 stored image (CIFAR-10 32x32, prepared ImageNet 256x256), its centre ``input_size`` window,
-then per-channel normalisation or the mean image. Image files are first brought to the stored
+then per-channel normalisation or the mean image. Class names come from the checkpoint. Image files are first brought to the stored
 size the way ``alexnet prepare`` does (centre square, resized).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from .data.pipeline import Pipeline
 from .errors import UsageError
 from .plotting import pyplot
 
@@ -117,23 +117,24 @@ class FolderImages:
 
 
 def run(args) -> int:
-    from .evaluate import eval_inputs
+    from .checkpoint import check_classes, eval_pipeline
     from .runtime import log, pick_device
 
     check_args(args)
     device = pick_device(args.device)
-    model, config = load_network(args.checkpoint, args.data, device)
-    data = load_data(config, needed=args.images is None or args.gallery is None)
-    names, keys = class_names(config, data)
+    model, config, ckpt = load_network(args.checkpoint, args.data, device)
+    data = load_data(config, ckpt, needed=args.images is None or args.gallery is None)
+    if data is not None:
+        check_classes(ckpt, args.checkpoint, data)
+    names, keys = class_names(ckpt, data)
     if model.config.num_classes != len(names):
         raise UsageError(f"checkpoint {args.checkpoint} has {model.config.num_classes} classes but its dataset has "
                          f"{len(names)}; pass --data with the dataset it was trained on")
-    _, size, prepare = eval_inputs(data, config, crops=1)  # exactly evaluation's input
-    network = Network(model, prepare, size, device, config.data.eval_batch_size)
-    stored = stored_size(data, config)
-    first = one_per_class(data.val_labels, QUERIES)
+    pipeline = eval_pipeline(ckpt, config, data).to(device)  # exactly evaluation's input
+    network = Network(model, pipeline, device, config.data.eval_batch_size)
+    stored = pipeline.stored_size
     queries = (folder_set(args.images, QUERIES, stored, keys) if args.images
-               else split_set(data.val_images, data.val_labels, first, "val"))
+               else split_set(data.val_images, data.val_labels, one_per_class(data.val_labels, QUERIES), "val"))
     gallery = (folder_set(args.gallery, args.gallery_limit, stored, keys) if args.gallery
                else train_gallery(data, args.gallery_limit, config.seed))
     log(f"figures: {len(queries)} images, fc7 features of {len(gallery)} gallery images on {device}")
@@ -153,7 +154,7 @@ def check_args(args) -> None:
 
 
 def load_network(path: Path, data_path: str | None, device: torch.device):
-    """The checkpoint's network in eval mode (no dropout) and its resolved run config."""
+    """The checkpoint's network in eval mode (no dropout), its resolved run config and the checkpoint."""
     from .checkpoint import load_checkpoint, load_weights
     from .config import build_config
     from .model import AlexNet
@@ -162,35 +163,28 @@ def load_network(path: Path, data_path: str | None, device: torch.device):
     config = build_config(ckpt.get("config", {}), [f"data.path={json.dumps(data_path)}"] if data_path else [])
     model = AlexNet(config.model)
     load_weights(model, ckpt, path)
-    return model.to(device).eval(), config
+    return model.to(device).eval(), config, ckpt
 
 
-def load_data(config, needed: bool):
-    """The run's dataset; CIFAR-10 is skipped (classes only) when both image sets are folders."""
-    from .data.datasets import Dataset, load_dataset
+def load_data(config, ckpt: dict, needed: bool):
+    """The run's dataset, or None when both image sets are folders and the checkpoint (or, for
+    CIFAR-10, the config) gives the classes and the pipeline; older ImageNet checkpoints need the
+    data for its mean image."""
+    from .checkpoint import checkpoint_classes
+    from .data.datasets import load_dataset
 
-    if needed or config.data.dataset != "cifar10":  # prepared ImageNet: its mean image is the normalisation
-        return load_dataset(config.data, config.seed)
-    from .data.cifar import CLASSES
-
-    images, labels = torch.empty(0, 3, 32, 32, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
-    return Dataset(images, labels, images, labels, CLASSES)
-
-
-def class_names(config, data) -> tuple[list[str], list[tuple[str, ...]]]:
-    """Display names, and the names a file or folder may use for each class (CIFAR-10's ten; a
-    prepared folder's classes.tsv ``name``, first of its comma-separated words, and ``wnid``)."""
-    if data.stats is None:
-        return list(data.classes), [(c,) for c in data.classes]
-    with open(Path(config.data.path) / "classes.tsv", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    names = [(row.get("name") or row["wnid"]).split(",")[0].strip() for row in rows]
-    return names, [(name, row["wnid"]) for name, row in zip(names, rows)]
+    known = checkpoint_classes(ckpt) is not None and ("pipeline" in ckpt or config.data.dataset == "cifar10")
+    return None if known and not needed else load_dataset(config.data, config.seed)
 
 
-def stored_size(data, config) -> int:
-    """The side of the images as stored: prepared ImageNet's mean image, else the input size (CIFAR-10)."""
-    return int(data.stats["mean_image"].shape[-1]) if data.stats is not None else config.model.input_size
+def class_names(ckpt: dict, data) -> tuple[list[str], list[tuple[str, ...]]]:
+    """Display names (the first of a name's comma-separated words: "tench, Tinca tinca" -> "tench"),
+    and the names a file or folder may use for each class (that name, and the wnid or folder)."""
+    from .checkpoint import checkpoint_classes
+
+    classes = checkpoint_classes(ckpt) or data.class_list()
+    names = [c["name"].split(",")[0].strip() or c["wnid"] for c in classes]
+    return names, [tuple(dict.fromkeys((name, c["wnid"]))) for name, c in zip(names, classes)]
 
 
 def one_per_class(labels: torch.Tensor, n: int) -> torch.Tensor:
@@ -259,16 +253,13 @@ class Network:
     """The model (eval mode) with evaluation's input: uint8 images at stored size in, batched."""
 
     model: torch.nn.Module
-    prepare: Callable[[torch.Tensor], torch.Tensor]  # from eval_inputs: normalisation or mean image
-    size: int | None  # the centre window the network sees; None: the whole stored image
+    pipeline: Pipeline  # the checkpoint's evaluation pipeline: centre window, then its normalisation
     device: torch.device
     batch_size: int
 
     def window(self, x: torch.Tensor) -> torch.Tensor:
         """The uint8 centre window of each image that the network sees (also what the figures show)."""
-        from .evaluate import views
-
-        return views(x, 1, self.size)
+        return self.pipeline.views(x, 1)
 
     @torch.no_grad()
     def probabilities(self, images: ImageSet) -> torch.Tensor:
@@ -282,7 +273,7 @@ class Network:
         return torch.cat([self.model.fc7_features(self.inputs(x)).float().cpu() for x in batches])
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.prepare(self.window(x.to(self.device)))
+        return self.pipeline.evaluate(x.to(self.device), 1)
 
 
 def nearest_neighbours(queries: torch.Tensor, gallery: torch.Tensor, k: int,

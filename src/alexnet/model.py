@@ -46,7 +46,7 @@ VARIANTS = ("paper", "torchvision", "cifar")
 @dataclass
 class ModelConfig:
     variant: str = "paper"  # paper | torchvision | cifar
-    num_classes: int = 1000  # fc8 outputs
+    num_classes: int = 1000  # fc8 outputs; 0 in a run's config: as many as the training data has classes
     activation: str = "relu"  # relu | tanh (figure 1's comparison)
     lrn: bool = True  # local response normalisation after conv1 and conv2 (section 3.3)
     overlap_pool: bool = True  # max-pool 3x3 stride 2 (section 3.4); False: 2x2 stride 2
@@ -65,8 +65,8 @@ class ModelConfig:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.one_gpu and self.towers:
             raise ValueError("model.one_gpu is the one-tower comparison net: set model.towers=false with it")
-        if self.num_classes < 1 or self.width <= 0:
-            raise ValueError("model.num_classes must be >= 1 and model.width > 0")
+        if self.num_classes < 0 or self.width <= 0:
+            raise ValueError("model.num_classes must be >= 1 (or 0: from the data) and model.width > 0")
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -109,6 +109,8 @@ class AlexNet(nn.Module):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         self.config = config = config or ModelConfig()
+        if config.num_classes < 1:
+            raise ValueError("model.num_classes is 0 (from the data): give the number of classes the network predicts")
         layout = _layout(config)
         towers = 2 if config.towers and config.variant != "torchvision" else 1
         c1, c2, c3, c4, c5 = (_scaled(c, config.width, 2) for c in layout.channels)

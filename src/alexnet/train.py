@@ -1,7 +1,12 @@
 """The training loop: one code path for CPU and GPU, with mixed precision, checkpoints and resume.
 
-Data flow: uint8 images (on the device when it is a GPU) -> a batch of indices -> random
-crop + flip on uint8 -> normalise to float on the device -> model.
+Data flow: uint8 images (on the device when it is a GPU) -> a batch of indices -> the dataset
+kind's training pipeline (``data/pipeline.py``: random crop + flip on uint8, then mean, lighting
+and scaling in float on the device) -> model.
+
+The network's fc8 gets as many outputs as the training data has classes unless
+``model.num_classes`` says otherwise; a value that disagrees with the data stops the run before
+anything is written. Checkpoints carry the class list and the evaluation pipeline.
 
 A run survives being stopped anywhere (see ``resume.py``): checkpoints at each epoch end and
 every ``train.checkpoint_every_steps`` carry the position inside the epoch and every random
@@ -11,6 +16,7 @@ the run before it overwrites a good checkpoint (or skips the step, ``train.on_no
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -24,16 +30,16 @@ from tqdm import tqdm
 
 from . import config as cfgmod
 from .checkpoint import load_checkpoint, load_weights
-from .data.augment import (crop_at, flip_lr, flip_where, normalize, pca_lighting, random_crop, random_crop_offsets,
-                           random_flips, subtract_mean_image)
 from .data.datasets import batches, load_dataset
+from .data.pipeline import Pipeline, pipeline_for
 from .errors import UsageError
-from .evaluate import eval_inputs, evaluate_views
-from .model import AlexNet
+from .evaluate import evaluate_views
+from .model import AlexNet, count_parameters
 from .resume import Checkpoints, Progress, gather, rng_state, set_rng_state
 from .runtime import (Dist, all_sum, autocast, device_name, git_commit, init_distributed, log, main_first,
                       pick_device, seed_everything, set_threads, shutdown_distributed)
 from .schedule import Schedule
+from .stall import stall_warning
 from .stop import StopRequest, agreed, fault_injection
 
 CHECK_EVERY = 10  # steps between checks of the loss (a host sync) and, under torchrun, of stop requests
@@ -55,7 +61,8 @@ class Run:
     progress: Progress
     checkpoints: Checkpoints
     stop: StopRequest
-    stats: dict | None = None  # augmentation statistics on the device (_augment_stats)
+    pipeline: Pipeline | None = None  # the training and evaluation input pipeline, statistics on the device
+    classes: list | None = None  # [{"index", "wnid", "name"}] of the training data, for checkpoints
     resumed: dict | None = None  # inside-epoch state from the checkpoint, for the epoch under way
     writer: object = None  # TensorBoard (rank 0)
     stopped: str | None = None  # the signal that ended the run early (on any process)
@@ -68,8 +75,9 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
     ddp = init_distributed(config.train.device)
     device = pick_device(config.train.device, ddp.local_rank)
     with StopRequest() as stop:  # from here on SIGTERM/SIGINT end the run with a checkpoint
-        with main_first(ddp):  # one process fills the CIFAR-10 cache
-            data = load_dataset(config.data, config.seed)
+        with main_first(ddp):  # one process fills the CIFAR-10 cache or prepares an ImageFolder
+            data = load_dataset(config.data, config.seed, ddp.main)
+        config = classes_from_data(config, data)
         run = _start(config, out, resume, ddp, device, data, stop)
         train_images = data.train_images  # uint8 tensor (CIFAR-10, moved to the device once) or shards
         if isinstance(train_images, torch.Tensor):
@@ -109,36 +117,21 @@ def _start(config, out: Path, resume: bool, ddp: Dist, device, data, stop: StopR
         if ddp.main:
             run.checkpoints.sweep()
             _trim_metrics(out, run.progress.epoch)
-    run.stats = _augment_stats(data, config, device)
+    run.pipeline = pipeline_for(config, data).to(device)
+    run.classes = data.class_list()
     run.writer = _tensorboard(out) if ddp.main else None
     return run
 
 
-def _augment_stats(data, config: cfgmod.RunConfig, device: torch.device) -> dict | None:
-    """The training set's mean image and lighting components on the device, once for the whole run.
-
-    Deviation: the paper scales p_i by its eigenvalue lambda_i; on the 0..255 scale that is a shift
-    of hundreds of levels, so PCA lighting uses sqrt(lambda_i), the pixel standard deviation along
-    p_i (as fb.resnet.torch and most reproductions do): a shift of a few levels for sigma 0.1.
-    CIFAR-10 (no prepared statistics) gets lighting only when ``data.pca_std`` > 0, from the RGB
-    covariance of its training pixels, with p_i divided by the per-channel std of its normalisation.
-    """
-    if data.stats is None:
-        if not config.data.pca_std:
-            return None
-        eigval, eigvec = rgb_eigen(data.train_images)
-        scale = torch.tensor(config.data.std, dtype=torch.float32) * 255
-        return {"pc_std": eigval.clamp_min(0).sqrt().to(device), "eigvec": (eigvec / scale[:, None]).to(device)}
-    stats = data.stats
-    return {"mean_image": stats["mean_image"].to(device), "eigvec": stats["eigvec"].to(device),
-            "pc_std": stats["eigval"].clamp_min(0).sqrt().to(device)}
-
-
-def rgb_eigen(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (ascending) and eigenvectors (columns) of the RGB covariance of uint8 (N, 3, H, W) images."""
-    pixels = images.permute(1, 0, 2, 3).reshape(3, -1).double()
-    eigval, eigvec = torch.linalg.eigh(torch.cov(pixels))
-    return eigval.float(), eigvec.float()
+def classes_from_data(config: cfgmod.RunConfig, data) -> cfgmod.RunConfig:
+    """``config`` with fc8's outputs set to the training data's class count; an explicit
+    ``model.num_classes`` that disagrees is refused here, before any training or checkpoint."""
+    found, given = len(data.classes), config.model.num_classes
+    if given and given != found:
+        where = config.data.path or config.data.dataset
+        raise UsageError(f"model.num_classes={given} but the training data ({where}) has {found} classes; "
+                         f"drop model.num_classes (fc8 then follows the data) or set it to {found}")
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=found))
 
 
 def _steps_per_epoch(images: int, batch: int, world: int) -> int:
@@ -160,12 +153,12 @@ def _wrap(model: torch.nn.Module, ddp: Dist, device: torch.device) -> torch.nn.M
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def validate(model, data, config: cfgmod.RunConfig, device: torch.device) -> dict:
+def validate(model, data, config: cfgmod.RunConfig, pipeline: Pipeline, device: torch.device) -> dict:
     """The per-epoch validation pass: the whole image (CIFAR) or the centre crop (ImageNet), mirrored too if eval_flip."""
     crops = 2 if config.train.eval_flip else 1
-    images, size, prepare = eval_inputs(data, config, crops)
-    return evaluate_views([model], images, data.val_labels, batch_size=config.data.eval_batch_size,
-                          device=device, crops=crops, size=size, prepare=prepare, precision=config.train.precision)
+    return evaluate_views([model], data.val_images, data.val_labels, batch_size=config.data.eval_batch_size,
+                          device=device, crops=crops, inputs=lambda x: pipeline.evaluate(x, crops),
+                          precision=config.train.precision)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: cfgmod.OptimConfig) -> torch.optim.SGD:
@@ -175,35 +168,6 @@ def make_optimizer(model: torch.nn.Module, cfg: cfgmod.OptimConfig) -> torch.opt
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
                            nesterov=cfg.nesterov, foreach=True)
-
-
-def augment_batch(images: torch.Tensor, config: cfgmod.RunConfig, generator: torch.Generator,
-                  stats: dict | None = None) -> torch.Tensor:
-    """The training pipeline: uint8 crop and flip, then float work on the device.
-
-    CIFAR-10: padded random crop, flip, per-channel normalisation (and PCA lighting if
-    ``data.pca_std`` > 0; the cifar10 recipe leaves it off). Prepared ImageNet (``stats``):
-    the paper's section 4.1, random 224 crops of the 256x256 images and their mirrors, minus the
-    same window of the mean image, plus PCA lighting.
-    """
-    size = config.model.input_size
-    if stats is None or "mean_image" not in stats:
-        x = random_crop(images, size, config.data.crop_padding, generator)
-        if config.data.flip:
-            x = flip_lr(x, generator)
-        x = normalize(x, config.data.mean, config.data.std, config.train.channels_last)
-        if stats is not None:  # CIFAR-10 with data.pca_std > 0, see _augment_stats
-            x = pca_lighting(x, stats["pc_std"], stats["eigvec"], generator, sigma=config.data.pca_std)
-        return x
-    n, _, h, w = images.shape
-    dy, dx = random_crop_offsets(n, h, w, size, generator)
-    flip = random_flips(n, generator, p=0.5 if config.data.flip else 0.0).to(images.device)
-    x = flip_where(crop_at(images, dy, dx, size), flip)
-    mean = flip_where(crop_at(stats["mean_image"], dy, dx, size), flip)  # the same window, mirrored alike
-    x = subtract_mean_image(x, mean, config.train.channels_last)
-    if config.data.pca_std:  # stats from _augment_stats: pc_std = sqrt(eigenvalue), see there
-        x = pca_lighting(x, stats["pc_std"], stats["eigvec"], generator, sigma=config.data.pca_std)
-    return x
 
 
 def train_epoch(run: Run, images, labels: torch.Tensor) -> dict | None:
@@ -217,23 +181,22 @@ def train_epoch(run: Run, images, labels: torch.Tensor) -> dict | None:
     config, device, p = run.config, run.device, run.progress
     batch = config.data.batch_size
     steps = len(labels) // batch  # drop the ragged last batch: every step sees `batch` images
-    order, generator, sums = _epoch_state(run, len(labels))
+    order, generator, saved = _epoch_state(run, len(labels))
     run.model.train()
-    # Sums stay on the device: no host synchronisation inside the loop.
-    loss_sum, correct = (torch.tensor(v, dtype=torch.float32, device=device) for v in sums)
+    sums = torch.tensor(saved, dtype=torch.float32, device=device)  # EPOCH_SUMS, on the device: no host sync
+    end_from = steps - _end_steps(steps)
     first_bad = torch.zeros((), dtype=torch.int64, device=device)  # first step with a non-finite loss
     bar = tqdm(total=steps, initial=p.epoch_step, desc=f"epoch {p.epoch + 1}/{config.optim.epochs}", file=sys.stderr,
                disable=not (config.train.progress and run.ddp.main), unit="step", leave=False, dynamic_ncols=True)
     every, started, done_before = config.train.checkpoint_every_steps, time.perf_counter(), p.epoch_step
     for x, y in batches(images, labels, order, batch, device, workers=config.data.workers, rank=run.ddp.rank,
                         world=run.ddp.world, start=p.epoch_step, decode=config.data.decode):
-        x = augment_batch(x, config, generator, run.stats)
+        x = run.pipeline.train(x, generator)
         for group in run.optimizer.param_groups:
             group["lr"] = run.schedule.lr(p.step)
         loss, logits, taken = train_step(run, x, y)
         if taken:
-            loss_sum += loss.detach()
-            correct += (logits.detach().argmax(1) == y).sum()
+            sums += _step_sums(loss.detach(), logits.detach(), y, p.epoch_step >= end_from)
         p.step += 1
         p.epoch_step += 1
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), p.step, first_bad)
@@ -244,11 +207,11 @@ def train_epoch(run: Run, images, labels: torch.Tensor) -> dict | None:
         if due or stopping:
             p.epoch_seconds += time.perf_counter() - started
             started = time.perf_counter()
-            _save(run, best=False, order=order, generator=generator, sums=(loss_sum.item(), correct.item()))
+            _save(run, best=False, order=order, generator=generator, sums=sums.tolist())
         if p.epoch_step < steps:  # the epoch's last step: after its checkpoint, in _end_epoch
             fault_injection(p.step, run.ddp.rank)
         if not bar.disable and (p.epoch_step % 10 == 0 or p.epoch_step == steps):
-            _update_bar(bar, p.epoch_step - done_before, loss_sum, batch, p.epoch_seconds + time.perf_counter() - started,
+            _update_bar(bar, p.epoch_step - done_before, sums[0], batch, p.epoch_seconds + time.perf_counter() - started,
                         p, config, steps)
         if stopping:
             bar.close()
@@ -258,12 +221,32 @@ def train_epoch(run: Run, images, labels: torch.Tensor) -> dict | None:
     seconds, p.epoch_seconds = p.epoch_seconds, 0.0
     p.train_seconds += seconds
     p.images_seen += steps * batch
-    loss_total, correct_total = all_sum([loss_sum.item() / run.ddp.world, correct.item()], device)
-    return {"train_loss": loss_total / steps, "train_top1_err": 1 - correct_total / (steps * batch),
-            "images_per_s": steps * batch / max(seconds, 1e-9)}
+    loss, correct, mode, end_loss = all_sum((sums / torch.tensor([run.ddp.world, 1, 1, run.ddp.world],
+                                                                 device=device)).tolist(), device)
+    return {"train_loss": loss / steps, "train_loss_end": end_loss / _end_steps(steps),
+            "train_top1_err": 1 - correct / (steps * batch), "images_per_s": steps * batch / max(seconds, 1e-9),
+            "train_mode_share": mode / (steps * batch)}
 
 
-def _epoch_state(run: Run, n: int) -> tuple[torch.Tensor, torch.Generator, tuple[float, float]]:
+# A training epoch's running sums: the loss, the correct predictions, the images predicted as their
+# batch's most frequent class (all of them: the net predicts one class, see stall.py), and the
+# loss of the epoch's last tenth of steps (where the epoch ends, beside its mean).
+EPOCH_SUMS = ("loss", "correct", "mode", "end_loss")
+
+
+def _end_steps(steps: int) -> int:
+    """How many of an epoch's last steps ``train_loss_end`` averages: a tenth, at least 10."""
+    return min(steps, max(10, steps // 10))
+
+
+def _step_sums(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, at_end: bool) -> torch.Tensor:
+    """One step's contribution to EPOCH_SUMS (on the device)."""
+    predicted = logits.argmax(1)
+    mode = torch.bincount(predicted, minlength=logits.shape[1]).max()
+    return torch.stack([loss, (predicted == y).sum().float(), mode.float(), loss * float(at_end)])
+
+
+def _epoch_state(run: Run, n: int) -> tuple[torch.Tensor, torch.Generator, list[float]]:
     """The epoch's sample order, its augmentation generator and its running sums: from the
     checkpoint when resuming inside the epoch, else fresh from the seed and the epoch number."""
     config, p, rank = run.config, run.progress, run.ddp.rank
@@ -275,12 +258,13 @@ def _epoch_state(run: Run, n: int) -> tuple[torch.Tensor, torch.Generator, tuple
             generator.set_state(resumed["generator"])
         else:  # the number of processes changed: the data order is kept, augmentations are new
             generator.manual_seed(seed + 7_919 * rank + 104_729 * p.step)
-        return resumed["order"].long(), generator, resumed["sums"]
+        sums = list(resumed["sums"]) + [0.0] * (len(EPOCH_SUMS) - len(resumed["sums"]))  # older checkpoints: fewer
+        return resumed["order"].long(), generator, sums
     generator.manual_seed(seed)
     order = torch.randperm(n, generator=generator)
     if rank:
         generator.manual_seed(seed + 7_919 * rank)
-    return order, generator, (0.0, 0.0)
+    return order, generator, [0.0] * len(EPOCH_SUMS)
 
 
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -366,13 +350,17 @@ def _end_epoch(run: Run, epoch_metrics: dict, data) -> None:
     evaluated = p.epoch == config.optim.epochs or p.epoch % config.train.eval_every == 0
     if evaluated:
         started = time.perf_counter()
-        p.last_eval = validate(run.model, data, config, run.device)
+        p.last_eval = validate(run.model, data, config, run.pipeline, run.device)
         p.train_seconds += time.perf_counter() - started
         if run.schedule.end_epoch(p.last_eval["val_top1_err"]):
             log(f"validation error stopped improving: learning rate / 10 (drop {run.schedule.drops})")
     row = _epoch_row(p, epoch_metrics, run.schedule, evaluated)
     if run.ddp.main:  # one writer: rank 0 logs and checkpoints
         _append_metrics(run.out, row, run.writer)
+        warning = stall_warning(p.epoch, row["train_loss"], config.model.num_classes, row["train_mode_share"],
+                                p.last_eval["top_class_share"] if evaluated else None, config)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     best = evaluated and p.last_eval["val_top1_err"] <= p.best_val_top1_err
     _save(run, best=best)
     fault_injection(p.step, run.ddp.rank)
@@ -387,15 +375,16 @@ def _stop_agreed(run: Run) -> bool:
 
 
 def _save(run: Run, best: bool, order: torch.Tensor | None = None, generator: torch.Generator | None = None,
-          sums: tuple[float, float] = (0.0, 0.0)) -> None:
+          sums: list[float] | None = None) -> None:
     """A checkpoint of the run now: at an epoch end, or inside one with its order, generator and sums.
     Every process calls it (their random states are gathered); rank 0 writes."""
-    ranks = gather({"rng": rng_state(generator), "sums": list(sums)}, run.ddp.world)
+    ranks = gather({"rng": rng_state(generator), "sums": list(sums or [0.0] * len(EPOCH_SUMS))}, run.ddp.world)
     error = None
     if run.ddp.main:
         state = {"optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
                  "scaler": run.scaler.state_dict(), "progress": vars(run.progress), "ranks": ranks,
-                 "data": {"order": order.to(torch.int32) if order is not None else None}}
+                 "data": {"order": order.to(torch.int32) if order is not None else None},
+                 "classes": run.classes, "pipeline": run.pipeline.state_dict()}
         try:
             run.checkpoints.save(run.model, cfgmod.to_dict(run.config), state, run.progress.step, best)
         except UsageError as err:
@@ -425,7 +414,7 @@ def _restore(run: Run, path: Path) -> None:
     order = (ckpt.get("data") or {}).get("order")
     if run.progress.epoch_step and order is not None:
         run.resumed = {"order": order, "generator": mine["rng"]["epoch_generator"] if mine else None,
-                       "sums": tuple(mine["sums"]) if mine else (0.0, 0.0)}
+                       "sums": list(mine["sums"]) if mine else [0.0] * len(EPOCH_SUMS)}
     where = f"inside epoch {run.progress.epoch + 1} at step {run.progress.step}" if run.progress.epoch_step \
         else f"after epoch {run.progress.epoch}"
     log(f"resuming from {path} {where}")
@@ -456,7 +445,7 @@ def _append_metrics(out: Path, row: dict, writer) -> None:
             writer.add_scalar(key, value, row["epoch"])
     writer.flush()
     errs = f"val top-1 {row['val_top1_err']:.4f}  top-5 {row['val_top5_err']:.4f}" if row["val_top1_err"] is not None else ""
-    log(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  train err {row['train_top1_err']:.4f}  {errs}  "
+    log(f"epoch {row['epoch']}: loss {row['train_loss']:.4f} (last tenth {row['train_loss_end']:.4f})  train err {row['train_top1_err']:.4f}  {errs}  "
         f"{row['images_per_s']:.0f} img/s  {row['elapsed_s']:.0f}s")
 
 
@@ -480,6 +469,8 @@ def _summary(run: Run) -> dict:
         "torch_version": torch.__version__,
         "git_commit": git_commit(),
         "recipe": config.recipe,
+        "classes": config.model.num_classes,
+        "parameters": count_parameters(run.model),
         "step": progress.step,
         "skipped_steps": progress.skipped_steps,
         "stopped": run.stopped,  # SIGTERM / SIGINT when a signal ended the run early, else null

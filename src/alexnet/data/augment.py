@@ -1,25 +1,18 @@
-"""Batch augmentation on uint8 images (N, 3, H, W), run on whatever device the batch is on.
+"""Batch operations on uint8 images (N, 3, H, W), run on whatever device the batch is on.
 
-Each function is pure and does one thing; a training pipeline is these calls in order.
-CIFAR-10 (per-channel normalisation):
-
-    x = random_crop(x, size, padding, generator)   # uint8
-    x = flip_lr(x, generator)                      # uint8
-    x = normalize(x, mean, std)                    # float, channels_last
-
-ImageNet as in section 4.1 of the paper (256x256 stored images, the training set's per-pixel
-mean image, random 224x224 crops and mirrors, PCA lighting). Crops and flips stay on uint8;
-the mean image is cut at the same window and mirrored the same way, so the result equals
-cropping the mean-subtracted 256x256 image, as the paper does:
+Each function is pure and does one thing; ``pipeline.py`` puts them in order for each dataset
+kind (the training and evaluation pipelines are written out there). The paper's training crops
+(section 4.1): random 224x224 windows of the 256x256 stored images and their mirrors, cut on
+uint8; the mean image is cut at the same window and mirrored the same way, so the result equals
+cropping the mean-subtracted 256x256 image, as the paper does::
 
     dy, dx = random_crop_offsets(n, 256, 256, 224, generator)
     flip = random_flips(n, generator)
     x = flip_where(crop_at(x, dy, dx, 224), flip)                                  # uint8
     x = subtract_mean_image(x, flip_where(crop_at(mean_image, dy, dx, 224), flip))  # float, 0..255
-    x = pca_lighting(x, eigval, eigvec, generator)                                 # float
+    x = pca_lighting(x, sqrt_eigval, eigvec, generator)                            # float
 
-At test time: ``ten_crop(x, 224)`` (or ``center_crop``) on uint8, then the same float steps
-with the mean image cut by the same function (``ten_crop(mean_image[None], 224)``).
+At test time ``views(x, crops, 224)``: the centre window, it and its mirror, or ``ten_crop``.
 
 Random numbers come from an explicit ``torch.Generator`` on the CPU, so a seed gives the
 same crops, flips and lighting on every device.
@@ -111,6 +104,31 @@ def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([five, five.flip(-1)], dim=1).flatten(0, 1)
 
 
+CROPS = (1, 2, 10)  # centre | centre and its mirror | four corners, centre and their mirrors
+
+
+def views(images: torch.Tensor, crops: int, size: int | None) -> torch.Tensor:
+    """The test views of each image, image-major: (N, C, H, W) -> (N * crops, C, size, size).
+
+    ``crops=1`` the centre window, ``2`` the centre and its mirror, ``10`` ``ten_crop`` (four
+    corners, centre, then the same five mirrored). ``size=None`` keeps the whole image (not
+    with ``crops=10``, whose corners need a smaller window).
+    """
+    if crops not in CROPS:
+        raise ValueError(f"crops must be one of {CROPS}; got {crops}")
+    h, w = images.shape[-2:]
+    if size is not None and (size > h or size > w):
+        raise ValueError(f"crop size {size} is larger than the {h}x{w} images")
+    if crops == 10:
+        if size is None:
+            raise ValueError("crops=10 needs a crop size smaller than the images (the paper: 224 of 256)")
+        return ten_crop(images, size)
+    centre = images if size is None else center_crop(images, size)
+    if crops == 1:
+        return centre
+    return torch.stack([centre, centre.flip(-1)], dim=1).flatten(0, 1)
+
+
 def random_flips(n: int, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
     """Which of ``n`` images to mirror: a CPU bool mask, True with probability ``p``."""
     return torch.rand(n, generator=generator) < p
@@ -154,19 +172,30 @@ def subtract_mean_image(images: torch.Tensor, mean_image: torch.Tensor, channels
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out.contiguous()
 
 
-def pca_lighting(images: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor, generator: torch.Generator,
+def rgb_eigen(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending; variances, not standard deviations) and eigenvectors (columns) of the
+    3x3 RGB covariance of the pixels of uint8 (N, 3, H, W) images, on their 0..255 scale."""
+    pixels = images.permute(1, 0, 2, 3).reshape(3, -1).double()
+    eigval, eigvec = torch.linalg.eigh(torch.cov(pixels))
+    return eigval.float(), eigvec.float()
+
+
+def pca_lighting(images: torch.Tensor, sqrt_eigval: torch.Tensor, eigvec: torch.Tensor, generator: torch.Generator,
                  sigma: float = 0.1) -> torch.Tensor:
     """The paper's PCA colour augmentation (section 4.1, "fancy PCA") on a float batch.
 
-    Adds ``sum_i alpha_i * eigval[i] * eigvec[:, i]`` to every pixel of each image, with one
+    Adds ``sum_i alpha_i * sqrt_eigval[i] * eigvec[:, i]`` to every pixel of each image, with one
     ``alpha ~ N(0, sigma)`` (sigma a standard deviation; the paper's 0.1) drawn per image per call,
     so one call per batch per epoch redraws it as the paper does. ``eigvec`` columns are the
-    eigenvectors p_i and ``eigval`` the lambda_i of the training pixels' 3x3 RGB covariance, on the
-    images' scale (0..255 here). The paper calls lambda_i the eigenvalues; implementations that
-    reproduce it (fb.resnet.torch, ImageNet lambda = 55.46, 4.79, 1.15 on 0..255) pass their square
-    roots, the standard deviation along each axis, so that the offset is in pixel units: this
-    function uses ``eigval`` as given. Random numbers come from the CPU ``generator``.
+    eigenvectors p_i of the training pixels' 3x3 RGB covariance and ``sqrt_eigval`` the square roots
+    of its eigenvalues: the pixel standard deviation along each p_i, on the images' scale (0..255).
+
+    Deviation, documented: the paper writes the eigenvalue lambda_i itself. On the 0..255 scale
+    that shifts pixels by hundreds of levels (the largest lambda_i of the CIFAR-10 photos prepared
+    at 256 is 10,641, a standard deviation of 103 levels); Krizhevsky's own cuda-convnet2 (``convdata.py``: ``randn * pca_stdevs``), fb.resnet.torch and
+    most reproductions scale by the square root, a shift of a few levels for sigma 0.1.
+    Random numbers come from the CPU ``generator``.
     """
     alpha = torch.randn(images.shape[0], 3, generator=generator, dtype=torch.float64) * sigma
-    offset = (alpha * eigval.double().cpu()) @ eigvec.double().cpu().T  # (N, 3): rgb shift per image
+    offset = (alpha * sqrt_eigval.double().cpu()) @ eigvec.double().cpu().T  # (N, 3): rgb shift per image
     return images + offset.to(images.device, images.dtype)[:, :, None, None]

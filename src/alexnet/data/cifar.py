@@ -169,10 +169,14 @@ def _load_full(path: str | None) -> tuple[Split, Split]:
     return splits
 
 
+def cache_root() -> Path:
+    """The data cache: ``$ALEXNET_DATA``, default ``~/.cache/alexnet``."""
+    return Path(os.environ.get("ALEXNET_DATA") or "~/.cache/alexnet").expanduser()
+
+
 def _cache_dir() -> Path:
     """The folder holding decoded caches and downloads: ``$ALEXNET_DATA/cifar10``."""
-    root = os.environ.get("ALEXNET_DATA") or "~/.cache/alexnet"
-    return Path(root).expanduser() / "cifar10"
+    return cache_root() / "cifar10"
 
 
 def _cache_key(source: _Source) -> str:

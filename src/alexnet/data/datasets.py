@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -27,8 +28,15 @@ class Dataset:
     train_labels: torch.Tensor  # int64 (N,)
     val_images: torch.Tensor | ShardImages
     val_labels: torch.Tensor
-    classes: tuple[str, ...]
-    stats: dict[str, torch.Tensor] | None = None  # prepared ImageNet: mean_image, eigval, eigvec
+    classes: tuple[str, ...]  # class i's wnid or folder name (CIFAR-10: its name)
+    stats: dict[str, torch.Tensor] | None = None  # prepared ImageNet: mean_image, covariance, eigval, eigvec
+    names: tuple[str, ...] = ()  # class i's human name (classes.tsv ``name``); empty: the same as ``classes``
+
+    def class_list(self) -> list[dict]:
+        """What a checkpoint carries: ``[{"index", "wnid", "name"}, ...]`` ("wnid" is the folder name
+        for a dataset whose classes are not ImageNet synsets)."""
+        names = self.names or self.classes
+        return [{"index": i, "wnid": c, "name": n} for i, (c, n) in enumerate(zip(self.classes, names))]
 
 
 class ShardImages:
@@ -115,36 +123,67 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
+def load_dataset(cfg: DataConfig, seed: int, main: bool = True) -> Dataset:
+    """The run's dataset. ``main``: this process may prepare an ImageFolder given as ``data.path``
+    (under torchrun only rank 0 does, the others read what it wrote)."""
     if cfg.dataset == "cifar10":
         from .cifar import CLASSES, load_cifar10
 
         train, test = load_cifar10(cfg.path or None, limit=cfg.limit or None, seed=seed)
         return Dataset(train.images, train.labels, test.images, test.labels, CLASSES)
-    if cfg.dataset == "imagenet":
-        return load_prepared(cfg, seed)
-    raise UsageError(f"data.dataset must be cifar10 or imagenet; got {cfg.dataset!r}")
+    return load_prepared(cfg, seed, main)
 
 
-def load_prepared(cfg: DataConfig, seed: int) -> Dataset:
-    """A folder written by ``alexnet prepare imagenet``: shards, classes.tsv and stats.safetensors."""
-    root = Path(cfg.path) if cfg.path else None
-    if root is None or not (root / "classes.tsv").is_file():
-        raise UsageError(f"data.dataset=imagenet needs --data DIR, a folder written by `alexnet prepare imagenet` "
-                         f"(with classes.tsv, train/, val/, stats.safetensors); got {cfg.path or 'no path'}")
+def load_prepared(cfg: DataConfig, seed: int, main: bool = True) -> Dataset:
+    """A folder written by ``alexnet prepare imagenet`` (shards, classes.tsv, stats.safetensors),
+    or an image source that prepare takes (an ImageFolder, the ILSVRC-2012 files): that is
+    prepared once into the cache and read from there."""
+    root = Path(cfg.path).expanduser() if cfg.path else None
+    if root is None:
+        raise UsageError("data.dataset=imagenet needs --data DIR: a folder written by `alexnet prepare imagenet`, "
+                         "or an ImageFolder (train/<class>/, val/<class>/) to prepare")
+    if not (root / "classes.tsv").is_file():
+        root = prepared_copy(root, main)
     if not (root / "prepared.json").is_file():
         raise UsageError(f"{root} is not completely prepared (no prepared.json): re-run "
                          f"`alexnet prepare imagenet --src SRC --out {root}`; it resumes where it stopped")
     from safetensors.torch import load_file
 
     with open(root / "classes.tsv", newline="") as f:
-        classes = tuple(row["wnid"] for row in csv.DictReader(f, delimiter="\t"))
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    classes, names = tuple(row["wnid"] for row in rows), tuple(row.get("name") or row["wnid"] for row in rows)
+    for split in ("train", "val"):
+        if not (root / split / "manifest.tsv").is_file():
+            raise UsageError(f"{root} has no {split} split ({root / split} is missing): training needs both; "
+                             f"prepare a source with {split}/ images")
     train, val = ShardImages(root / "train"), ShardImages(root / "val")
     if cfg.limit:
         train = train.subset(balanced_indices(train.labels, len(classes), cfg.limit, seed))
         val = val.subset(balanced_indices(val.labels, len(classes), cfg.limit, seed))
     stats = load_file(str(root / "stats.safetensors"))
-    return Dataset(train, train.labels, val, val.labels, classes, stats)
+    return Dataset(train, train.labels, val, val.labels, classes, stats, names)
+
+
+def prepared_copy(src: Path, main: bool) -> Path:
+    """Where ``src`` (an ImageFolder or the ILSVRC-2012 files, not yet prepared) is prepared in the
+    cache, ``$ALEXNET_DATA/prepared/<name>-<hash of its path>``. The main process prepares it (a
+    second run re-lists the source and reuses every finished shard); the others only read."""
+    import hashlib
+
+    from .cifar import cache_root
+    from .imagenet import prepare_imagenet
+
+    if not src.is_dir():
+        raise UsageError(f"--data {src}: no such folder; give a folder written by `alexnet prepare imagenet` or "
+                         "an ImageFolder (train/<class>/, val/<class>/)")
+    digest = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:12]
+    out = cache_root() / "prepared" / f"{src.resolve().name}-{digest}"
+    if main:
+        print(f"preparing {src} into {out} (shorter side 256, centre 256x256, statistics); later runs reuse it, "
+              f"and `alexnet prepare imagenet --src {src} --out DIR` does the same into a folder of your choice",
+              file=sys.stderr)
+        prepare_imagenet(src, out)
+    return out
 
 
 def balanced_indices(labels: torch.Tensor, num_classes: int, n: int, seed: int) -> torch.Tensor:

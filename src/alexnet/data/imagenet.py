@@ -27,7 +27,8 @@ Accepted sources: ``src`` is a folder holding (or holding one folder that holds)
   unpacked), ``val/*.JPEG`` flat with the devkit (archive or extracted ``ILSVRC2012_devkit_t12/``)
   in ``src``, or ``val/<wnid>/*.JPEG``;
 * any ImageFolder: ``train/<class>/...`` and ``val/<class>/...`` (files found recursively by
-  image suffix; class names need not be wnids).
+  image suffix; class names need not be wnids). The held-out split may also be called
+  ``valid/``, ``validation/`` or ``test/`` (the first found in that order); it is stored as ``val``.
 
 An official archive wins over a folder of the same split. Either split may be absent (a note
 says so); without ``train`` there are no statistics.
@@ -120,6 +121,7 @@ META_MAT = "data/meta.mat"
 GROUND_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
 OFFICIAL_COUNTS = {"train": 1_281_167, "val": 50_000}
 SPLITS = ("train", "val")
+VAL_FOLDERS = ("val", "valid", "validation", "test")  # the held-out split's folder, first found wins
 SIZE = shards.SIZE
 SHARD_IMAGES = 1000  # images per shard where the source has no natural unit (folders, val tar)
 PREPARED_VERSION = 2  # 2: centre square resized (was: resize, then crop); stats before encoding
@@ -391,7 +393,7 @@ def _find_root(src: Path) -> Path:
 
 def _has_layout(folder: Path) -> bool:
     return any((folder / name).is_file() for name in (TRAIN_TAR, VAL_TAR)) or any(
-        (folder / name).is_dir() for name in SPLITS)
+        (folder / name).is_dir() for name in ("train", *VAL_FOLDERS))
 
 
 def _train_source(root: Path) -> tuple[str | None, Path | None]:
@@ -409,9 +411,12 @@ def _val_source(root: Path) -> tuple[str | None, Path | None]:
     if (root / VAL_TAR).is_file():
         _note_also(root / "val", root / VAL_TAR)
         return "tar", root / VAL_TAR
-    folder = root / "val"
-    if not folder.is_dir():
+    folder = next((root / name for name in VAL_FOLDERS if (root / name).is_dir()), None)
+    if folder is None:
         return None, None
+    others = [name for name in VAL_FOLDERS if (root / name).is_dir() and root / name != folder]
+    if others:
+        print(f"note: using {folder.name}/ as the validation split; ignoring {', '.join(others)}/", file=sys.stderr)
     if _class_folders(folder):
         return "folder", folder
     if any(is_image_name(p.name) and p.is_file() for p in folder.iterdir()):
