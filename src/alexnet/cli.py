@@ -20,8 +20,16 @@ from .errors import UsageError
 TRAIN_EXAMPLES = """examples:
   alexnet train                                   # CIFAR-10 default recipe into runs/cifar10-<time>
   alexnet train --recipe cifar10 --out runs/demo optim.epochs=2 model.lrn=false
+  alexnet train --recipe imagenet --data my_photos/ optim.epochs=30   # any ImageFolder: train/<class>/, val/<class>/
+  alexnet train --recipe paper --data /data/imagenet-256 --out runs/paper   # the 2012 recipe on prepared ILSVRC-2012
   alexnet train --recipe my_recipe.toml seed=1 data.batch_size=64 train.precision=fp32
   alexnet train --out runs/demo --resume          # continue a stopped run
+
+recipes: cifar10 (the default main job), imagenet (the paper's network trained the modern way: learns
+from the first epoch on any ImageNet-style set), paper (the 2012 recipe as published; with fewer than
+about 50 classes it sits flat, see docs/paper-recipe.md). fc8 gets as many outputs as the training data
+has classes; an explicit model.num_classes that disagrees exits 2 before anything is written. An epoch
+that did not learn (loss at ln(classes), or one class predicted for every image) prints a warning: line.
 """
 EVAL_EXAMPLES = """examples:
   alexnet eval --checkpoint runs/demo/checkpoints/best.pt

@@ -570,7 +570,8 @@ def _check_classes(found: list[str], where: Path | str) -> None:
     if tuple(found) != CLASSES:
         shown = ", ".join(found[:12]) + (f", ... ({len(found)} in all)" if len(found) > 12 else "")
         raise UsageError(f"{where}: class folders [{shown}] do not match the CIFAR-10 classes "
-                         f"[{', '.join(CLASSES)}]")
+                         f"[{', '.join(CLASSES)}]; to train on another ImageFolder use --recipe imagenet "
+                         "(or data.dataset=imagenet with your recipe)")
 
 
 class _Decoder:
