@@ -45,3 +45,12 @@ def test_resolved_config_round_trips_through_toml_and_dict():
     assert config_from_dict(to_dict(cfg)) == cfg
     assert build_config(tomllib.loads(to_toml(cfg))) == cfg
     assert "model.width" in valid_keys() and "seed" in valid_keys()
+
+
+def test_overrides_may_stand_before_and_after_options():
+    from alexnet.cli import parse
+
+    args = parse(["train", "--recipe", "paper", "data.limit=10", "--out", "runs/x", "optim.epochs=1", "seed=2"])
+    assert args.overrides == ["data.limit=10", "optim.epochs=1", "seed=2"] and str(args.out) == "runs/x"
+    args = parse(["eval", "--checkpoint", "c.pt", "data.limit=3", "--crops", "10", "model.lrn=false"])
+    assert args.overrides == ["data.limit=3", "model.lrn=false"] and args.crops == 10

@@ -222,8 +222,21 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, with key=value overrides taken wherever they stand: ``train data.limit=10
+    --out runs/x optim.epochs=1`` (argparse alone stops the overrides at the first option)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
+        parser.parse_args(argv)  # argparse's own message for what is left, and exit 2
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     handlers = {"train": cmd_train, "eval": cmd_eval, "prepare": cmd_prepare, "export": cmd_export,
                 "bench": cmd_bench}
     try:
