@@ -24,12 +24,21 @@ def test_one_class_for_every_image_is_stuck_whatever_the_loss():
 
 def test_the_warning_names_the_recipe_and_the_switch():
     paper = build_config(read_recipe("paper"))
-    line = stall_warning(1, 2.3030, 10, 0.2, 1.0, paper)
+    line = stall_warning(1, 2.3030, 10, 0.2, 1.0, paper, 4096)
     assert line.startswith("warning: the run is stuck") and "\n" not in line
-    assert "--recipe imagenet" in line and "optim.lr=0.001" in line
+    assert "--recipe imagenet" in line and "unstable above lr 0.0049" in line and "optim.lr=0.002" in line
+    many = stall_warning(1, 6.9, 1000, 0.2, 1.0, paper, 4096)  # stable at 1000 classes: only the slow start
+    assert "--recipe imagenet" in many and "optim.lr" not in many
     unscaled = build_config(read_recipe("imagenet"), ["data.standardize=false"])
-    assert "data.standardize=true" in stall_warning(2, 2.3030, 10, 0.2, None, unscaled)
-    assert stall_warning(1, 1.5, 10, 0.2, 0.3, paper) is None
+    assert "data.standardize=true" in stall_warning(2, 2.3030, 10, 0.2, None, unscaled, 4096)
+    assert stall_warning(1, 1.5, 10, 0.2, 0.3, paper, 4096) is None
+
+
+def test_the_stable_rate_is_measured_on_the_paper_init():
+    from alexnet.stall import stable_lr
+
+    assert 0.004 < stable_lr(10, 4096, 0.9) < 0.006  # benchmarks/paper_start.py measured 0.0049
+    assert stable_lr(1000, 4096, 0.9) > 0.4
 
 
 def test_a_run_that_predicts_one_class_prints_the_warning(tmp_path, capsys, data_cache):

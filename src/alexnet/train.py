@@ -358,7 +358,8 @@ def _end_epoch(run: Run, epoch_metrics: dict, data) -> None:
     if run.ddp.main:  # one writer: rank 0 logs and checkpoints
         _append_metrics(run.out, row, run.writer)
         warning = stall_warning(p.epoch, row["train_loss"], config.model.num_classes, row["train_mode_share"],
-                                p.last_eval["top_class_share"] if evaluated else None, config)
+                                p.last_eval["top_class_share"] if evaluated else None, config,
+                                run.model.fc7.out_features)
         if warning:
             print(warning, file=sys.stderr, flush=True)
     best = evaluated and p.last_eval["val_top1_err"] <= p.best_val_top1_err
