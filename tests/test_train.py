@@ -113,3 +113,17 @@ def test_eval_ten_crops_and_an_ensemble(smoke_run, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["crops"] == 10 and result["models"] == 2 and result["examples"] == 512
     assert 0 <= result["val_top5_err"] <= result["val_top1_err"] < 0.9
+
+
+def test_the_reported_loss_is_the_cross_entropy_with_the_labels_not_the_smoothed_objective():
+    import torch
+
+    from alexnet.train import _step_sums
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    y = torch.tensor([0, 1])
+    expected = (-(torch.log_softmax(logits, 1)[[0, 1], y])).mean()  # -log p(label), by hand
+    loss, correct, mode, end_loss = _step_sums(logits, y, at_end=True).tolist()
+    assert abs(loss - expected.item()) < 1e-6 and abs(end_loss - loss) < 1e-6
+    assert correct == 1 and mode == 1
+    assert _step_sums(logits, y, at_end=False)[3] == 0

@@ -196,7 +196,7 @@ def train_epoch(run: Run, images, labels: torch.Tensor) -> dict | None:
             group["lr"] = run.schedule.lr(p.step)
         loss, logits, taken = train_step(run, x, y)
         if taken:
-            sums += _step_sums(loss.detach(), logits.detach(), y, p.epoch_step >= end_from)
+            sums += _step_sums(logits.detach(), y, p.epoch_step >= end_from)
         p.step += 1
         p.epoch_step += 1
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), p.step, first_bad)
@@ -230,7 +230,10 @@ def train_epoch(run: Run, images, labels: torch.Tensor) -> dict | None:
 
 # A training epoch's running sums: the loss, the correct predictions, the images predicted as their
 # batch's most frequent class (all of them: the net predicts one class, see stall.py), and the
-# loss of the epoch's last tenth of steps (where the epoch ends, beside its mean).
+# loss of the epoch's last tenth of steps (where the epoch ends, beside its mean). The loss is the
+# cross-entropy with the labels: with optim.label_smoothing the objective also holds the smoothing
+# term, which is never below smoothing * ln(classes) and so would lift every reported loss; without
+# it train_loss compares with val_loss and with ln(classes), the loss of a constant prediction.
 EPOCH_SUMS = ("loss", "correct", "mode", "end_loss")
 
 
@@ -239,8 +242,9 @@ def _end_steps(steps: int) -> int:
     return min(steps, max(10, steps // 10))
 
 
-def _step_sums(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, at_end: bool) -> torch.Tensor:
+def _step_sums(logits: torch.Tensor, y: torch.Tensor, at_end: bool) -> torch.Tensor:
     """One step's contribution to EPOCH_SUMS (on the device)."""
+    loss = F.cross_entropy(logits.float(), y)  # the same as the objective unless labels are smoothed
     predicted = logits.argmax(1)
     mode = torch.bincount(predicted, minlength=logits.shape[1]).max()
     return torch.stack([loss, (predicted == y).sum().float(), mode.float(), loss * float(at_end)])
