@@ -131,3 +131,13 @@ def test_bad_usage_exits_2(tmp_path, capsys):
     assert "unknown study" in capsys.readouterr().err
     assert main(["ablate", "--study", "lrn", "--seeds", "0", "--out", str(tmp_path)]) == 2
     assert main(["ablate", "--study", "lrn", "--out", str(tmp_path), "model.lrn=true"]) == 2
+
+
+def test_a_run_that_took_its_class_count_from_the_data_is_reused(tmp_path):
+    config = build_config(read_recipe("imagenet"), ["optim.epochs=1"])
+    assert config.model.num_classes == 0  # left to the data
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(config).replace("num_classes = 0", "num_classes = 7"))  # as train stores it
+    assert config_differences(path, config) == []
+    assert config_differences(path, build_config(read_recipe("imagenet"), ["optim.epochs=1", "model.num_classes=5"])) == [
+        "model.num_classes"]

@@ -85,13 +85,55 @@ def test_a_num_classes_that_disagrees_exits_2_before_any_checkpoint(folder, tmp_
     assert not (out / "checkpoints").exists() and not (out / "config.toml").exists()
 
 
-def test_eval_refuses_data_with_other_classes(paper_run, tmp_path, capsys, data_cache):
-    other = tmp_path / "other"
+def other_classes(root):
+    """A 7-class ImageFolder of one flat image per class: the same count, another first class."""
     for split in ("train", "val"):
-        for c, name in enumerate(("zebra", *CLASSES[1:])):  # the same count, another first class
-            (other / split / name).mkdir(parents=True)
+        for c, name in enumerate(("zebra", *CLASSES[1:])):
+            (root / split / name).mkdir(parents=True)
             image = torch.full((3, 40, 50), 30 * c, dtype=torch.uint8).permute(1, 2, 0).numpy()
-            Image.fromarray(image).save(other / split / name / "a.png")
+            Image.fromarray(image).save(root / split / name / "a.png")
+    return root
+
+
+def test_eval_refuses_data_with_other_classes(paper_run, tmp_path, capsys, data_cache):
+    other = other_classes(tmp_path / "other")
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(paper_run / "checkpoints" / "last.pt"), "--data", str(other)]) == 2
+    assert "'apple' there and 'bicycle' here" in capsys.readouterr().err
+
+
+def test_an_ensemble_member_trained_on_other_inputs_is_refused(paper_run, tmp_path, capsys):
+    last = paper_run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    ckpt["pipeline"]["mean"] = ckpt["pipeline"]["mean"] + 1  # another training set's mean image
+    other = tmp_path / "other.pt"
+    torch.save(ckpt, other)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(last), "--ensemble", str(last)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["models"] == 2
+    assert main(["eval", "--checkpoint", str(last), "--ensemble", str(other)]) == 2
+    assert f"checkpoint {other} was trained on other inputs" in capsys.readouterr().err
+
+
+def test_a_class_list_shorter_than_the_data_is_refused_in_one_line(paper_run):
+    from alexnet.checkpoint import check_classes
+    from alexnet.errors import UsageError
+
+    ckpt = load_checkpoint(paper_run / "checkpoints" / "last.pt")
+    ckpt["classes"] = ckpt["classes"][:6]
+
+    class Data:
+        classes = list(CLASSES)
+
+    with pytest.raises(UsageError, match="class 6 is missing there and 'guitar' here"):
+        check_classes(ckpt, "ckpt.pt", Data())
+
+
+def test_resume_refuses_data_with_other_classes(paper_run, tmp_path, capsys, data_cache):
+    run = tmp_path / "run"
+    shutil.copytree(paper_run, run)
+    other = other_classes(tmp_path / "other")
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--data", str(other), "optim.epochs=2",
+                 "data.batch_size=4"]) == 2
     assert "'apple' there and 'bicycle' here" in capsys.readouterr().err

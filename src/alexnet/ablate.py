@@ -208,11 +208,14 @@ def run_one(config: cfgmod.RunConfig, run_dir: Path, name: str) -> dict:
 def config_differences(path: Path, config: cfgmod.RunConfig) -> list[str]:
     """Keys whose value in the run's stored config.toml differs from ``config`` (all keys if it is missing).
 
-    Keys only one side has are ignored, so a finished run stays reusable when a new config field is added.
+    Keys only one side has are ignored, so a finished run stays reusable when a new config field is added,
+    and so is ``model.num_classes`` when ``config`` leaves it to the data (0: the run stored the count it found).
     """
     if not path.is_file():
         return ["config.toml"]
     stored, current = _flat(tomllib.loads(path.read_text())), _flat(cfgmod.to_dict(config))
+    if current.get("model.num_classes") == 0:
+        del current["model.num_classes"]
     return sorted(k for k in stored.keys() & current.keys() if stored[k] != current[k])
 
 

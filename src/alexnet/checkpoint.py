@@ -109,17 +109,18 @@ def checkpoint_classes(ckpt: dict[str, Any]) -> list[dict] | None:
 
 
 def check_classes(ckpt: dict[str, Any], path: str | os.PathLike, data) -> None:
-    """Refuse, in one line, to evaluate ``ckpt`` on ``data`` whose classes are not the ones it learned."""
+    """Refuse, in one line, to use ``ckpt`` on ``data`` whose classes are not the ones it learned."""
     outputs = model_config(ckpt).num_classes
     if outputs != len(data.classes):
         raise UsageError(f"checkpoint {path} has {outputs} classes but the dataset has {len(data.classes)}; "
-                         "evaluate it on the data it was trained for")
+                         "use it with the data it was trained on")
     stored = checkpoint_classes(ckpt)
     if stored is not None and [c["wnid"] for c in stored] != list(data.classes):
-        first = next(i for i, (c, d) in enumerate(zip(stored, data.classes)) if c["wnid"] != d)
+        first = next((i for i, (c, d) in enumerate(zip(stored, data.classes)) if c["wnid"] != d), len(stored))
+        there = repr(stored[first]["wnid"]) if first < len(stored) else "missing"
         raise UsageError(f"checkpoint {path} learned other classes than the dataset holds (class {first} is "
-                         f"{stored[first]['wnid']!r} there and {data.classes[first]!r} here); evaluate it on "
-                         "the data it was trained for")
+                         f"{there} there and {data.classes[first]!r} here); use it with the data it was "
+                         "trained on")
 
 
 def eval_pipeline(ckpt: dict[str, Any], config, data):
@@ -131,6 +132,30 @@ def eval_pipeline(ckpt: dict[str, Any], config, data):
     if state is not None:
         return Pipeline.from_state(state, config.train.channels_last)
     return pipeline_for(config, data, training=False)
+
+
+def ensemble_member(path: str | os.PathLike, data, pipeline) -> AlexNet:
+    """Another network of an ``eval --ensemble``, in eval mode: refused in one line unless it learned
+    ``data``'s classes and takes the input ``pipeline`` (the first network's) makes."""
+    from .config import build_config
+
+    ckpt = load_checkpoint(path)
+    check_classes(ckpt, path, data)
+    theirs = eval_pipeline(ckpt, build_config(ckpt.get("config", {}), []), data).state_dict()
+    if not _same_state(theirs, pipeline.state_dict()):
+        raise UsageError(f"checkpoint {path} was trained on other inputs than the first network (input size, mean "
+                         "image or std differ); ensemble networks trained on the same prepared data")
+    model = AlexNet(model_config(ckpt))
+    load_weights(model, ckpt, path)
+    return model.eval()
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    def same(x, y):
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            return x.shape == y.shape and torch.allclose(x.float(), y.float())
+        return x == y
+    return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

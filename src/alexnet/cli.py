@@ -190,7 +190,7 @@ def _checkpoint_config(path: Path) -> dict:
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import check_classes, eval_pipeline, load_checkpoint, load_model, load_weights
+    from .checkpoint import check_classes, ensemble_member, eval_pipeline, load_checkpoint, load_weights
     from .data.datasets import load_dataset
     from .evaluate import evaluate_views
     from .model import AlexNet
@@ -203,16 +203,13 @@ def cmd_eval(args) -> int:
     device = pick_device(config.train.device, ddp.local_rank)
     model = AlexNet(config.model)
     load_weights(model, ckpt, args.checkpoint)
-    models = [model] + [load_model(path) for path in args.ensemble]
     with main_first(ddp):  # one process fills the CIFAR-10 cache
         data = load_dataset(config.data, config.seed, ddp.main)
     check_classes(ckpt, args.checkpoint, data)
-    for path, member in zip(args.ensemble, models[1:]):
-        if member.config.num_classes != len(data.classes):
-            raise UsageError(f"checkpoint {path} has {member.config.num_classes} classes but the dataset "
-                             f"has {len(data.classes)}; evaluate it on the data it was trained for")
+    pipeline = eval_pipeline(ckpt, config, data)
+    models = [model] + [ensemble_member(path, data, pipeline) for path in args.ensemble]
     crops = args.crops or (2 if config.train.eval_flip else 1)
-    pipeline = eval_pipeline(ckpt, config, data).to(device)
+    pipeline = pipeline.to(device)
     result = evaluate_views([m.to(device) for m in models], data.val_images, data.val_labels, device=device,
                             crops=crops, batch_size=config.data.eval_batch_size,
                             inputs=lambda x: pipeline.evaluate(x, crops), precision=config.train.precision)

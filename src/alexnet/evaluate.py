@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
+from .checkpoint import unwrap
 from .runtime import all_sum, autocast
 
 @torch.no_grad()
@@ -36,7 +37,8 @@ def evaluate_views(models, images, labels: torch.Tensor, *, batch_size: int, dev
         m.eval()
     top1 = top5 = 0
     loss_sum = 0.0
-    predicted = None
+    fc8 = getattr(unwrap(models[0]), "fc8", None)  # the counts' length: the same on every process, even one without examples
+    predicted = torch.zeros(fc8.out_features, dtype=torch.float64) if fc8 is not None else None
     mine = my_share(len(labels))
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]

@@ -69,9 +69,11 @@ def main_first(ddp: Dist):
     the rest read it instead of decoding the same files again)."""
     if ddp.world > 1 and not ddp.main:
         dist.barrier()
-    yield
-    if ddp.world > 1 and ddp.main:
-        dist.barrier()
+    try:
+        yield
+    finally:  # also when rank 0's block fails: the others then meet the same failure, not a hang
+        if ddp.world > 1 and ddp.main:
+            dist.barrier()
 
 
 def shutdown_distributed() -> None:

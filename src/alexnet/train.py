@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from . import config as cfgmod
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import check_classes, load_checkpoint, load_weights
 from .data.datasets import batches, load_dataset
 from .data.pipeline import Pipeline, pipeline_for
 from .errors import UsageError
@@ -113,7 +113,7 @@ def _start(config, out: Path, resume: bool, ddp: Dist, device, data, stop: StopR
               torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16"), Progress(),
               Checkpoints(ckpt_dir, config.train.keep_checkpoints), stop)
     if resume:
-        _restore(run, ckpt_dir / "last.pt")
+        _restore(run, ckpt_dir / "last.pt", data)
         if ddp.main:
             run.checkpoints.sweep()
             _trim_metrics(out, run.progress.epoch)
@@ -401,9 +401,11 @@ def _save(run: Run, best: bool, order: torch.Tensor | None = None, generator: to
         raise UsageError("rank 0 could not write a checkpoint (see its message); stopping every process")
 
 
-def _restore(run: Run, path: Path) -> None:
-    """Continue from ``path``: weights, optimiser, schedule, scaler, progress and this process's random states."""
+def _restore(run: Run, path: Path, data) -> None:
+    """Continue from ``path``: weights, optimiser, schedule, scaler, progress and this process's random
+    states; refused when ``data`` holds other classes than the run learned (another --data)."""
     ckpt = load_checkpoint(path)
+    check_classes(ckpt, path, data)
     load_weights(run.model, ckpt, path)
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.schedule.load_state_dict(ckpt["schedule"])

@@ -170,6 +170,8 @@ def prepared_copy(src: Path, main: bool) -> Path:
     second run re-lists the source and reuses every finished shard); the others only read."""
     import hashlib
 
+    import torch.distributed as dist
+
     from .cifar import cache_root
     from .imagenet import prepare_imagenet
 
@@ -178,6 +180,10 @@ def prepared_copy(src: Path, main: bool) -> Path:
                          "an ImageFolder (train/<class>/, val/<class>/)")
     digest = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:12]
     out = cache_root() / "prepared" / f"{src.resolve().name}-{digest}"
+    if not (out / "prepared.json").is_file() and dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size() > 1:  # hours for ILSVRC while the others wait; other machines have other caches
+        raise UsageError(f"--data {src} is not prepared: under torchrun prepare it first, once, on a disk every "
+                         f"machine reads (`alexnet prepare imagenet --src {src} --out DIR`), then train with --data DIR")
     if main:
         print(f"preparing {src} into {out} (shorter side 256, centre 256x256, statistics); later runs reuse it, "
               f"and `alexnet prepare imagenet --src {src} --out DIR` does the same into a folder of your choice",
