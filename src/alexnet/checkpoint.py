@@ -134,12 +134,11 @@ def eval_pipeline(ckpt: dict[str, Any], config, data):
     return pipeline_for(config, data, training=False)
 
 
-def ensemble_member(path: str | os.PathLike, data, pipeline) -> AlexNet:
+def ensemble_member(ckpt: dict[str, Any], path: str | os.PathLike, data, pipeline) -> AlexNet:
     """Another network of an ``eval --ensemble``, in eval mode: refused in one line unless it learned
     ``data``'s classes and takes the input ``pipeline`` (the first network's) makes."""
     from .config import build_config
 
-    ckpt = load_checkpoint(path)
     check_classes(ckpt, path, data)
     theirs = eval_pipeline(ckpt, build_config(ckpt.get("config", {}), []), data).state_dict()
     if not _same_state(theirs, pipeline.state_dict()):

@@ -203,11 +203,12 @@ def cmd_eval(args) -> int:
     device = pick_device(config.train.device, ddp.local_rank)
     model = AlexNet(config.model)
     load_weights(model, ckpt, args.checkpoint)
+    members = [load_checkpoint(path) for path in args.ensemble]  # a bad file fails before the data is read
     with main_first(ddp):  # one process fills the CIFAR-10 cache
         data = load_dataset(config.data, config.seed, ddp.main)
     check_classes(ckpt, args.checkpoint, data)
     pipeline = eval_pipeline(ckpt, config, data)
-    models = [model] + [ensemble_member(path, data, pipeline) for path in args.ensemble]
+    models = [model] + [ensemble_member(c, path, data, pipeline) for c, path in zip(members, args.ensemble)]
     crops = args.crops or (2 if config.train.eval_flip else 1)
     pipeline = pipeline.to(device)
     result = evaluate_views([m.to(device) for m in models], data.val_images, data.val_labels, device=device,
