@@ -205,8 +205,3 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 def to_toml(config: RunConfig) -> str:
     tree = to_dict(config)
     return tomli_w.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in tree.items()})
-
-
-def config_from_dict(tree: dict[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig from ``to_dict`` output (e.g. stored in a checkpoint)."""
-    return from_flat(_flatten(tree))

@@ -111,12 +111,6 @@ def load_cifar10(path: str | None = None, limit: int | None = None, seed: int = 
     return train, test
 
 
-def resolve_source(path: str | None) -> Path:
-    """Return where the data comes from: ``path`` itself (normalised) or, for ``None``, the
-    default cache, an archive in the cache folder, the mirror, or a fresh download."""
-    return _resolve(path).path
-
-
 def balanced_subset(split: Split, n: int, seed: int) -> Split:
     """Return a seeded subset of ``n`` examples with ``n // 10`` per class, the remainder going
     to the first classes (and any class's shortfall to the next ones), in seeded order."""

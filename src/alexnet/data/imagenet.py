@@ -103,7 +103,7 @@ import numpy as np
 import torch
 
 from alexnet.data import shards
-from alexnet.data.decode import (BadImage, decode_rgb, is_image_name, quiet_decoders,  # noqa: F401
+from alexnet.data.decode import (BadImage, decode_rgb, is_image_name, quiet_decoders,
                                  reason as _reason)
 from alexnet.data.pool import make_pool
 from alexnet.errors import UsageError
