@@ -123,7 +123,8 @@ def test_the_reported_loss_is_the_cross_entropy_with_the_labels_not_the_smoothed
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
     y = torch.tensor([0, 1])
     expected = (-(torch.log_softmax(logits, 1)[[0, 1], y])).mean()  # -log p(label), by hand
-    loss, correct, mode, end_loss = _step_sums(logits, y, at_end=True).tolist()
+    objective = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
+    loss, correct, mode, end_loss = _step_sums(objective, logits, y, at_end=True, smoothing=0.1).tolist()
     assert abs(loss - expected.item()) < 1e-6 and abs(end_loss - loss) < 1e-6
     assert correct == 1 and mode == 1
-    assert _step_sums(logits, y, at_end=False)[3] == 0
+    assert _step_sums(objective, logits, y, at_end=False, smoothing=0.1)[3] == 0

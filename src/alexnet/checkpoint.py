@@ -75,7 +75,11 @@ def model_config(ckpt: dict[str, Any]) -> ModelConfig:
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> AlexNet:
     """The network stored in any checkpoint, in eval mode."""
-    ckpt = load_checkpoint(path, map_location)
+    return model_from(load_checkpoint(path, map_location), path)
+
+
+def model_from(ckpt: dict[str, Any], path: str | os.PathLike) -> AlexNet:
+    """The network a loaded checkpoint (read from ``path``) holds, in eval mode."""
     model = AlexNet(model_config(ckpt))
     load_weights(model, ckpt, path)
     return model.eval()
@@ -144,9 +148,7 @@ def ensemble_member(ckpt: dict[str, Any], path: str | os.PathLike, data, pipelin
     if not _same_state(theirs, pipeline.state_dict()):
         raise UsageError(f"checkpoint {path} was trained on other inputs than the first network (input size, mean "
                          "image or std differ); ensemble networks trained on the same prepared data")
-    model = AlexNet(model_config(ckpt))
-    load_weights(model, ckpt, path)
-    return model.eval()
+    return model_from(ckpt, path)
 
 
 def _same_state(a: dict, b: dict) -> bool:

@@ -196,7 +196,8 @@ def train_epoch(run: Run, images, labels: torch.Tensor) -> dict | None:
             group["lr"] = run.schedule.lr(p.step)
         loss, logits, taken = train_step(run, x, y)
         if taken:
-            sums += _step_sums(logits.detach(), y, p.epoch_step >= end_from)
+            sums += _step_sums(loss.detach(), logits.detach(), y, p.epoch_step >= end_from,
+                               config.optim.label_smoothing)
         p.step += 1
         p.epoch_step += 1
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), p.step, first_bad)
@@ -242,9 +243,12 @@ def _end_steps(steps: int) -> int:
     return min(steps, max(10, steps // 10))
 
 
-def _step_sums(logits: torch.Tensor, y: torch.Tensor, at_end: bool) -> torch.Tensor:
-    """One step's contribution to EPOCH_SUMS (on the device)."""
-    loss = F.cross_entropy(logits.float(), y)  # the same as the objective unless labels are smoothed
+def _step_sums(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, at_end: bool,
+               smoothing: float = 0.0) -> torch.Tensor:
+    """One step's contribution to EPOCH_SUMS (on the device); ``loss`` is the step's objective,
+    replaced by the cross-entropy with the labels when they were smoothed."""
+    if smoothing:
+        loss = F.cross_entropy(logits.float(), y)
     predicted = logits.argmax(1)
     mode = torch.bincount(predicted, minlength=logits.shape[1]).max()
     return torch.stack([loss, (predicted == y).sum().float(), mode.float(), loss * float(at_end)])
