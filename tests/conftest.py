@@ -1,14 +1,13 @@
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
+from fixtures import TARBALL
+
 # Small, deterministic CPU tests: two threads like CI, a fixed seed per test.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-MIRROR = Path(os.environ.get("ALEXNET_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-TARBALL = MIRROR / "cifar10-jpeg.tar.gz"
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,6 @@
 """`alexnet ablate`: arms and their overrides, the table's statistics, and a tiny end-to-end run that resumes."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -10,9 +8,8 @@ from alexnet.ablate import ARMS, BASELINE, arm_overrides, config_differences, ma
 from alexnet.cli import main
 from alexnet.config import build_config, read_recipe, to_toml
 from alexnet.errors import UsageError
+from fixtures import TARBALL
 
-MIRROR = Path(os.environ.get("ALEXNET_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-TARBALL = MIRROR / "cifar10-jpeg.tar.gz"
 TINY = ["--seeds", "2", "--data", str(TARBALL), "--epochs", "1", "--limit", "256", "model.width=0.25",
         "data.batch_size=64", "data.eval_batch_size=256", "optim.warmup_epochs=0"]
 

@@ -2,16 +2,7 @@ import torch
 
 from alexnet.data.augment import (TEN_CROP_ORDER, center_crop, crop_at, flip_lr, flip_where, normalize, pca_lighting,
                                   random_crop, random_crop_offsets, random_flips, subtract_mean_image, ten_crop)
-
-
-def index_images(n=6, size=8):
-    """Image i has pixel value (row * size + col) in channel 0, i in channel 1, 7 in channel 2."""
-    pos = torch.arange(size * size).view(size, size)
-    imgs = torch.zeros(n, 3, size, size, dtype=torch.uint8)
-    imgs[:, 0] = pos
-    imgs[:, 1] = torch.arange(n).view(n, 1, 1)
-    imgs[:, 2] = 7
-    return imgs
+from fixtures import index_images
 
 
 def test_random_crop_takes_contiguous_windows_and_keeps_images_apart():
@@ -78,10 +69,18 @@ def test_mean_image_is_cut_at_the_same_window_as_each_crop_and_mirrored_with_it(
     torch.testing.assert_close(out, flip_where(crop_at(expected, dy, dx, 5), flip))
 
 
-def test_flip_lr_is_flip_where_random_flips():
+def test_flip_lr_mirrors_the_images_whose_seeded_draw_is_below_p():
+    import numpy as np
+
     imgs = index_images(n=32)
-    mask = random_flips(32, torch.Generator().manual_seed(5))
-    assert torch.equal(flip_lr(imgs, torch.Generator().manual_seed(5)), flip_where(imgs, mask))
+    out = flip_lr(imgs, torch.Generator().manual_seed(5)).numpy()
+    draws = torch.rand(32, generator=torch.Generator().manual_seed(5)).numpy()  # one uniform draw per image
+    for i, image in enumerate(imgs.numpy()):
+        expected = image[:, :, ::-1] if draws[i] < 0.5 else image  # numpy's own reversal of the columns
+        assert np.array_equal(out[i], expected)
+        assert (out[i][0, 0, 0] == 7) == (draws[i] < 0.5)  # the position code says which were mirrored
+    assert not flip_lr(imgs, torch.Generator(), p=0.0).ne(imgs).any()
+    assert torch.equal(flip_lr(imgs, torch.Generator(), p=1.0), imgs.flip(-1))
 
 
 def test_ten_crop_gives_corners_centre_and_their_mirrors_image_major():

@@ -18,8 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.data import cifar
-from alexnet.data.cifar import CLASSES, Split, balanced_subset, load_cifar10
+from alexnet.data import cifar, cifar_decode, cifar_source
+from alexnet.data.subset import balanced_indices
+from alexnet.data.cifar import CLASSES, Split, load_cifar10
 from alexnet.errors import UsageError
 
 PER_BATCH = 4  # images in each fake official batch
@@ -148,10 +149,10 @@ def test_folder_tarball_skips_and_reports_a_corrupt_image(folder_tarball, capsys
 
 
 def test_worker_pool_matches_in_process_decoding(folder_tarball, monkeypatch, capsys):
-    serial_train, serial_test = cifar._decode_folder_tar(folder_tarball)
-    monkeypatch.setattr(cifar, "_CHUNK", 4)  # several chunks, so the pool starts
-    monkeypatch.setattr(cifar, "_worker_count", lambda: 2)
-    train, test = cifar._decode_folder_tar(folder_tarball)
+    serial_train, serial_test = cifar_decode._decode_folder_tar(folder_tarball)
+    monkeypatch.setattr(cifar_decode, "_CHUNK", 4)  # several chunks, so the pool starts
+    monkeypatch.setattr(cifar_decode, "_worker_count", lambda: 2)
+    train, test = cifar_decode._decode_folder_tar(folder_tarball)
     assert torch.equal(train.images, serial_train.images) and torch.equal(train.labels, serial_train.labels)
     assert torch.equal(test.images, serial_test.images)
     assert capsys.readouterr().err.count("cifar10/train/cat/0099.png") == 2
@@ -188,6 +189,11 @@ def _identities(split: Split) -> list[int]:
     return (split.images[:, 1, 0, 0].long() * 10 + split.images[:, 0, 0, 0].long()).tolist()
 
 
+def balanced_subset(split: Split, n: int, seed: int) -> Split:
+    picked = balanced_indices(split.labels, 10, n, seed)
+    return Split(split.images[picked], split.labels[picked])
+
+
 def test_balanced_subset_counts_and_seeds():
     split = _synthetic_split()
     subset = balanced_subset(split, 25, seed=3)
@@ -198,7 +204,7 @@ def test_balanced_subset_counts_and_seeds():
     same = balanced_subset(split, 25, seed=3)
     assert torch.equal(same.labels, subset.labels) and torch.equal(same.images, subset.images)
     assert set(_identities(balanced_subset(split, 25, seed=4))) != set(_identities(subset))
-    assert balanced_subset(split, 1000, seed=0) is split
+    assert torch.equal(balanced_indices(split.labels, 10, 1000, seed=0), torch.arange(len(split)))
 
 
 def test_limit_applies_to_both_splits(folder_tarball):
@@ -233,7 +239,7 @@ def test_cache_is_written_and_reused(folder_tarball, isolated_cache, monkeypatch
     def no_decoding(*args):
         raise AssertionError("decoded again instead of using the cache")
 
-    monkeypatch.setattr(cifar, "_decode_source", no_decoding)
+    monkeypatch.setattr(cifar, "decode_source", no_decoding)
     again, again_test = load_cifar10(str(folder_tarball))
     assert torch.equal(again.images, train.images) and torch.equal(again_test.labels, test.labels)
     assert torch.equal(load_cifar10(str(cached[0]))[0].images, train.images)  # a cache file as --data
@@ -255,9 +261,9 @@ def test_download_failure_is_one_clean_usage_error(tmp_path, isolated_cache, mon
     mirror = tmp_path / "empty-mirror"
     mirror.mkdir()
     monkeypatch.setenv("ALEXNET_MIRROR", str(mirror))
-    monkeypatch.setattr(cifar, "URL", "http://127.0.0.1:9/nonexistent")
-    monkeypatch.setattr(cifar, "DOWNLOAD_BACKOFF_S", 0.01)
-    monkeypatch.setattr(cifar, "DOWNLOAD_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(cifar_source, "URL", "http://127.0.0.1:9/nonexistent")
+    monkeypatch.setattr(cifar_source, "DOWNLOAD_BACKOFF_S", 0.01)
+    monkeypatch.setattr(cifar_source, "DOWNLOAD_TIMEOUT_S", 2.0)
     with pytest.raises(UsageError) as caught:
         load_cifar10()
     message = str(caught.value)
@@ -291,12 +297,12 @@ def http_folder(tmp_path):
 def test_download_checks_md5_then_loads(official_archive, http_folder, isolated_cache, monkeypatch):
     folder, base = http_folder
     shutil.copy(official_archive, folder / "c.tar.gz")
-    monkeypatch.setattr(cifar, "URL", f"{base}/c.tar.gz")
-    monkeypatch.setattr(cifar, "MD5", "0" * 32)
+    monkeypatch.setattr(cifar_source, "URL", f"{base}/c.tar.gz")
+    monkeypatch.setattr(cifar_source, "MD5", "0" * 32)
     with pytest.raises(UsageError, match="md5"):
         load_cifar10()
     assert not list((isolated_cache / "cifar10").glob("cifar-10-python.tar.gz*"))
 
-    monkeypatch.setattr(cifar, "MD5", hashlib.md5(official_archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(cifar_source, "MD5", hashlib.md5(official_archive.read_bytes()).hexdigest())
     _check_official(*load_cifar10())
     assert (isolated_cache / "cifar10" / "cifar-10-python.tar.gz").is_file()

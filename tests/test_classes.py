@@ -16,7 +16,7 @@ from PIL import Image
 
 from alexnet.checkpoint import load_checkpoint
 from alexnet.cli import main
-from conftest import MIRROR
+from fixtures import SAMPLES
 
 CLASSES = ("apple", "bicycle", "castle", "dolphin", "eagle", "forest", "guitar")
 TRAIN, VAL = 19, 3  # 133 training images: one full batch of 128, as the paper recipe takes
@@ -24,9 +24,9 @@ TRAIN, VAL = 19, 3  # 133 training images: one full batch of 128, as the paper r
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    samples = sorted((MIRROR / "imagenet-samples").glob("*.JPEG"))
+    samples = sorted(SAMPLES.glob("*.JPEG"))
     if len(samples) < len(CLASSES) * (TRAIN + VAL):
-        pytest.fail(f"expected the shared ImageNet samples in {MIRROR / 'imagenet-samples'}")
+        pytest.fail(f"expected the shared ImageNet samples in {SAMPLES}")
     root = tmp_path_factory.mktemp("photos") / "my_photos"
     for i, sample in enumerate(samples[:len(CLASSES) * (TRAIN + VAL)]):
         split = "train" if i < len(CLASSES) * TRAIN else "val"  # the held-out split, as many users call it
@@ -116,17 +116,17 @@ def test_an_ensemble_member_trained_on_other_inputs_is_refused(paper_run, tmp_pa
 
 
 def test_a_class_list_shorter_than_the_data_is_refused_in_one_line(paper_run):
-    from alexnet.checkpoint import check_classes
     from alexnet.errors import UsageError
+    from alexnet.run import load_run
 
-    ckpt = load_checkpoint(paper_run / "checkpoints" / "last.pt")
-    ckpt["classes"] = ckpt["classes"][:6]
+    loaded = load_run(paper_run / "checkpoints" / "last.pt")
+    loaded.classes = loaded.classes[:6]
 
     class Data:
         classes = list(CLASSES)
 
     with pytest.raises(UsageError, match="class 6 is missing there and 'guitar' here"):
-        check_classes(ckpt, "ckpt.pt", Data())
+        loaded.check_classes(Data())
 
 
 def test_resume_refuses_data_with_other_classes(paper_run, tmp_path, capsys, data_cache):

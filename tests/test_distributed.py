@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from alexnet import load_checkpoint
+from fixtures import TARBALL
 
-MIRROR = Path(os.environ.get("ALEXNET_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 # No dropout, no augmentation, fp32: the two runs see exactly the same global batches.
 SAME_BATCHES = ["data.limit=63", "data.batch_size=16", "optim.epochs=1", "optim.lr=0.01", "model.width=0.25",
                 "model.dropout=0", "data.crop_padding=0", "data.flip=false", "train.precision=\"fp32\"",
                 "train.progress=false", "train.threads=1", "data.eval_batch_size=10", "train.eval_flip=false",
-                f"data.path={json.dumps(str(MIRROR / 'cifar10-jpeg.tar.gz'))}"]
+                f"data.path={json.dumps(str(TARBALL))}"]
 
 
 def torchrun(nproc: int, out: Path, cache: Path) -> None:

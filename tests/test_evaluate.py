@@ -8,17 +8,9 @@ from torch import nn
 from alexnet.data.augment import normalize, ten_crop, views
 from alexnet.data.pipeline import Pipeline
 from alexnet.evaluate import evaluate_views
+from fixtures import index_images
 
 CPU = torch.device("cpu")
-
-
-def index_images(n, size=8):
-    """Image i has pixel value (row * size + col) in channel 0, i in channel 1, 7 in channel 2."""
-    imgs = torch.zeros(n, 3, size, size, dtype=torch.uint8)
-    imgs[:, 0] = torch.arange(size * size).view(size, size)
-    imgs[:, 1] = torch.arange(n).view(n, 1, 1)
-    imgs[:, 2] = 7
-    return imgs
 
 
 def as_float(crops=1, size=None):

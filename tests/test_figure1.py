@@ -1,8 +1,6 @@
 """`alexnet figure1`: the epochs-to-25% arithmetic, the sweep's choice, determinism, and a tiny end-to-end run."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +8,8 @@ import torch
 from alexnet.cli import main
 from alexnet.errors import UsageError
 from alexnet.figure1 import FourLayerNet, Inputs, Run, epochs_to_threshold, parse_lrs, ratio_of, sweep
+from fixtures import TARBALL
 
-MIRROR = Path(os.environ.get("ALEXNET_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-TARBALL = MIRROR / "cifar10-jpeg.tar.gz"
 
 
 def test_crossing_is_interpolated_between_epoch_points():

@@ -8,7 +8,8 @@ from torchvision.io import write_png
 
 from alexnet.cli import main
 from alexnet.data.augment import crop_at, flip_where
-from alexnet.data.datasets import ShardImages, balanced_indices
+from alexnet.data.datasets import ShardImages
+from alexnet.data.subset import balanced_indices
 from alexnet.data.pipeline import Pipeline
 
 WNIDS = ("n00000001", "n00000002", "n00000003")
@@ -94,7 +95,7 @@ def test_limit_takes_a_balanced_subset_of_each_prepared_split(prepared):
     assert sorted(data.train_labels.tolist()) == sorted(data.val_labels.tolist()) == [0, 1, 2]
     images = data.train_images[torch.arange(3)]
     assert images.shape == (3, 3, 256, 256)
-    assert torch.equal(images[0], data.train_images.reader.read(int(data.train_images.indices[0])))
+    assert torch.equal(images[0], data.train_images.reader.read_many([int(data.train_images.indices[0])])[0])
 
 
 def test_device_decode_gives_the_cpu_decoders_batches(prepared):

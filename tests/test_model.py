@@ -80,3 +80,41 @@ def test_one_gpu_net_is_the_papers_comparison_net():
     assert net.conv2.groups == 1 and sum(p.numel() for p in net.parameters()) == 59_798_312
     with pytest.raises(ValueError, match="towers=false"):
         ModelConfig(one_gpu=True)
+
+
+def test_golden_output_of_the_paper_network():
+    """The paper's network at a fixed seed on fixed input gives the stored logits and pool5 features
+    (tests/golden/make_paper_logits.py wrote them; a change here changes the network)."""
+    from safetensors.torch import load_file
+
+    from golden.make_paper_logits import GOLDEN, paper_outputs
+
+    stored, now = load_file(str(GOLDEN)), paper_outputs()
+    for key in ("logits", "pool5"):
+        torch.testing.assert_close(now[key], stored[key], atol=1e-4, rtol=0)
+
+
+def test_the_paper_network_overfits_one_batch():
+    """Every layer passes gradients (LRN's hand-written backward, the towers' grouped convolutions):
+    the paper's network memorises four images with four labels."""
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    model = AlexNet(ModelConfig(num_classes=10, dropout=0.0, init="kaiming")).train()
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([3, 1, 4, 1])
+    optimizer = torch.optim.Adam(model.parameters(), lr=OVERFIT_LR)
+    first = None
+    for _ in range(OVERFIT_STEPS):
+        loss = F.cross_entropy(model(x), y)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.05:
+            break
+    assert first > 1.0 and loss.item() < 0.05
+    assert torch.equal(model.eval()(x).argmax(1), y)
+
+
+OVERFIT_LR, OVERFIT_STEPS = 3e-4, 30

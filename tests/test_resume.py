@@ -16,9 +16,8 @@ import torch
 
 from alexnet import load_checkpoint
 from alexnet.cli import main
+from fixtures import TARBALL
 
-MIRROR = Path(os.environ.get("ALEXNET_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-TARBALL = MIRROR / "cifar10-jpeg.tar.gz"
 # 8 steps per epoch, a checkpoint every 3 steps; dropout, crops, flips and bf16 all stay on, so
 # every random state must be restored for the weights to match.
 TINY = ["--recipe", "cifar10", "data.limit=512", "data.batch_size=64", "optim.epochs=2", "model.width=0.25",

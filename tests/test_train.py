@@ -1,15 +1,12 @@
 """End to end on real CIFAR-10 images from the local mirror: a one-epoch smoke run, resume and eval."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
 from alexnet.cli import main
+from fixtures import TARBALL
 
-MIRROR = Path(os.environ.get("ALEXNET_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-TARBALL = MIRROR / "cifar10-jpeg.tar.gz"
 SMOKE = ["data.limit=512", "optim.epochs=1", "data.batch_size=16", "optim.lr=0.003", "optim.warmup_epochs=0",
          "optim.label_smoothing=0", "model.dropout=0", "model.width=0.5", "train.progress=false",
          "data.eval_batch_size=256", f"data.path={json.dumps(str(TARBALL))}"]

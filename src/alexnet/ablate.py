@@ -95,15 +95,16 @@ def add_parser(commands) -> None:
     p.add_argument("--data", help="dataset location (data.path)")
     p.add_argument("--out", type=Path, default=Path("runs/ablate"), help="output folder (default runs/ablate)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every arm")
+    p.set_defaults(run=run)
 
 
 def run(args) -> int:
     arms = select_arms(args.study)
     if args.seeds < 1:
         raise UsageError(f"--seeds must be at least 1; got {args.seeds}")
-    budget = budget_overrides(args.epochs, args.limit, args.data)
+    budget = budget_overrides(args.epochs, args.limit)
     recipe = cfgmod.read_recipe(args.recipe)
-    result = ablate(recipe, arms, list(range(args.seeds)), budget, list(args.overrides), args.out)
+    result = ablate(recipe, arms, list(range(args.seeds)), budget, list(args.overrides), args.out, args.data)
     print(json.dumps(result))
     return 0
 
@@ -119,7 +120,7 @@ def select_arms(study: str) -> list[Arm]:
     return [BASELINE, *(ARMS[n] for n in picked)]
 
 
-def budget_overrides(epochs: int | None, limit: int | None, data: str | None) -> list[str]:
+def budget_overrides(epochs: int | None, limit: int | None) -> list[str]:
     out = []
     if epochs is not None:
         if epochs < 1:
@@ -129,8 +130,6 @@ def budget_overrides(epochs: int | None, limit: int | None, data: str | None) ->
         if limit < 0:
             raise UsageError(f"--limit must not be negative; got {limit}")
         out.append(f"data.limit={limit}")
-    if data:
-        out.append(f"data.path={json.dumps(data)}")
     return out
 
 
@@ -149,10 +148,12 @@ def arm_overrides(arm: Arm, seed: int, budget: list[str], user: list[str], recip
     return [*fixed, *user, f"seed={seed}", *arm.change]
 
 
-def ablate(recipe: dict, arms: list[Arm], seeds: list[int], budget: list[str], user: list[str], out: Path) -> dict:
-    """Train (or reuse) every arm x seed under ``out``; write ablation.md/json/png; return the paths."""
+def ablate(recipe: dict, arms: list[Arm], seeds: list[int], budget: list[str], user: list[str], out: Path,
+           data_path: str | None = None) -> dict:
+    """Train (or reuse) every arm x seed under ``out`` on ``data_path`` (default: the recipe's data);
+    write ablation.md/json/png; return the paths."""
     started = time.monotonic()
-    configs = {(arm.name, seed): cfgmod.build_config(recipe, arm_overrides(arm, seed, budget, user, recipe))
+    configs = {(arm.name, seed): cfgmod.build_config(recipe, arm_overrides(arm, seed, budget, user, recipe), data_path)
                for arm in arms for seed in seeds}  # every config checked before the first run starts
     runs = {arm.name: [] for arm in arms}
     for (name, seed), config in configs.items():
@@ -163,7 +164,7 @@ def ablate(recipe: dict, arms: list[Arm], seeds: list[int], budget: list[str], u
     first = configs[BASELINE.name, seeds[0]]
     record = {"recipe": first.recipe, "seeds": seeds,
               "budget": {"epochs": first.optim.epochs, "limit": first.data.limit, "batch_size": first.data.batch_size,
-                         "overrides": budget, "user_overrides": user},
+                         "overrides": budget, "user_overrides": user, "data_path": first.data.path},
               "verdict_rule": "top-1 delta vs pooled seed std sqrt((s_arm^2 + s_base^2) / 2): within it 'within noise', "
                               "else 'agrees' if the sign is the paper's, 'disagrees' if not",
               "arms": {arm.name: {"change": list(arm.change), "claim": arm.claim, "paper_top1": arm.paper_top1,
@@ -213,20 +214,10 @@ def config_differences(path: Path, config: cfgmod.RunConfig) -> list[str]:
     """
     if not path.is_file():
         return ["config.toml"]
-    stored, current = _flat(tomllib.loads(path.read_text())), _flat(cfgmod.to_dict(config))
+    stored, current = cfgmod.flatten(tomllib.loads(path.read_text())), cfgmod.flatten(cfgmod.to_dict(config))
     if current.get("model.num_classes") == 0:
         del current["model.num_classes"]
     return sorted(k for k in stored.keys() & current.keys() if stored[k] != current[k])
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
 
 
 def _numbers(run_dir: Path, seed: int, reused: bool, wall: float | None) -> dict:

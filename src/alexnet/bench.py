@@ -12,7 +12,8 @@ What is timed, on the given JPEGs replicated (by symbolic links) to at least ``m
 
 * ``images_per_s_per_core``: our training input, prepared shards -> augmented uint8 batches:
   ``ShardReader.read_many`` of a random batch of 128, then a random 224x224 crop and mirror per
-  image (``random_crop_offsets``, ``crop_at``, ``random_flips``, ``flip_where``). In training the
+  image (``random_crop``, ``flip_lr``: the training pipeline's ``random_crop_offsets``, ``crop_at``,
+  ``random_flips`` and ``flip_where``). In training the
   crop and mirror run on the accelerator; here they run on the same core. ``raw_...`` is the same
   from ``raw`` shards.
 * ``torchvision_images_per_s_per_core``: torchvision's reference ImageNet training input,
@@ -43,8 +44,6 @@ from .errors import UsageError
 
 BATCH = 128
 CROP = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's reference normalisation
-IMAGENET_STD = (0.229, 0.224, 0.225)
 RAW_LIMIT = 1024  # raw shards hold this many images at most (196 KB each)
 
 
@@ -116,7 +115,7 @@ def measure_prepare(tree: Path, files: list[Path], work: Path, rounds: int) -> t
 
 def time_prepare(tree: Path, out: Path) -> float:
     """Seconds for ``prepare_imagenet`` of ``tree`` into a fresh ``out`` with one worker."""
-    from .data.imagenet import prepare_imagenet
+    from .data.prepare import prepare_imagenet
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.process_time()
@@ -186,7 +185,7 @@ def write_raw_copy(reader, folder: Path) -> Path:
 
 def shard_batches(reader, seed: int = 0) -> Callable[[], int]:
     """A step that makes one augmented uint8 batch from ``reader``; returns its size."""
-    from .data.augment import crop_at, flip_where, random_crop_offsets, random_flips
+    from .data.augment import flip_lr, random_crop
 
     generator = torch.Generator().manual_seed(seed)
     batch = min(BATCH, len(reader))
@@ -194,8 +193,7 @@ def shard_batches(reader, seed: int = 0) -> Callable[[], int]:
     def step() -> int:
         indices = torch.randint(0, len(reader), (batch,), generator=generator)
         images = reader.read_many(indices.tolist())
-        dy, dx = random_crop_offsets(batch, images.shape[2], images.shape[3], CROP, generator)
-        out = flip_where(crop_at(images, dy, dx, CROP), random_flips(batch, generator))
+        out = flip_lr(random_crop(images, CROP, 0, generator), generator)
         return out.shape[0]
 
     return step
@@ -204,6 +202,8 @@ def shard_batches(reader, seed: int = 0) -> Callable[[], int]:
 def torchvision_batches(tree: Path, seed: int = 0) -> Callable[[], int]:
     """A step that makes one batch with torchvision's reference ImageNet training pipeline."""
     from torchvision import datasets, transforms
+
+    from .data.pipeline import IMAGENET_MEAN, IMAGENET_STD  # torchvision's reference normalisation
 
     transform = transforms.Compose([transforms.RandomResizedCrop(CROP), transforms.RandomHorizontalFlip(),
                                     transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

@@ -7,13 +7,13 @@ results that scripts read (eval's JSON line) go to stdout, progress goes to stde
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from . import ablate, export, figure1, figures, predict, report, retrieve, serve, weights
 from . import config as cfgmod
 from .errors import UsageError
 
@@ -38,16 +38,29 @@ EVAL_EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """``alexnet`` and its sub-commands: each ``add_*`` registers one and its ``run`` (``set_defaults``)."""
     parser = argparse.ArgumentParser(prog="alexnet", description="The AlexNet paper (Krizhevsky et al., 2012) as software.")
     commands = parser.add_subparsers(dest="command", required=True)
-    fmt = argparse.RawDescriptionHelpFormatter
-    train = commands.add_parser("train", help="train a network", epilog=TRAIN_EXAMPLES, formatter_class=fmt)
+    for add in COMMANDS:
+        add(commands)
+    return parser
+
+
+FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def add_train(commands) -> None:
+    train = commands.add_parser("train", help="train a network", epilog=TRAIN_EXAMPLES, formatter_class=FORMATTER)
     train.add_argument("--recipe", default="cifar10", help=f"recipe name ({', '.join(cfgmod.recipe_names())}) or a .toml file")
-    train.add_argument("--data", help="dataset location (overrides data.path)")
+    train.add_argument("--data", help="dataset location (data.path)")
     train.add_argument("--out", type=Path, help="run folder (default runs/<recipe>-<time>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.02")
-    ev = commands.add_parser("eval", help="top-1/top-5 error of a checkpoint", epilog=EVAL_EXAMPLES, formatter_class=fmt)
+    train.set_defaults(run=cmd_train)
+
+
+def add_eval(commands) -> None:
+    ev = commands.add_parser("eval", help="top-1/top-5 error of a checkpoint", epilog=EVAL_EXAMPLES, formatter_class=FORMATTER)
     ev.add_argument("--checkpoint", required=True, type=Path)
     ev.add_argument("--data", help="dataset location (default: the one in the checkpoint's config)")
     ev.add_argument("--crops", type=int, choices=[1, 2, 10], help="views per image, softmax averaged: 1 centre, "
@@ -55,22 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ensemble", nargs="+", type=Path, default=[], metavar="CKPT",
                     help="more checkpoints whose softmax is averaged with --checkpoint's (the paper's '5 CNNs')")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.limit=1000")
-    add_prepare_parser(commands)
-    add_bench_parser(commands)
-    exp = commands.add_parser("export", help="write a checkpoint's weights in another format",
-                              epilog="examples:\n  alexnet export --checkpoint runs/demo/checkpoints/best.pt "
-                                     "--format safetensors --out alexnet-cifar10.safetensors",
-                              formatter_class=fmt)
-    exp.add_argument("--checkpoint", required=True, type=Path)
-    exp.add_argument("--format", default="safetensors", choices=["safetensors"])
-    exp.add_argument("--out", required=True, type=Path)
-    for name in PAPER_COMMANDS:  # each module adds its own sub-command and runs it
-        importlib.import_module(f".{name}", __package__).add_parser(commands)
-    return parser
-
-
-# The paper's claims and figures, one module each: add_parser(commands) and run(args) -> exit code.
-PAPER_COMMANDS = ("figure1", "ablate", "figures", "report")
+    ev.set_defaults(run=cmd_eval)
 
 
 PREPARE_EXAMPLES = """examples:
@@ -81,9 +79,9 @@ PREPARE_EXAMPLES = """examples:
 """
 
 
-def add_prepare_parser(commands) -> None:
+def add_prepare(commands) -> None:
     prep = commands.add_parser("prepare", help="decode a dataset once into the fast prepared format",
-                               epilog=PREPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                               epilog=PREPARE_EXAMPLES, formatter_class=FORMATTER)
     prep.add_argument("dataset", choices=["imagenet", "cifar10"])
     prep.add_argument("--src", type=Path, help="imagenet: folder with the ILSVRC-2012 tars/devkit, extracted folders or an ImageFolder; "
                                                "cifar10: archive, batches folder or ImageFolder (default: cache, mirror, download)")
@@ -91,6 +89,7 @@ def add_prepare_parser(commands) -> None:
     prep.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
     prep.add_argument("--format", choices=["jpeg", "raw"], default="jpeg",
                       help="jpeg: quality-90 JPEG records (about 35 GB for ImageNet); raw: uint8 pixels (about 252 GB)")
+    prep.set_defaults(run=cmd_prepare)
 
 
 def cmd_prepare(args) -> int:
@@ -100,7 +99,7 @@ def cmd_prepare(args) -> int:
         train, test = load_cifar10(str(args.src) if args.src else None)
         print(json.dumps({"dataset": "cifar10", "train": len(train.labels), "test": len(test.labels)}))
         return 0
-    from .data.imagenet import prepare_imagenet
+    from .data.prepare import prepare_imagenet
 
     if args.src is None or args.out is None:
         raise UsageError("prepare imagenet needs --src PATH (the ILSVRC-2012 files or an ImageFolder) and --out DIR")
@@ -120,9 +119,9 @@ Images named <wnid>_<name>.JPEG are grouped into classes by the wnid.
 """
 
 
-def add_bench_parser(commands) -> None:
+def add_bench(commands) -> None:
     bench = commands.add_parser("bench", help="measure speed against a baseline run side by side",
-                                epilog=BENCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=BENCH_EXAMPLES, formatter_class=FORMATTER)
     bench.add_argument("what", choices=["data"], help="data: the input pipeline and the prepare step")
     bench.add_argument("--src", type=Path, required=True, help="a folder of JPEG images (replicated by links "
                                                                "to at least --images)")
@@ -130,6 +129,7 @@ def add_bench_parser(commands) -> None:
     bench.add_argument("--images", type=int, default=1000, help="at least this many images (default 1000)")
     bench.add_argument("--seconds", type=float, default=2.0, help="time per data-path measurement per round "
                                                                   "(default 2)")
+    bench.set_defaults(run=cmd_bench)
 
 
 def cmd_bench(args) -> int:
@@ -141,33 +141,24 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from .export import export
-
-    path = export(args.checkpoint, args.format, args.out)
-    print(json.dumps({"format": args.format, "out": str(path)}))
-    return 0
-
-
-def _overrides(args) -> list[str]:
-    """The key=value overrides, with --data as data.path."""
-    return list(args.overrides) + ([f"data.path={json.dumps(args.data)}"] if args.data else [])
-
-
 def cmd_train(args) -> int:
+    from .run import load_run
     from .train import train
 
-    overrides = _overrides(args)
     resume = args.resume or _torchrun_restart(args)
     if resume:
         if args.out is None:
             raise UsageError("--resume needs --out RUN_DIR (the run folder to continue)")
-        recipe = _checkpoint_config(args.out / "checkpoints" / "last.pt")
+        last = args.out / "checkpoints" / "last.pt"
+        if not last.is_file():
+            raise UsageError(f"--resume: no checkpoint at {last}; start without --resume")
+        loaded = load_run(last, args.overrides, args.data)  # read once: train restores from it
+        config = loaded.config
     else:
-        recipe = cfgmod.read_recipe(args.recipe)
-    config = cfgmod.build_config(recipe, overrides)
+        loaded = None
+        config = cfgmod.build_config(cfgmod.read_recipe(args.recipe), args.overrides, args.data)
     out = args.out or Path("runs") / f"{config.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = train(config, out, resume=resume)
+    summary = train(config, out, resume=loaded)
     print(json.dumps(summary))
     return 0
 
@@ -183,37 +174,28 @@ def _torchrun_restart(args) -> bool:
     return restarted and (args.out / "checkpoints" / "last.pt").is_file()
 
 
-def _checkpoint_config(path: Path) -> dict:
-    from .checkpoint import load_checkpoint
-
-    return load_checkpoint(path).get("config", {})
-
-
 def cmd_eval(args) -> int:
-    from .checkpoint import check_classes, ensemble_member, eval_pipeline, load_checkpoint, load_weights
     from .data.datasets import load_dataset
     from .evaluate import evaluate_views
-    from .model import AlexNet
+    from .run import load_run
     from .runtime import init_distributed, main_first, pick_device, shutdown_distributed
 
-    ckpt = load_checkpoint(args.checkpoint)
-    overrides = _overrides(args)
-    config = cfgmod.build_config(ckpt.get("config", {}), overrides)
+    first = load_run(args.checkpoint, args.overrides, args.data)
+    members = [load_run(path) for path in args.ensemble]  # a bad file fails before the data is read
+    config = first.config
     ddp = init_distributed(config.train.device)  # under torchrun: each process evaluates its share
     device = pick_device(config.train.device, ddp.local_rank)
-    model = AlexNet(config.model)
-    load_weights(model, ckpt, args.checkpoint)
-    members = [load_checkpoint(path) for path in args.ensemble]  # a bad file fails before the data is read
     with main_first(ddp):  # one process fills the CIFAR-10 cache
-        data = load_dataset(config.data, config.seed, ddp.main)
-    check_classes(ckpt, args.checkpoint, data)
-    pipeline = eval_pipeline(ckpt, config, data)
-    models = [model] + [ensemble_member(c, path, data, pipeline) for c, path in zip(members, args.ensemble)]
+        data = load_dataset(config.data, config.seed, ddp)
+    pipeline = first.pipeline_for(data)
+    for member in members:  # the same classes and the same input as the first network
+        member.same_input(pipeline, data)
     crops = args.crops or (2 if config.train.eval_flip else 1)
     pipeline = pipeline.to(device)
-    result = evaluate_views([m.to(device) for m in models], data.val_images, data.val_labels, device=device,
-                            crops=crops, batch_size=config.data.eval_batch_size,
-                            inputs=lambda x: pipeline.evaluate(x, crops), precision=config.train.precision)
+    models = [loaded.model.to(device) for loaded in (first, *members)]
+    result = evaluate_views(models, data.val_images, data.val_labels, device=device, crops=crops,
+                            batch_size=config.data.eval_batch_size, inputs=lambda x: pipeline.evaluate(x, crops),
+                            precision=config.train.precision, ddp=ddp)
     if ddp.main:
         print(json.dumps({**result, "crops": crops, "models": len(models), "checkpoint": str(args.checkpoint)}))
     shutdown_distributed()
@@ -233,14 +215,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# Every command, in --help order: each registers its parser and its run(args) -> exit code.
+COMMANDS = (add_train, add_eval, predict.add_parser, retrieve.add_parser, add_prepare, export.add_parser,
+            weights.add_parser, serve.add_parser, add_bench, figure1.add_parser, ablate.add_parser, figures.add_parser,
+            report.add_parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "prepare": cmd_prepare, "export": cmd_export,
-                "bench": cmd_bench}
     try:
-        if args.command in PAPER_COMMANDS:
-            return importlib.import_module(f".{args.command}", __package__).run(args)
-        return handlers[args.command](args)
+        return args.run(args)
     except UsageError as err:
         print(f"alexnet {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ lists the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,6 +18,7 @@ from typing import Any
 
 import tomli_w
 
+from .data.pipeline import CIFAR10_MEAN, CIFAR10_STD
 from .errors import UsageError
 from .model import ModelConfig
 
@@ -33,8 +35,8 @@ class DataConfig:
     pca_std: float = 0.1  # sigma of the PCA lighting alphas (section 4.1); 0 disables
     workers: int = -1  # prepared ImageNet: decode processes per training process; -1: the cores / local processes, 0: inline
     decode: str = "cpu"  # prepared JPEG shards: cpu (in the workers) | device (torchvision decode_jpeg on the training device, nvJPEG on a GPU)
-    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)  # cifar10: per-channel mean, 0..1 scale
-    std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)  # cifar10: per-channel std, 0..1 scale
+    mean: tuple[float, float, float] = CIFAR10_MEAN  # cifar10: per-channel mean, 0..1 scale
+    std: tuple[float, float, float] = CIFAR10_STD  # cifar10: per-channel std, 0..1 scale
     standardize: bool = False  # imagenet: after the mean image, divide by the training set's per-channel pixel std (stats.safetensors); False: the paper
 
     def __post_init__(self):
@@ -141,10 +143,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def build_config(recipe: dict[str, Any], overrides: list[str] = ()) -> RunConfig:
-    """Recipe values, then overrides, checked against the dataclasses."""
-    flat = _flatten(recipe)
+def build_config(recipe: dict[str, Any], overrides: list[str] = (), data_path: str | os.PathLike | None = None) -> RunConfig:
+    """Recipe values, then ``key=value`` overrides, checked against the dataclasses; ``data_path``
+    (a command's ``--data``) is ``data.path``."""
+    flat = flatten(recipe)
     flat.update(parse_override(o) for o in overrides)
+    if data_path is not None:
+        flat["data.path"] = str(data_path)
     unknown = sorted(k for k in flat if k not in valid_keys())
     if unknown:
         raise UsageError(f"unknown config key {unknown[0]!r}; valid keys: {' '.join(valid_keys())}")
@@ -188,13 +193,15 @@ def _type_ok(expected: str, value: Any) -> bool:
     return checks.get(expected, lambda v: True)(value)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config (a recipe, ``to_dict``'s or a stored config.toml) as ``{"section.key": value}``;
+    tuples become lists, as TOML stores them, so stored and current configs compare equal."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[f"{prefix}{key}"] = value
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
     return flat
 
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 from torch.nn import functional as F
 
 from .checkpoint import unwrap
-from .runtime import all_sum, autocast
+from .runtime import Dist, all_sum, autocast
+
 
 @torch.no_grad()
 def evaluate_views(models, images, labels: torch.Tensor, *, batch_size: int, device: torch.device, crops: int,
-                   inputs: Callable[[torch.Tensor], torch.Tensor], precision: str = "fp32") -> dict:
+                   inputs: Callable[[torch.Tensor], torch.Tensor], precision: str = "fp32", ddp: Dist = Dist()) -> dict:
     """Error rates of the softmax averaged over ``crops`` views of each image and over ``models``.
 
     ``models`` is one network or a list (an ensemble: the mean of their softmaxes). ``images`` are
@@ -28,8 +28,8 @@ def evaluate_views(models, images, labels: torch.Tensor, *, batch_size: int, dev
     Each step takes ``batch_size`` images, so a forward pass sees ``batch_size * crops`` views. The
     loss is the negative log of the averaged probability of the true class; ``top_class_share`` is
     the fraction of examples predicted as the most predicted class (1.0: one class for all). Under
-    torchrun each process takes every world-th example and the counts are summed: every example
-    counts exactly once.
+    torchrun (``ddp``) each process takes every world-th example and the counts are summed: every
+    example counts exactly once.
     """
     models = [models] if isinstance(models, torch.nn.Module) else list(models)
     was_training = [m.training for m in models]
@@ -39,7 +39,7 @@ def evaluate_views(models, images, labels: torch.Tensor, *, batch_size: int, dev
     loss_sum = 0.0
     fc8 = getattr(unwrap(models[0]), "fc8", None)  # the counts' length: the same on every process, even one without examples
     predicted = torch.zeros(fc8.out_features, dtype=torch.float64) if fc8 is not None else None
-    mine = my_share(len(labels))
+    mine = torch.arange(ddp.rank, len(labels), ddp.world)  # every world-th from this rank: no padding
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
         x = inputs(images[idx].to(device, non_blocking=True))
@@ -56,13 +56,6 @@ def evaluate_views(models, images, labels: torch.Tensor, *, batch_size: int, dev
     top1, top5, loss_sum, n = all_sum([top1, top5, loss_sum, len(mine)], device)
     return {"val_top1_err": 1 - top1 / n, "val_top5_err": 1 - top5 / n, "val_loss": loss_sum / n, "examples": int(n),
             "top_class_share": max(predicted) / n}
-
-
-def my_share(n: int) -> torch.Tensor:
-    """The examples this process evaluates: every world-th from its rank, so each counts once, unpadded."""
-    if dist.is_available() and dist.is_initialized():
-        return torch.arange(dist.get_rank(), n, dist.get_world_size())
-    return torch.arange(n)
 
 
 def ensemble_probs(models: Sequence[torch.nn.Module], x: torch.Tensor, n: int, device: torch.device,

@@ -51,6 +51,7 @@ import math
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -58,7 +59,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import UsageError
-from .runtime import log
+from .runtime import log, worker_count
 
 THRESHOLD = 0.25  # the paper's training error rate target
 CHANCE = 0.9  # error of an untrained ten-class net: the curve's point at epoch 0
@@ -74,8 +75,6 @@ SETUPS = {
                "inputs": "per-channel standardisation (x / 255 - mean) / std",
                "lrs": (0.003, 0.01, 0.03, 0.1)},
 }
-MEAN = (0.4914, 0.4822, 0.4465)  # CIFAR-10 per-channel statistics, as config.DataConfig (modern setup)
-STD = (0.2470, 0.2435, 0.2616)
 
 EXAMPLES = """examples:
   alexnet figure1                                   # full CIFAR-10, about 20-28 minutes on 2 CPU cores
@@ -109,21 +108,47 @@ def add_parser(commands) -> None:
     p.add_argument("--limit", type=int, default=0, help="train on a seeded class-balanced subset of N images (0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the init and the batch order (default 0)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: the cores this process may use)")
+    p.set_defaults(run=run)
+
+
+@dataclass(frozen=True)
+class Figure1Config:
+    """The experiment's settings (the command's options; module docstring for what they mean)."""
+
+    setup: str = "paper"  # paper | modern (SETUPS)
+    lrs: tuple[float, ...] = ()  # learning-rate grid for both activations; empty: the setup's
+    epochs_cap: int = 40  # most epochs per activation
+    sweep_epochs: int = 2  # epochs per learning rate in the sweep
+    after: int = 3  # epochs to keep training after reaching 25%
+    minutes: float = 28.0  # wall-clock budget of the whole experiment
+    batch_size: int = 128  # images per SGD step
+    limit: int = 0  # >0: a seeded class-balanced subset of this many training images
+    seed: int = 0  # the init and the batch order
+    threads: int = 0  # CPU threads; 0: the cores this process may use
+    data: str | None = None  # CIFAR-10 location; None: cache, mirror, download
+
+    def __post_init__(self):
+        for name in ("epochs_cap", "sweep_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
+        if self.after < 0 or self.limit < 0 or self.minutes <= 0:
+            raise UsageError("--after and --limit must not be negative and --minutes must be positive")
+        if self.sweep_epochs > self.epochs_cap:
+            raise UsageError(f"--sweep-epochs {self.sweep_epochs} is more than --epochs-cap {self.epochs_cap}; lower it")
+        if self.setup not in SETUPS:
+            raise UsageError(f"--setup must be one of {', '.join(SETUPS)}; got {self.setup!r}")
+
+    @property
+    def grid(self) -> list[float]:
+        return sorted(self.lrs or SETUPS[self.setup]["lrs"])
 
 
 def run(args) -> int:
-    lrs = parse_lrs(args.lrs) if args.lrs is not None else list(SETUPS[args.setup]["lrs"])
-    for name in ("epochs_cap", "sweep_epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}")
-    if args.after < 0 or args.limit < 0 or args.minutes <= 0:
-        raise UsageError("--after and --limit must not be negative and --minutes must be positive")
-    if args.sweep_epochs > args.epochs_cap:
-        raise UsageError(f"--sweep-epochs {args.sweep_epochs} is more than --epochs-cap {args.epochs_cap}; lower it")
-    result = figure1(args.out, setup=args.setup, lrs=lrs, epochs_cap=args.epochs_cap, sweep_epochs=args.sweep_epochs,
-                     after=args.after, minutes=args.minutes, batch_size=args.batch_size, limit=args.limit,
-                     seed=args.seed, threads=args.threads, data=args.data)
-    print(json.dumps(result))
+    config = Figure1Config(setup=args.setup, lrs=tuple(parse_lrs(args.lrs)) if args.lrs is not None else (),
+                           epochs_cap=args.epochs_cap, sweep_epochs=args.sweep_epochs, after=args.after,
+                           minutes=args.minutes, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
+                           threads=args.threads, data=args.data)
+    print(json.dumps(figure1(config, args.out)))
     return 0
 
 
@@ -196,10 +221,11 @@ class Inputs:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         from .data.augment import normalize, subtract_mean_image
+        from .data.pipeline import CIFAR10_MEAN, CIFAR10_STD
 
         if self.setup == "paper":
             return subtract_mean_image(images, self.mean_image, channels_last=True)
-        return normalize(images, MEAN, STD, channels_last=True)
+        return normalize(images, CIFAR10_MEAN, CIFAR10_STD, channels_last=True)
 
 
 class Run:
@@ -279,62 +305,69 @@ def train_on(run_: Run, images, labels, batch_size: int, cap: int, after: int, d
             f"loss {run_.losses[-1]:.4f}  {run_.seconds[-1]:.1f}s")
 
 
-def figure1(out: Path, setup: str = "paper", lrs=None, epochs_cap: int = 40, sweep_epochs: int = 2, after: int = 3,
-            minutes: float = 28.0, batch_size: int = 128, limit: int = 0, seed: int = 0, threads: int = 0,
-            data: str | None = None) -> dict:
+def figure1(config: Figure1Config, out: Path) -> dict:
     """Run the experiment into ``out``; return the summary (the JSON line)."""
     from .data.cifar import load_cifar10
 
-    started, deadline = time.monotonic(), time.monotonic() + minutes * 60
-    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    c = config
+    started, deadline = time.monotonic(), time.monotonic() + c.minutes * 60
+    threads = c.threads or worker_count()
     torch.set_num_threads(threads)
-    train, _ = load_cifar10(data, limit=limit or None, seed=seed)
-    lrs = sorted(lrs or SETUPS[setup]["lrs"])
-    inputs = Inputs(setup, train.images)
-    if len(train) < batch_size:
-        raise UsageError(f"--batch-size {batch_size} is larger than the {len(train)} training images; raise --limit")
+    train, _ = load_cifar10(c.data, limit=c.limit or None, seed=c.seed)
+    lrs = c.grid
+    inputs = Inputs(c.setup, train.images)
+    if len(train) < c.batch_size:
+        raise UsageError(f"--batch-size {c.batch_size} is larger than the {len(train)} training images; raise --limit")
     log(f"figure1: {len(train)} training images, {threads} threads, learning rates {lrs}, "
-        f"{sweep_epochs} sweep epoch(s) each, cap {epochs_cap} epochs, budget {minutes:g} min")
+        f"{c.sweep_epochs} sweep epoch(s) each, cap {c.epochs_cap} epochs, budget {c.minutes:g} min")
     curves, sweeps = {}, {}
     for activation in ACTIVATIONS:
-        best, sweeps[activation] = sweep(activation, list(lrs), sweep_epochs, train.images, train.labels,
-                                         batch_size, seed, inputs, log)
+        best, sweeps[activation] = sweep(activation, list(lrs), c.sweep_epochs, train.images, train.labels,
+                                         c.batch_size, c.seed, inputs, log)
         log(f"figure1: {activation}: learning rate {best.lr:g} chosen")
-        stopped = train_on(best, train.images, train.labels, batch_size, epochs_cap, after, deadline, log)
+        stopped = train_on(best, train.images, train.labels, c.batch_size, c.epochs_cap, c.after, deadline, log)
         to25, reached = epochs_to_threshold(best.errors)
         curves[activation] = {**best.record(), "stopped": stopped, "epochs_to_25pct": round(to25, 3),
                               "reached_25pct": reached, "lr_at_grid_edge": best.lr in (min(lrs), max(lrs))}
-    ratio = ratio_of((curves["relu"]["epochs_to_25pct"], curves["relu"]["reached_25pct"]),
-                     (curves["tanh"]["epochs_to_25pct"], curves["tanh"]["reached_25pct"]))
     out.mkdir(parents=True, exist_ok=True)
     png, js = out / "figure1.png", out / "figure1.json"
-    plot(curves, png, setup)
+    plot(curves, png, c.setup)
     wall = time.monotonic() - started
-    summary = {"relu_epochs_to_25pct": curves["relu"]["epochs_to_25pct"],
-               "tanh_epochs_to_25pct": curves["tanh"]["epochs_to_25pct"],
-               "ratio": None if ratio is None else round(ratio, 2),
-               "relu_lower_bound": not curves["relu"]["reached_25pct"],
-               "tanh_lower_bound": not curves["tanh"]["reached_25pct"],
-               "epochs_to_25pct": "fractional, linear interpolation between epoch points",
-               "relu_lr": curves["relu"]["lr"], "tanh_lr": curves["tanh"]["lr"], "setup": setup,
-               "minutes": round(wall / 60, 2), "png": str(png), "json": str(js)}
-    described = {"net": "conv1 32@5x5 -> act -> maxpool 3/2 -> conv2 32@5x5 -> act -> maxpool 3/2 -> conv3 64@5x5 "
-                        "-> act -> maxpool 3/2 -> fc4 10 (89,578 parameters)",
-                 "setup": setup, "init": SETUPS[setup]["init"] + "; identical initial weights for both activations",
-                 "inputs": SETUPS[setup]["inputs"],
-                 "optimizer": "SGD momentum 0.9, no weight decay, fixed learning rate",
-                 "regularisation": "none (no dropout, no weight decay, no augmentation, no LRN)",
-                 "batch_size": batch_size, "threshold": THRESHOLD,
-                 "train_images": len(train), "limit": limit, "seed": seed, "lr_grid": list(lrs),
-                 "sweep_epochs": sweep_epochs, "sweep_rule": "lowest training error over the last sweep epoch",
-                 "epochs_cap": epochs_cap, "after": after, "minutes_budget": minutes,
-                 "train_error": "misclassified fraction over the epoch's training batches, at x = epochs done",
-                 "interpolation": f"linear between epoch points, epoch 0 taken as {CHANCE} (chance)"}
+    summary = _summary(curves, c.setup, wall, png, js)
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                "threads": threads, "torch_version": torch.__version__}
-    js.write_text(json.dumps({"summary": summary, "setup": described, "sweep": sweeps, "curves": curves,
-                              "machine": machine, "wall_seconds": round(wall, 1)}, indent=2) + "\n")
+    js.write_text(json.dumps({"summary": summary, "setup": _described(c, len(train)), "sweep": sweeps,
+                              "curves": curves, "machine": machine, "wall_seconds": round(wall, 1)},
+                             indent=2) + "\n")
     return summary
+
+
+def _summary(curves: dict, setup: str, wall: float, png: Path, js: Path) -> dict:
+    """The command's JSON line: epochs to 25% for each activation and their ratio."""
+    relu, tanh = curves["relu"], curves["tanh"]
+    ratio = ratio_of((relu["epochs_to_25pct"], relu["reached_25pct"]), (tanh["epochs_to_25pct"], tanh["reached_25pct"]))
+    return {"relu_epochs_to_25pct": relu["epochs_to_25pct"], "tanh_epochs_to_25pct": tanh["epochs_to_25pct"],
+            "ratio": None if ratio is None else round(ratio, 2), "relu_lower_bound": not relu["reached_25pct"],
+            "tanh_lower_bound": not tanh["reached_25pct"],
+            "epochs_to_25pct": "fractional, linear interpolation between epoch points",
+            "relu_lr": relu["lr"], "tanh_lr": tanh["lr"], "setup": setup,
+            "minutes": round(wall / 60, 2), "png": str(png), "json": str(js)}
+
+
+def _described(c: Figure1Config, train_images: int) -> dict:
+    """What was run, for figure1.json."""
+    return {"net": "conv1 32@5x5 -> act -> maxpool 3/2 -> conv2 32@5x5 -> act -> maxpool 3/2 -> conv3 64@5x5 "
+                   "-> act -> maxpool 3/2 -> fc4 10 (89,578 parameters)",
+            "setup": c.setup, "init": SETUPS[c.setup]["init"] + "; identical initial weights for both activations",
+            "inputs": SETUPS[c.setup]["inputs"],
+            "optimizer": "SGD momentum 0.9, no weight decay, fixed learning rate",
+            "regularisation": "none (no dropout, no weight decay, no augmentation, no LRN)",
+            "batch_size": c.batch_size, "threshold": THRESHOLD,
+            "train_images": train_images, "limit": c.limit, "seed": c.seed, "lr_grid": c.grid,
+            "sweep_epochs": c.sweep_epochs, "sweep_rule": "lowest training error over the last sweep epoch",
+            "epochs_cap": c.epochs_cap, "after": c.after, "minutes_budget": c.minutes,
+            "train_error": "misclassified fraction over the epoch's training batches, at x = epochs done",
+            "interpolation": f"linear between epoch points, epoch 0 taken as {CHANCE} (chance)"}
 
 
 def plot(curves: dict, path: Path, setup: str = "paper") -> None:

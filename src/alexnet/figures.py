@@ -64,6 +64,7 @@ def add_parser(commands) -> None:
     p.add_argument("--device", default="auto", help="auto (default: the GPU if there is one), cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="output folder (default: RUN_DIR/figures beside the checkpoints)")
+    p.set_defaults(run=run)
 
 
 @dataclass
@@ -106,37 +107,33 @@ class FolderImages:
 
     def load(self, path: Path) -> torch.Tensor:
         """The centre square resized to the stored size, as ``alexnet prepare`` makes the dataset."""
-        from .data.decode import BadImage, decode_rgb
-        from .data.imagenet import resize_center_crop
+        from .data.decode import BadImage, decode_stored
 
         try:
-            image = decode_rgb(path.read_bytes())
+            return decode_stored(path.read_bytes(), self.size).contiguous()
         except BadImage as err:
             raise UsageError(f"{path}: {err}; remove it from the folder or convert it to JPEG or PNG") from None
-        return resize_center_crop(image, self.size).contiguous()
 
 
 def run(args) -> int:
-    from .checkpoint import check_classes, eval_pipeline
+    from .run import load_run
     from .runtime import log, pick_device
 
     check_args(args)
     device = pick_device(args.device)
-    model, config, ckpt = load_network(args.checkpoint, args.data, device)
-    data = load_data(config, ckpt, needed=args.images is None or args.gallery is None)
-    if data is not None:
-        check_classes(ckpt, args.checkpoint, data)
-    names, keys = class_names(ckpt, data)
-    if model.config.num_classes != len(names):
-        raise UsageError(f"checkpoint {args.checkpoint} has {model.config.num_classes} classes but its dataset has "
-                         f"{len(names)}; pass --data with the dataset it was trained on")
-    pipeline = eval_pipeline(ckpt, config, data).to(device)  # exactly evaluation's input
-    network = Network(model, pipeline, device, config.data.eval_batch_size)
+    loaded = load_run(args.checkpoint, data_path=args.data)
+    data = load_data(loaded, needed=args.images is None or args.gallery is None)
+    pipeline = loaded.pipeline_for(data) if data is not None else loaded.pipeline  # exactly evaluation's input
+    names, keys = class_names(loaded.classes or data.class_list())
+    if loaded.config.model.num_classes != len(names):
+        raise UsageError(f"checkpoint {args.checkpoint} has {loaded.config.model.num_classes} classes but its dataset "
+                         f"has {len(names)}; pass --data with the dataset it was trained on")
+    network = Network(loaded.model.to(device), pipeline.to(device), device, loaded.config.data.eval_batch_size)
     stored = pipeline.stored_size
     queries = (folder_set(args.images, QUERIES, stored, keys) if args.images
                else split_set(data.val_images, data.val_labels, one_per_class(data.val_labels, QUERIES), "val"))
     gallery = (folder_set(args.gallery, args.gallery_limit, stored, keys) if args.gallery
-               else train_gallery(data, args.gallery_limit, config.seed))
+               else train_gallery(data, args.gallery_limit, loaded.config.seed))
     log(f"figures: {len(queries)} images, fc7 features of {len(gallery)} gallery images on {device}")
     out = args.out or default_out(args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,36 +150,18 @@ def check_args(args) -> None:
             raise UsageError(f"{flag} {folder}: not a folder; pass a folder of image files (.jpg, .png, ...)")
 
 
-def load_network(path: Path, data_path: str | None, device: torch.device):
-    """The checkpoint's network in eval mode (no dropout), its resolved run config and the checkpoint."""
-    from .checkpoint import load_checkpoint, load_weights
-    from .config import build_config
-    from .model import AlexNet
-
-    ckpt = load_checkpoint(path)
-    config = build_config(ckpt.get("config", {}), [f"data.path={json.dumps(data_path)}"] if data_path else [])
-    model = AlexNet(config.model)
-    load_weights(model, ckpt, path)
-    return model.to(device).eval(), config, ckpt
-
-
-def load_data(config, ckpt: dict, needed: bool):
-    """The run's dataset, or None when both image sets are folders and the checkpoint (or, for
-    CIFAR-10, the config) gives the classes and the pipeline; older ImageNet checkpoints need the
-    data for its mean image."""
-    from .checkpoint import checkpoint_classes
+def load_data(loaded, needed: bool):
+    """The run's dataset, or None when both image sets are folders and the checkpoint gives the
+    classes and the pipeline (older ImageNet checkpoints need the data for its mean image)."""
     from .data.datasets import load_dataset
 
-    known = checkpoint_classes(ckpt) is not None and ("pipeline" in ckpt or config.data.dataset == "cifar10")
-    return None if known and not needed else load_dataset(config.data, config.seed)
+    known = loaded.classes is not None and loaded.pipeline is not None
+    return None if known and not needed else load_dataset(loaded.config.data, loaded.config.seed)
 
 
-def class_names(ckpt: dict, data) -> tuple[list[str], list[tuple[str, ...]]]:
+def class_names(classes: list[dict]) -> tuple[list[str], list[tuple[str, ...]]]:
     """Display names (the first of a name's comma-separated words: "tench, Tinca tinca" -> "tench"),
     and the names a file or folder may use for each class (that name, and the wnid or folder)."""
-    from .checkpoint import checkpoint_classes
-
-    classes = checkpoint_classes(ckpt) or data.class_list()
     names = [c["name"].split(",")[0].strip() or c["wnid"] for c in classes]
     return names, [tuple(dict.fromkeys((name, c["wnid"]))) for name, c in zip(names, classes)]
 
@@ -206,7 +185,7 @@ def split_set(images, labels: torch.Tensor, indices: torch.Tensor, split: str) -
 
 def train_gallery(data, limit: int, seed: int) -> ImageSet:
     """A seeded class-balanced subset of the training split, in index order."""
-    from .data.datasets import balanced_indices
+    from .data.subset import balanced_indices
 
     picked = balanced_indices(data.train_labels, len(data.classes), limit, seed).sort().values
     return split_set(data.train_images, data.train_labels, picked, "train")

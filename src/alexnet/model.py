@@ -56,6 +56,8 @@ class ModelConfig:
     one_gpu: bool = False  # section 3.2's comparison net: no towers, half the kernels in conv1-conv4, conv5 and fc full
     input_size: int = 224  # 224 or 227 for paper/torchvision, 32 for cifar
     init: str = "paper"  # paper: N(0, 0.01), bias 1 in conv2/4/5, fc6/7 | kaiming: He init (fast CIFAR runs)
+    lrn_k: float = 2.0  # LRN's k (section 3.3: 2); BVLC's Caffe bvlc_alexnet uses 1 (alexnet import caffe)
+    conv1_padding: int = -1  # -1: the variant's (paper 2, so 224 gives 55x55); Caffe's deploy net: 0 at 227
 
     def __post_init__(self):
         _check_choice("variant", self.variant, VARIANTS)
@@ -67,6 +69,8 @@ class ModelConfig:
             raise ValueError("model.one_gpu is the one-tower comparison net: set model.towers=false with it")
         if self.num_classes < 0 or self.width <= 0:
             raise ValueError("model.num_classes must be >= 1 (or 0: from the data) and model.width > 0")
+        if self.lrn_k <= 0 or self.conv1_padding < -1:
+            raise ValueError("model.lrn_k must be > 0 and model.conv1_padding >= 0 (or -1: the variant's)")
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -119,14 +123,15 @@ class AlexNet(nn.Module):
             c1, c2, c3, c4 = (_scaled(c, config.width / 2, 2) for c in layout.channels[:4])
         hidden = _scaled(layout.hidden, config.width, 1)
         k1, s1, p1 = layout.conv1
+        p1 = p1 if config.conv1_padding < 0 else config.conv1_padding
         self.conv1 = nn.Conv2d(3, c1, k1, stride=s1, padding=p1)
         self.conv2 = nn.Conv2d(c1, c2, layout.conv2_kernel, padding=layout.conv2_kernel // 2, groups=towers)
         self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)  # crosses the towers
         self.conv4 = nn.Conv2d(c3, c4, 3, padding=1, groups=towers)
         self.conv5 = nn.Conv2d(c4, c5, 3, padding=1, groups=towers)
         use_lrn = config.lrn and config.variant != "torchvision"
-        self.lrn1 = LocalResponseNorm() if use_lrn else nn.Identity()
-        self.lrn2 = LocalResponseNorm() if use_lrn else nn.Identity()
+        self.lrn1 = LocalResponseNorm(k=config.lrn_k) if use_lrn else nn.Identity()
+        self.lrn2 = LocalResponseNorm(k=config.lrn_k) if use_lrn else nn.Identity()
         # Overlapping pooling (section 3.4): z=3, s=2. The ablation uses z=s=2, which gives
         # the same map sizes here (55 -> 27 -> 13 -> 6), so the fc6 shape is unchanged.
         size = 3 if config.overlap_pool else 2

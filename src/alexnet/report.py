@@ -49,6 +49,7 @@ def add_parser(commands) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by `alexnet train --out`")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="folder for report.html, report.md and report_curves.png (default RUN_DIR)")
+    p.set_defaults(run=run)
 
 
 @dataclass

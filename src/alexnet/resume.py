@@ -20,10 +20,8 @@ permission) leaves the previous ``last.pt`` in place and stops the run with one 
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import torch.distributed as dist
 
 from .checkpoint import save_checkpoint
 from .errors import UsageError
+from .files import atomic_link
 
 STEP_FILE = re.compile(r"step-(\d+)\.pt")
 
@@ -111,9 +110,9 @@ class Checkpoints:
         path = self.folder / f"step-{step:09d}.pt"
         try:
             save_checkpoint(path, model, config, **state)
-            _link(path, self.last)
+            atomic_link(path, self.last)
             if best:
-                _link(path, self.folder / "best.pt")
+                atomic_link(path, self.folder / "best.pt")
         except OSError as err:
             kept = f"the previous checkpoint {self.last} is kept" if self.last.exists() else "no checkpoint exists yet"
             raise UsageError(f"could not write checkpoint {path} ({err.strerror or err}); {kept}: free disk space "
@@ -125,16 +124,3 @@ class Checkpoints:
         steps = sorted(p for p in self.folder.iterdir() if STEP_FILE.fullmatch(p.name))
         for old in steps[:-self.keep]:
             old.unlink(missing_ok=True)  # last.pt / best.pt are links of their own: they stay
-
-
-def _link(src: Path, dst: Path) -> None:
-    """Make ``dst`` the same file as ``src`` atomically: a hard link, or a copy where links fail."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:  # a file system without hard links
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, dst)

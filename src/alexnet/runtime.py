@@ -26,10 +26,16 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # processes of this job on this machine (they share its cores)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def log(self, message: str) -> None:
+        """Human progress on stderr, from rank 0 only (the others would repeat it)."""
+        if self.main:
+            log(message)
 
 
 def init_distributed(device_name: str) -> Dist:
@@ -37,15 +43,16 @@ def init_distributed(device_name: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        return Dist(dist.get_rank(), dist.get_world_size(), local_rank, local_world)
+    rank = int(os.environ["RANK"])
     on_gpu = device_name != "cpu" and torch.cuda.is_available()
     if on_gpu:
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if on_gpu else "gloo", store=_attempt_store(rank, world), rank=rank,
                             world_size=world)
-    return Dist(rank, world, local_rank)
+    return Dist(rank, world, local_rank, local_world)
 
 
 def _attempt_store(rank: int, world: int) -> dist.Store:
@@ -122,6 +129,24 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on: its affinity mask (a container's or Slurm's share), else
+    every core of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def worker_count(requested: int | None = None, processes: int = 1, cap: int | None = None) -> int:
+    """How many worker processes (or threads) to use: ``requested`` when it is given (>= 0), else the
+    usable cores shared among ``processes`` processes of this job on the machine, at most ``cap``,
+    at least 1. The one rule for decode workers, prepare workers and figure1's threads."""
+    if requested is not None and requested >= 0:
+        return requested
+    count = max(1, usable_cpus() // max(1, processes))
+    return min(count, cap) if cap else count
+
+
 def git_commit() -> str:
     """The commit of the source tree this package runs from, or "unknown"."""
     try:
@@ -138,6 +163,6 @@ def device_name(device: torch.device) -> str:
 
 
 def log(message: str) -> None:
-    """Human progress goes to stderr (from rank 0 only under torchrun); stdout is kept for JSON results."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(message, file=sys.stderr, flush=True)
+    """Human progress goes to stderr; stdout is kept for JSON results. Under torchrun use
+    ``Dist.log``, which only rank 0 prints."""
+    print(message, file=sys.stderr, flush=True)

@@ -7,7 +7,8 @@ stop at the same step, so the processes agree on it (``agreed``) at fixed steps.
 
 ``ALEXNET_FAULT_AT_STEP=N[:RANK]`` kills this process with SIGKILL right after step N (and
 after any checkpoint of that step) in the first attempt of a run (torchrun's restart count 0):
-the tests use it for a real ``kill -9`` at a known place.
+the tests use it for a real ``kill -9`` at a known place. The variable is read once, when the
+run starts (``fault_step``).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import threading
 import torch
 import torch.distributed as dist
 
-from .runtime import log
+from .runtime import Dist
 
 
 class StopRequest:
     """Context manager: while active, SIGTERM and SIGINT set ``signal`` instead of killing."""
 
-    def __init__(self):
+    def __init__(self, ddp: Dist = Dist()):
+        self.ddp = ddp
         self.signal: str | None = None
         self._previous: dict[int, object] = {}
 
@@ -43,8 +45,8 @@ class StopRequest:
         if self.signal == "SIGINT" and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         self.signal = signal.Signals(signum).name
-        log(f"{self.signal} received: finishing this step, writing a checkpoint, then exiting "
-            "(Ctrl-C again to interrupt at once)")
+        self.ddp.log(f"{self.signal} received: finishing this step, writing a checkpoint, then exiting "
+                     "(Ctrl-C again to interrupt at once)")
 
 
 def agreed(stop: bool, first_bad_step: int, world: int, device: torch.device) -> tuple[bool, int]:
@@ -58,11 +60,16 @@ def agreed(stop: bool, first_bad_step: int, world: int, device: torch.device) ->
     return bool(t[0] < 0), int(t[1]) if t[1] < big else 0
 
 
-def fault_injection(step: int, rank: int) -> None:
-    """SIGKILL this process after ``step`` if ``ALEXNET_FAULT_AT_STEP`` asks for it (see above)."""
+def fault_step(rank: int) -> int | None:
+    """The step after which ``ALEXNET_FAULT_AT_STEP`` asks to kill this process (see above), or None."""
     spec = os.environ.get("ALEXNET_FAULT_AT_STEP")
     if not spec or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-        return
+        return None
     at, _, who = spec.partition(":")
-    if int(at) == step and (not who or int(who) == rank):
+    return int(at) if not who or int(who) == rank else None
+
+
+def fault_injection(step: int, at: int | None) -> None:
+    """SIGKILL this process if ``step`` is the step ``fault_step`` named."""
+    if step == at:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -29,20 +29,29 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from . import config as cfgmod
-from .checkpoint import check_classes, load_checkpoint, load_weights
 from .data.datasets import batches, load_dataset
 from .data.pipeline import Pipeline, pipeline_for
 from .errors import UsageError
 from .evaluate import evaluate_views
 from .model import AlexNet, count_parameters
 from .resume import Checkpoints, Progress, gather, rng_state, set_rng_state
+from .run import LoadedRun
 from .runtime import (Dist, all_sum, autocast, device_name, git_commit, init_distributed, log, main_first,
                       pick_device, seed_everything, set_threads, shutdown_distributed)
 from .schedule import Schedule
 from .stall import stall_warning
-from .stop import StopRequest, agreed, fault_injection
+from .stop import StopRequest, agreed, fault_injection, fault_step
 
 CHECK_EVERY = 10  # steps between checks of the loss (a host sync) and, under torchrun, of stop requests
+BAR_EVERY = 10  # steps between progress-bar updates (each reads the loss: a host sync)
+# An epoch's seeded streams (``_epoch_state``): the order and rank 0's augmentations of epoch e of seed
+# s come from seed s * EPOCH_SEED_STRIDE + e; process r > 0 draws its augmentations from that plus
+# RANK_SEED_STRIDE * r; a run resumed inside an epoch on another number of processes (whose saved
+# generators do not fit) draws new ones from that plus RESUMED_STEP_STRIDE * step. The strides are
+# primes, so no two of these seeds meet for realistic seeds, epochs, ranks and steps.
+EPOCH_SEED_STRIDE = 100_003
+RANK_SEED_STRIDE = 7_919
+RESUMED_STEP_STRIDE = 104_729
 
 
 @dataclass
@@ -61,6 +70,7 @@ class Run:
     progress: Progress
     checkpoints: Checkpoints
     stop: StopRequest
+    fault_at: int | None = None  # ALEXNET_FAULT_AT_STEP for this process (stop.py), read once
     pipeline: Pipeline | None = None  # the training and evaluation input pipeline, statistics on the device
     classes: list | None = None  # [{"index", "wnid", "name"}] of the training data, for checkpoints
     resumed: dict | None = None  # inside-epoch state from the checkpoint, for the epoch under way
@@ -68,21 +78,22 @@ class Run:
     stopped: str | None = None  # the signal that ended the run early (on any process)
 
 
-def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
-    """Run (or continue) training into the run folder ``out``; returns the summary."""
+def train(config: cfgmod.RunConfig, out: Path, resume: LoadedRun | None = None) -> dict:
+    """Run training into the run folder ``out``, or continue the run whose last checkpoint ``resume``
+    holds (``run.load_run(out / "checkpoints/last.pt")``); returns the summary."""
     set_threads(config.train.threads)
     seed_everything(config.seed)
     ddp = init_distributed(config.train.device)
     device = pick_device(config.train.device, ddp.local_rank)
-    with StopRequest() as stop:  # from here on SIGTERM/SIGINT end the run with a checkpoint
+    with StopRequest(ddp) as stop:  # from here on SIGTERM/SIGINT end the run with a checkpoint
         with main_first(ddp):  # one process fills the CIFAR-10 cache or prepares an ImageFolder
-            data = load_dataset(config.data, config.seed, ddp.main)
+            data = load_dataset(config.data, config.seed, ddp)
         config = classes_from_data(config, data)
         run = _start(config, out, resume, ddp, device, data, stop)
         train_images = data.train_images  # uint8 tensor (CIFAR-10, moved to the device once) or shards
         if isinstance(train_images, torch.Tensor):
             train_images = train_images.to(device)
-        log(f"training {config.recipe}: {len(data.train_labels)} images, "
+        ddp.log(f"training {config.recipe}: {len(data.train_labels)} images, "
             f"{len(data.train_labels) // config.data.batch_size} steps/epoch, {config.optim.epochs} epochs on "
             f"{device_name(device)}")
         while run.progress.epoch < config.optim.epochs and not _stop_agreed(run):
@@ -95,25 +106,25 @@ def train(config: cfgmod.RunConfig, out: Path, resume: bool = False) -> dict:
         run.writer.close()
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if run.stopped:
-            log(f"stopped by {run.stopped} at step {run.progress.step}; continue with: alexnet train --out {out} --resume")
+            ddp.log(f"stopped by {run.stopped} at step {run.progress.step}; continue with: alexnet train --out {out} --resume")
     shutdown_distributed()
     return summary
 
 
-def _start(config, out: Path, resume: bool, ddp: Dist, device, data, stop: StopRequest) -> Run:
-    """Build the model, optimiser and schedule, and restore them from ``last.pt`` when resuming."""
-    model = AlexNet(config.model).to(device)
+def _start(config, out: Path, resume: LoadedRun | None, ddp: Dist, device, data, stop: StopRequest) -> Run:
+    """Build the model, optimiser and schedule, and restore them from ``resume`` when continuing."""
+    model = (resume.model if resume is not None else AlexNet(config.model)).to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = _steps_per_epoch(len(data.train_labels), config.data.batch_size, ddp.world)
     optimizer = make_optimizer(model, config.optim)
-    ckpt_dir = _prepare_run_dir(out, config, resume, ddp.main)
+    ckpt_dir = _prepare_run_dir(out, config, resume is not None, ddp.main)
     run = Run(config, out, device, ddp, model, _wrap(model, ddp, device), optimizer,
               Schedule(config.optim, steps_per_epoch),
               torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16"), Progress(),
-              Checkpoints(ckpt_dir, config.train.keep_checkpoints), stop)
-    if resume:
-        _restore(run, ckpt_dir / "last.pt", data)
+              Checkpoints(ckpt_dir, config.train.keep_checkpoints), stop, fault_step(ddp.rank))
+    if resume is not None:
+        _restore(run, resume, data)
         if ddp.main:
             run.checkpoints.sweep()
             _trim_metrics(out, run.progress.epoch)
@@ -153,12 +164,12 @@ def _wrap(model: torch.nn.Module, ddp: Dist, device: torch.device) -> torch.nn.M
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def validate(model, data, config: cfgmod.RunConfig, pipeline: Pipeline, device: torch.device) -> dict:
+def validate(run: Run, data) -> dict:
     """The per-epoch validation pass: the whole image (CIFAR) or the centre crop (ImageNet), mirrored too if eval_flip."""
-    crops = 2 if config.train.eval_flip else 1
-    return evaluate_views([model], data.val_images, data.val_labels, batch_size=config.data.eval_batch_size,
-                          device=device, crops=crops, inputs=lambda x: pipeline.evaluate(x, crops),
-                          precision=config.train.precision)
+    config, crops = run.config, 2 if run.config.train.eval_flip else 1
+    return evaluate_views([run.model], data.val_images, data.val_labels, batch_size=config.data.eval_batch_size,
+                          device=run.device, crops=crops, inputs=lambda x: run.pipeline.evaluate(x, crops),
+                          precision=config.train.precision, ddp=run.ddp)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: cfgmod.OptimConfig) -> torch.optim.SGD:
@@ -170,6 +181,20 @@ def make_optimizer(model: torch.nn.Module, cfg: cfgmod.OptimConfig) -> torch.opt
                            nesterov=cfg.nesterov, foreach=True)
 
 
+@dataclass
+class Epoch:
+    """The epoch under way: its order and augmentation generator, running sums and clock."""
+
+    steps: int  # full global batches in the epoch
+    order: torch.Tensor  # the epoch's sample order (the same on every process)
+    generator: torch.Generator  # this process's crops, flips and lighting
+    sums: torch.Tensor  # EPOCH_SUMS, on the device: adding to them needs no host sync
+    end_from: int  # the first of the steps that train_loss_end averages
+    first_bad: torch.Tensor  # the first step whose loss was not finite (0: none so far), on the device
+    clock: float  # perf_counter when the epoch's time was last added to progress.epoch_seconds
+    done_before: int  # steps done before this call (a resumed epoch), for the bar's rate
+
+
 def train_epoch(run: Run, images, labels: torch.Tensor) -> dict | None:
     """One pass over a seeded permutation of the training set (or the rest of it, when resumed
     inside the epoch); updates ``run.progress``. Returns the epoch's metrics, or None when a
@@ -178,52 +203,99 @@ def train_epoch(run: Run, images, labels: torch.Tensor) -> dict | None:
     Every process draws the same order and takes its share of each global batch; rank 0 keeps
     drawing augmentations from the same stream, other ranks from their own.
     """
-    config, device, p = run.config, run.device, run.progress
-    batch = config.data.batch_size
-    steps = len(labels) // batch  # drop the ragged last batch: every step sees `batch` images
-    order, generator, saved = _epoch_state(run, len(labels))
-    run.model.train()
-    sums = torch.tensor(saved, dtype=torch.float32, device=device)  # EPOCH_SUMS, on the device: no host sync
-    end_from = steps - _end_steps(steps)
-    first_bad = torch.zeros((), dtype=torch.int64, device=device)  # first step with a non-finite loss
-    bar = tqdm(total=steps, initial=p.epoch_step, desc=f"epoch {p.epoch + 1}/{config.optim.epochs}", file=sys.stderr,
-               disable=not (config.train.progress and run.ddp.main), unit="step", leave=False, dynamic_ncols=True)
-    every, started, done_before = config.train.checkpoint_every_steps, time.perf_counter(), p.epoch_step
-    for x, y in batches(images, labels, order, batch, device, workers=config.data.workers, rank=run.ddp.rank,
-                        world=run.ddp.world, start=p.epoch_step, decode=config.data.decode):
-        x = run.pipeline.train(x, generator)
-        for group in run.optimizer.param_groups:
-            group["lr"] = run.schedule.lr(p.step)
-        loss, logits, taken = train_step(run, x, y)
-        if taken:
-            sums += _step_sums(loss.detach(), logits.detach(), y, p.epoch_step >= end_from,
-                               config.optim.label_smoothing)
-        p.step += 1
-        p.epoch_step += 1
-        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), p.step, first_bad)
-        due = every > 0 and p.step % every == 0 and p.epoch_step < steps  # the last step saves at epoch end
-        stopping = False
-        if due or p.epoch_step % CHECK_EVERY == 0 or p.epoch_step == steps or (run.ddp.world == 1 and run.stop.signal):
-            stopping = _guard(run, first_bad)
-        if due or stopping:
-            p.epoch_seconds += time.perf_counter() - started
-            started = time.perf_counter()
-            _save(run, best=False, order=order, generator=generator, sums=sums.tolist())
-        if p.epoch_step < steps:  # the epoch's last step: after its checkpoint, in _end_epoch
-            fault_injection(p.step, run.ddp.rank)
-        if not bar.disable and (p.epoch_step % 10 == 0 or p.epoch_step == steps):
-            _update_bar(bar, p.epoch_step - done_before, sums[0], batch, p.epoch_seconds + time.perf_counter() - started,
-                        p, config, steps)
+    epoch = _begin_epoch(run, len(labels))
+    bar = _progress_bar(run, epoch.steps)
+    for x, y in batches(images, labels, epoch.order, run.config.data.batch_size, run.device,
+                        workers=run.config.data.workers, ddp=run.ddp, start=run.progress.epoch_step,
+                        decode=run.config.data.decode):
+        _step(run, epoch, x, y)
+        stopping = _checkpoint_or_stop(run, epoch)
+        _show_progress(bar, run, epoch)
         if stopping:
             bar.close()
             return None
     bar.close()
-    p.epoch_seconds += time.perf_counter() - started
-    seconds, p.epoch_seconds = p.epoch_seconds, 0.0
+    return _epoch_metrics(run, epoch)
+
+
+def _begin_epoch(run: Run, n: int) -> Epoch:
+    """The epoch's state (fresh, or where a resumed checkpoint left it); the model in training mode."""
+    steps = n // run.config.data.batch_size  # drop the ragged last batch: every step sees `batch` images
+    order, generator, saved = _epoch_state(run, n)
+    run.model.train()
+    device = run.device
+    return Epoch(steps, order, generator, torch.tensor(saved, dtype=torch.float32, device=device),
+                 steps - _end_steps(steps), torch.zeros((), dtype=torch.int64, device=device),
+                 time.perf_counter(), run.progress.epoch_step)
+
+
+def _step(run: Run, epoch: Epoch, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One training step on a uint8 batch: augment, set the learning rate, train, add to the sums."""
+    p = run.progress
+    x = run.pipeline.train(x, epoch.generator)
+    for group in run.optimizer.param_groups:
+        group["lr"] = run.schedule.lr(p.step)
+    loss, logits, taken = train_step(run, x, y)
+    if taken:
+        epoch.sums += _step_sums(loss.detach(), logits.detach(), y, p.epoch_step >= epoch.end_from,
+                                 run.config.optim.label_smoothing)
+    p.step += 1
+    p.epoch_step += 1
+    epoch.first_bad = torch.where((epoch.first_bad == 0) & ~torch.isfinite(loss.detach()), p.step, epoch.first_bad)
+
+
+def _checkpoint_or_stop(run: Run, epoch: Epoch) -> bool:
+    """After a step: check the loss and stop requests every CHECK_EVERY steps, write a checkpoint every
+    ``train.checkpoint_every_steps`` steps or when stopping; returns whether the run stops here."""
+    p, every = run.progress, run.config.train.checkpoint_every_steps
+    due = every > 0 and p.step % every == 0 and p.epoch_step < epoch.steps  # the last step saves at epoch end
+    check = p.epoch_step % CHECK_EVERY == 0 or p.epoch_step == epoch.steps or (run.ddp.world == 1 and run.stop.signal)
+    stopping = _guard(run, epoch.first_bad) if due or check else False
+    if due or stopping:
+        _clock_epoch(run, epoch)
+        _save(run, best=False, order=epoch.order, generator=epoch.generator, sums=epoch.sums.tolist())
+    if p.epoch_step < epoch.steps:  # the epoch's last step: after its checkpoint, in _end_epoch
+        fault_injection(p.step, run.fault_at)
+    return stopping
+
+
+def _clock_epoch(run: Run, epoch: Epoch) -> float:
+    """Add the time since the epoch's clock was last read to ``progress.epoch_seconds``; return that total."""
+    now = time.perf_counter()
+    run.progress.epoch_seconds += now - epoch.clock
+    epoch.clock = now
+    return run.progress.epoch_seconds
+
+
+def _progress_bar(run: Run, steps: int) -> tqdm:
+    p, config = run.progress, run.config
+    return tqdm(total=steps, initial=p.epoch_step, desc=f"epoch {p.epoch + 1}/{config.optim.epochs}", file=sys.stderr,
+                disable=not (config.train.progress and run.ddp.main), unit="step", leave=False, dynamic_ncols=True)
+
+
+def _show_progress(bar: tqdm, run: Run, epoch: Epoch) -> None:
+    """Every BAR_EVERY steps and at the epoch's end: the loss so far, images/s and the run's ETA."""
+    p, config = run.progress, run.config
+    if bar.disable or not (p.epoch_step % BAR_EVERY == 0 or p.epoch_step == epoch.steps):
+        return
+    batch = config.data.batch_size
+    seconds = p.epoch_seconds + time.perf_counter() - epoch.clock
+    rate = (p.epoch_step - epoch.done_before) * batch / max(seconds, 1e-9)
+    remaining = (config.optim.epochs - p.epoch) * epoch.steps - p.epoch_step
+    loss = epoch.sums[0].item() / max(p.epoch_step, 1)
+    bar.set_postfix_str(f"loss {loss:.3f}  {rate:.0f} img/s  run ETA {_clock(remaining * batch / max(rate, 1e-9))}")
+    bar.update(p.epoch_step - bar.n)
+
+
+def _epoch_metrics(run: Run, epoch: Epoch) -> dict:
+    """The finished epoch's metrics (summed over processes); its time moves to ``train_seconds``."""
+    p, batch, steps, world = run.progress, run.config.data.batch_size, epoch.steps, run.ddp.world
+    seconds = _clock_epoch(run, epoch)
+    p.epoch_seconds = 0.0
     p.train_seconds += seconds
     p.images_seen += steps * batch
-    loss, correct, mode, end_loss = all_sum((sums / torch.tensor([run.ddp.world, 1, 1, run.ddp.world],
-                                                                 device=device)).tolist(), device)
+    per_process = torch.tensor([world, 1, 1, world], device=run.device)  # loss sums are means over each process's share
+    loss, correct, mode, end_loss = all_sum((epoch.sums / per_process).tolist(), run.device)
     return {"train_loss": loss / steps, "train_loss_end": end_loss / _end_steps(steps),
             "train_top1_err": 1 - correct / (steps * batch), "images_per_s": steps * batch / max(seconds, 1e-9),
             "train_mode_share": mode / (steps * batch)}
@@ -256,22 +328,23 @@ def _step_sums(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, at_end
 
 def _epoch_state(run: Run, n: int) -> tuple[torch.Tensor, torch.Generator, list[float]]:
     """The epoch's sample order, its augmentation generator and its running sums: from the
-    checkpoint when resuming inside the epoch, else fresh from the seed and the epoch number."""
+    checkpoint when resuming inside the epoch, else fresh from the seed and the epoch number
+    (the strides above keep epochs, processes and resumed steps apart)."""
     config, p, rank = run.config, run.progress, run.ddp.rank
     generator = torch.Generator()
-    seed = config.seed * 100_003 + p.epoch
+    seed = config.seed * EPOCH_SEED_STRIDE + p.epoch
     resumed, run.resumed = run.resumed, None
     if resumed is not None and p.epoch_step > 0:
         if resumed["generator"] is not None:
             generator.set_state(resumed["generator"])
         else:  # the number of processes changed: the data order is kept, augmentations are new
-            generator.manual_seed(seed + 7_919 * rank + 104_729 * p.step)
+            generator.manual_seed(seed + RANK_SEED_STRIDE * rank + RESUMED_STEP_STRIDE * p.step)
         sums = list(resumed["sums"]) + [0.0] * (len(EPOCH_SUMS) - len(resumed["sums"]))  # older checkpoints: fewer
         return resumed["order"].long(), generator, sums
     generator.manual_seed(seed)
     order = torch.randperm(n, generator=generator)
     if rank:
-        generator.manual_seed(seed + 7_919 * rank)
+        generator.manual_seed(seed + RANK_SEED_STRIDE * rank)
     return order, generator, [0.0] * len(EPOCH_SUMS)
 
 
@@ -284,7 +357,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.optim.label_smoothing)
     if config.train.on_nonfinite == "skip" and not _all_finite(loss, device):
         run.progress.skipped_steps += 1
-        log(f"step {run.progress.step + 1}: loss is {loss.item()}, step skipped (train.on_nonfinite=skip)")
+        run.ddp.log(f"step {run.progress.step + 1}: loss is {loss.item()}, step skipped (train.on_nonfinite=skip)")
         return loss, logits, False
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
@@ -314,14 +387,6 @@ def _guard(run: Run, first_bad: torch.Tensor) -> bool:
     return stop
 
 
-def _update_bar(bar, done, loss_sum, batch, seconds, progress, config, steps):
-    rate = done * batch / max(seconds, 1e-9)
-    remaining = (config.optim.epochs - progress.epoch) * steps - progress.epoch_step
-    loss = loss_sum.item() / max(progress.epoch_step, 1)
-    bar.set_postfix_str(f"loss {loss:.3f}  {rate:.0f} img/s  run ETA {_clock(remaining * batch / max(rate, 1e-9))}")
-    bar.update(progress.epoch_step - bar.n)
-
-
 def _clock(seconds: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(max(0, seconds)))
 
@@ -333,8 +398,6 @@ def _epoch_row(progress: Progress, epoch_metrics: dict, schedule: Schedule, eval
     row["val_top5_err"] = progress.last_eval["val_top5_err"] if evaluated else None
     row["lr"] = schedule.lr(max(0, progress.step - 1))
     row["elapsed_s"] = round(progress.train_seconds, 2)
-    if row["val_top1_err"] is not None:
-        progress.best_val_top1_err = min(progress.best_val_top1_err, row["val_top1_err"])
     return row
 
 
@@ -358,10 +421,13 @@ def _end_epoch(run: Run, epoch_metrics: dict, data) -> None:
     evaluated = p.epoch == config.optim.epochs or p.epoch % config.train.eval_every == 0
     if evaluated:
         started = time.perf_counter()
-        p.last_eval = validate(run.model, data, config, run.pipeline, run.device)
+        p.last_eval = validate(run, data)
         p.train_seconds += time.perf_counter() - started
         if run.schedule.end_epoch(p.last_eval["val_top1_err"]):
-            log(f"validation error stopped improving: learning rate / 10 (drop {run.schedule.drops})")
+            run.ddp.log(f"validation error stopped improving: learning rate / 10 (drop {run.schedule.drops})")
+    best = evaluated and p.last_eval["val_top1_err"] <= p.best_val_top1_err  # ties count: the newer net
+    if evaluated:
+        p.best_val_top1_err = min(p.best_val_top1_err, p.last_eval["val_top1_err"])
     row = _epoch_row(p, epoch_metrics, run.schedule, evaluated)
     if run.ddp.main:  # one writer: rank 0 logs and checkpoints
         _append_metrics(run.out, row, run.writer)
@@ -370,9 +436,8 @@ def _end_epoch(run: Run, epoch_metrics: dict, data) -> None:
                                 run.model.fc7.out_features)
         if warning:
             print(warning, file=sys.stderr, flush=True)
-    best = evaluated and p.last_eval["val_top1_err"] <= p.best_val_top1_err
     _save(run, best=best)
-    fault_injection(p.step, run.ddp.rank)
+    fault_injection(p.step, run.fault_at)
 
 
 def _stop_agreed(run: Run) -> bool:
@@ -405,12 +470,12 @@ def _save(run: Run, best: bool, order: torch.Tensor | None = None, generator: to
         raise UsageError("rank 0 could not write a checkpoint (see its message); stopping every process")
 
 
-def _restore(run: Run, path: Path, data) -> None:
-    """Continue from ``path``: weights, optimiser, schedule, scaler, progress and this process's random
-    states; refused when ``data`` holds other classes than the run learned (another --data)."""
-    ckpt = load_checkpoint(path)
-    check_classes(ckpt, path, data)
-    load_weights(run.model, ckpt, path)
+def _restore(run: Run, resume: LoadedRun, data) -> None:
+    """Continue from ``resume`` (its weights are already the model's): optimiser, schedule, scaler,
+    progress and this process's random states; refused when ``data`` holds other classes than the
+    run learned (another --data)."""
+    ckpt, path = resume.checkpoint, resume.path
+    resume.check_classes(data)
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.schedule.load_state_dict(ckpt["schedule"])
     run.scaler.load_state_dict(ckpt["scaler"])
@@ -420,15 +485,15 @@ def _restore(run: Run, path: Path, data) -> None:
     if mine is not None:
         set_rng_state(mine["rng"])
     elif ranks:
-        log(f"{path} was written by {len(ranks)} processes, this run has {run.ddp.world}: the data order and "
-            "weights continue, random augmentations and dropout do not repeat the original run exactly")
+        run.ddp.log(f"{path} was written by {len(ranks)} processes, this run has {run.ddp.world}: the data "
+                    "order and weights continue, random augmentations and dropout do not repeat the original run exactly")
     order = (ckpt.get("data") or {}).get("order")
     if run.progress.epoch_step and order is not None:
         run.resumed = {"order": order, "generator": mine["rng"]["epoch_generator"] if mine else None,
                        "sums": list(mine["sums"]) if mine else [0.0] * len(EPOCH_SUMS)}
     where = f"inside epoch {run.progress.epoch + 1} at step {run.progress.step}" if run.progress.epoch_step \
         else f"after epoch {run.progress.epoch}"
-    log(f"resuming from {path} {where}")
+    run.ddp.log(f"resuming from {path} {where}")
 
 
 def _trim_metrics(out: Path, epochs: int) -> None:

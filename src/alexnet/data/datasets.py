@@ -9,7 +9,6 @@ training batches of one epoch from either, decoding shards in worker processes.
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,9 @@ import torch
 
 from ..config import DataConfig
 from ..errors import UsageError
+from ..runtime import Dist, worker_count
 from .shards import decode_on_device
+from .subset import balanced_indices
 
 
 @dataclass
@@ -91,20 +92,20 @@ def batch_share(order: torch.Tensor, i: int, batch: int, rank: int, world: int) 
 
 
 def batches(images, labels: torch.Tensor, order: torch.Tensor, batch: int, device: torch.device, *,
-            workers: int = 0, rank: int = 0, world: int = 1, start: int = 0,
+            workers: int = 0, ddp: Dist = Dist(), start: int = 0,
             decode: str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This process's share of the full global batches of one epoch in ``order`` (the same order on
-    every process), from batch ``start`` on (a resumed epoch): uint8 images and int64 labels on
-    ``device``. ``decode="device"`` decodes JPEG shards on ``device`` instead of in the workers."""
+    """This process's (``ddp``'s) share of the full global batches of one epoch in ``order`` (the same
+    order on every process), from batch ``start`` on (a resumed epoch): uint8 images and int64 labels
+    on ``device``. Shards are decoded by ``workers`` processes (-1: this process's share of the
+    machine's cores, ``worker_count``); ``decode="device"`` decodes JPEG shards on ``device`` instead."""
     if isinstance(images, torch.Tensor):
         for i in range(start, len(order) // batch):
-            idx = batch_share(order, i, batch, rank, world)
+            idx = batch_share(order, i, batch, ddp.rank, ddp.world)
             yield images[idx.to(images.device)], labels[idx].to(device, non_blocking=True)
         return
-    if workers < 0:  # all cores, shared among the processes torchrun started on this machine
-        workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    workers = worker_count(workers if workers >= 0 else None, ddp.local_world)
     encoded = decode == "device" and images.reader.format == "jpeg"  # raw shards have nothing to decode
-    epoch = _EpochBatches(images, order, batch, rank, world, start, encoded)
+    epoch = _EpochBatches(images, order, batch, ddp.rank, ddp.world, start, encoded)
     loader = torch.utils.data.DataLoader(epoch, batch_size=None, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if workers else None, persistent_workers=False,
@@ -123,18 +124,18 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def load_dataset(cfg: DataConfig, seed: int, main: bool = True) -> Dataset:
-    """The run's dataset. ``main``: this process may prepare an ImageFolder given as ``data.path``
-    (under torchrun only rank 0 does, the others read what it wrote)."""
+def load_dataset(cfg: DataConfig, seed: int, ddp: Dist = Dist()) -> Dataset:
+    """The run's dataset. Under torchrun only rank 0 prepares an ImageFolder given as ``data.path``
+    (the others read what it wrote: call this inside ``main_first``)."""
     if cfg.dataset == "cifar10":
         from .cifar import CLASSES, load_cifar10
 
         train, test = load_cifar10(cfg.path or None, limit=cfg.limit or None, seed=seed)
         return Dataset(train.images, train.labels, test.images, test.labels, CLASSES)
-    return load_prepared(cfg, seed, main)
+    return load_prepared(cfg, seed, ddp)
 
 
-def load_prepared(cfg: DataConfig, seed: int, main: bool = True) -> Dataset:
+def load_prepared(cfg: DataConfig, seed: int, ddp: Dist = Dist()) -> Dataset:
     """A folder written by ``alexnet prepare imagenet`` (shards, classes.tsv, stats.safetensors),
     or an image source that prepare takes (an ImageFolder, the ILSVRC-2012 files): that is
     prepared once into the cache and read from there."""
@@ -143,7 +144,7 @@ def load_prepared(cfg: DataConfig, seed: int, main: bool = True) -> Dataset:
         raise UsageError("data.dataset=imagenet needs --data DIR: a folder written by `alexnet prepare imagenet`, "
                          "or an ImageFolder (train/<class>/, val/<class>/) to prepare")
     if not (root / "classes.tsv").is_file():
-        root = prepared_copy(root, main)
+        root = prepared_copy(root, ddp)
     if not (root / "prepared.json").is_file():
         raise UsageError(f"{root} is not completely prepared (no prepared.json): re-run "
                          f"`alexnet prepare imagenet --src SRC --out {root}`; it resumes where it stopped")
@@ -164,45 +165,27 @@ def load_prepared(cfg: DataConfig, seed: int, main: bool = True) -> Dataset:
     return Dataset(train, train.labels, val, val.labels, classes, stats, names)
 
 
-def prepared_copy(src: Path, main: bool) -> Path:
+def prepared_copy(src: Path, ddp: Dist = Dist()) -> Path:
     """Where ``src`` (an ImageFolder or the ILSVRC-2012 files, not yet prepared) is prepared in the
-    cache, ``$ALEXNET_DATA/prepared/<name>-<hash of its path>``. The main process prepares it (a
-    second run re-lists the source and reuses every finished shard); the others only read."""
+    cache, ``$ALEXNET_DATA/prepared/<name>-<hash of its path>``. A lone process prepares it (a
+    second run re-lists the source and reuses every finished shard); under torchrun it must be
+    prepared beforehand."""
     import hashlib
 
-    import torch.distributed as dist
-
-    from .cifar import cache_root
-    from .imagenet import prepare_imagenet
+    from .cifar_source import cache_root
+    from .prepare import prepare_imagenet
 
     if not src.is_dir():
         raise UsageError(f"--data {src}: no such folder; give a folder written by `alexnet prepare imagenet` or "
                          "an ImageFolder (train/<class>/, val/<class>/)")
     digest = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:12]
     out = cache_root() / "prepared" / f"{src.resolve().name}-{digest}"
-    if not (out / "prepared.json").is_file() and dist.is_available() and dist.is_initialized() \
-            and dist.get_world_size() > 1:  # hours for ILSVRC while the others wait; other machines have other caches
+    if not (out / "prepared.json").is_file() and ddp.world > 1:  # hours for ILSVRC while the others wait; other machines have other caches
         raise UsageError(f"--data {src} is not prepared: under torchrun prepare it first, once, on a disk every "
                          f"machine reads (`alexnet prepare imagenet --src {src} --out DIR`), then train with --data DIR")
-    if main:
+    if ddp.main:
         print(f"preparing {src} into {out} (shorter side 256, centre 256x256, statistics); later runs reuse it, "
               f"and `alexnet prepare imagenet --src {src} --out DIR` does the same into a folder of your choice",
               file=sys.stderr)
         prepare_imagenet(src, out)
     return out
-
-
-def balanced_indices(labels: torch.Tensor, num_classes: int, n: int, seed: int) -> torch.Tensor:
-    """A seeded subset of ``n`` indices, as even across classes as the classes allow, in seeded order."""
-    if n >= len(labels):
-        return torch.arange(len(labels))
-    generator = torch.Generator().manual_seed(seed)
-    shuffled = torch.randperm(len(labels), generator=generator)
-    rank = torch.empty_like(shuffled)  # position of each example within its class, in shuffled order
-    counts = torch.zeros(num_classes, dtype=torch.long)
-    for i in shuffled.tolist():
-        rank[i] = counts[labels[i]]
-        counts[labels[i]] += 1
-    by_round = sorted(shuffled.tolist(), key=lambda i: (int(rank[i]), int(labels[i])))
-    picked = torch.tensor(by_round[:n])
-    return picked[torch.randperm(n, generator=generator)]

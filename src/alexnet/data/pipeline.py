@@ -34,6 +34,13 @@ from torch.nn import functional as F
 from .augment import crop_at, flip_where, pca_lighting, random_crop_offsets, random_flips, rgb_eigen, views
 
 KINDS = ("cifar10", "imagenet")
+RESIZE = ("center", "squash")
+# Per-channel statistics on the 0..1 scale: CIFAR-10's training pixels (the cifar10 recipe's
+# data.mean / data.std, figure1's modern setup) and torchvision's ImageNet normalisation.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -58,12 +65,21 @@ class Pipeline:
     std: torch.Tensor | None  # float, 0..255, (3, 1, 1); None: no division (the paper)
     lighting: Lighting | None
     channels_last: bool = True
+    stored: int = 0  # the side images are stored at (prepared 256, CIFAR-10 32); 0: the mean image's, else size
+    resize: str = "center"  # how an image file becomes stored x stored: center (the centre square, as
+    #   prepare does) | squash (the whole image, aspect ignored: Caffe's ImageNet data)
+
+    def __post_init__(self):
+        if not self.stored:  # frozen: set through object.__setattr__
+            object.__setattr__(self, "stored", int(self.mean.shape[-1]) if self.mean.shape[-1] > 1 else self.size)
+        if self.resize not in RESIZE:
+            raise ValueError(f"pipeline resize must be one of {', '.join(RESIZE)}; got {self.resize!r}")
 
     @property
     def stored_size(self) -> int:
         """The side of the images as stored (prepared ImageNet 256, CIFAR-10 32): image files are
-        brought to it the way ``alexnet prepare`` does before the pipeline sees them."""
-        return int(self.mean.shape[-1]) if self.mean.shape[-1] > 1 else self.size
+        brought to it (``resize``) before the pipeline sees them."""
+        return self.stored
 
     def to(self, device: torch.device) -> Pipeline:
         """The same pipeline with its statistics on ``device`` (moved once, not per batch)."""
@@ -73,13 +89,15 @@ class Pipeline:
     def state_dict(self) -> dict:
         """What evaluation needs, for checkpoints (tensors, numbers and strings only)."""
         return {"kind": self.kind, "size": self.size, "padding": self.padding, "flip": self.flip,
-                "mean": self.mean.cpu(), "std": None if self.std is None else self.std.cpu()}
+                "mean": self.mean.cpu(), "std": None if self.std is None else self.std.cpu(),
+                "stored": self.stored, "resize": self.resize}
 
     @classmethod
     def from_state(cls, state: dict, channels_last: bool = True) -> Pipeline:
         """The evaluation side of a checkpoint's pipeline (no lighting: that is training's)."""
         return cls(state["kind"], int(state["size"]), int(state["padding"]), bool(state["flip"]),
-                   state["mean"].float(), None if state["std"] is None else state["std"].float(), None, channels_last)
+                   state["mean"].float(), None if state["std"] is None else state["std"].float(), None, channels_last,
+                   int(state.get("stored", 0)), state.get("resize", "center"))
 
     # ------------------------------------------------------------------ training
 

@@ -16,7 +16,7 @@ moved into place with ``os.replace``, so a shard whose index exists is whole (a 
 finds an index without its data, or a data file shorter than the index says, reports it).
 
 ``ShardReader`` reads records by global index with ``os.pread`` at the indexed offset, verifies
-the checksum and decodes. File descriptors are opened lazily, per process (a reader forked
+the checksum and decodes them into one batch (``read_many``). File descriptors are opened lazily, per process (a reader forked
 into DataLoader workers reopens its files there) and kept in a small LRU cache, so any number
 of shards and workers stays under the open-file limit.
 
@@ -42,6 +42,7 @@ import torch
 
 from alexnet.data.decode import quiet_decoders
 from alexnet.errors import UsageError
+from alexnet.files import atomic_write
 
 try:
     import simplejpeg
@@ -74,16 +75,6 @@ def encode(image: torch.Tensor, fmt: str, quality: int = 90) -> bytes:
 
     with quiet_decoders():
         return encode_jpeg(image.contiguous(), quality=quality).numpy().tobytes()
-
-
-def decode(record: bytes, fmt: str) -> torch.Tensor:
-    """A record back to a uint8 (3, 256, 256) image."""
-    _check_format(fmt)
-    if fmt == "raw":
-        if len(record) != RAW_BYTES:
-            raise ValueError(f"a raw record has {RAW_BYTES} bytes, got {len(record)}")
-        return torch.frombuffer(bytearray(record), dtype=torch.uint8).reshape(3, SIZE, SIZE)
-    return decode_jpeg_into(record, torch.empty((SIZE, SIZE, 3), dtype=torch.uint8)).permute(2, 0, 1).contiguous()
 
 
 def decode_jpeg_into(record: bytes, out: torch.Tensor) -> torch.Tensor:
@@ -155,17 +146,6 @@ def write_shard(path: Path, records: Sequence[bytes], labels: Sequence[int], fmt
     atomic_write(index_path(path), write_index)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then move it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            write(out)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def read_index(path: Path) -> dict[str, np.ndarray | str]:
     """The index of the data file ``path`` (or of the index file itself) as a dict of arrays."""
     path = Path(path)
@@ -189,8 +169,8 @@ def read_index(path: Path) -> dict[str, np.ndarray | str]:
 class ShardReader:
     """Random access to every record of one split folder, in a fixed global order.
 
-    ``labels`` holds one int64 label per record; ``read(i)`` returns record ``i`` as a uint8
-    (3, 256, 256) tensor after checking its crc32.
+    ``labels`` holds one int64 label per record; ``read_many(indices)`` returns those records as a
+    uint8 (N, 3, 256, 256) batch after checking each one's crc32.
     """
 
     def __init__(self, folder: Path):
@@ -239,10 +219,6 @@ class ShardReader:
         """The stored bytes of records ``indices`` (checksums verified) as 1-D uint8 tensors, for a
         decoder elsewhere (``decode_on_device``)."""
         return [torch.frombuffer(bytearray(self.read_record(int(i))), dtype=torch.uint8) for i in indices]
-
-    def read(self, i: int) -> torch.Tensor:
-        """Record ``i`` as a uint8 (3, 256, 256) tensor."""
-        return self.read_many([i])[0].contiguous()
 
     def read_many(self, indices: Iterable[int]) -> torch.Tensor:
         """Records ``indices`` as a uint8 (N, 3, 256, 256) tensor: contiguous for ``raw`` shards,

@@ -1,0 +1,115 @@
+"""From a checkpoint to a ready network: the one way every command takes (``load_run``).
+
+``load_run(path, overrides, data_path)`` reads a checkpoint once (``weights_only=True``) and
+returns what ``eval``, ``figures``, ``export``, ``train --resume``, ``load_model`` and the
+commands that use a trained network need: the resolved run config (the stored config, then the
+command line's ``key=value`` overrides and ``--data``), the network in eval mode, the class list
+and the evaluation preprocessing (``Pipeline``), plus the checkpoint itself for what training
+restores. Using the network on a dataset goes through ``LoadedRun.pipeline_for(data)``, which
+refuses, in one line, data whose classes are not the ones the network learned.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import load_checkpoint, load_weights
+from .config import RunConfig, build_config
+from .data.pipeline import Pipeline, pipeline_for
+from .errors import UsageError
+from .model import AlexNet
+
+
+@dataclass
+class LoadedRun:
+    """A checkpoint made ready to use; ``model`` is on the CPU in eval mode."""
+
+    path: Path
+    checkpoint: dict[str, Any]  # as stored: weights, config, classes, pipeline and training state
+    config: RunConfig
+    model: AlexNet
+    classes: list[dict] | None  # [{"index", "wnid", "name"}], None where the checkpoint does not say
+    pipeline: Pipeline | None  # evaluation's input; None for old ImageNet checkpoints: ``pipeline_for(data)``
+
+    def pipeline_for(self, data) -> Pipeline:
+        """The evaluation pipeline for ``data`` (refused unless it holds the classes the network
+        learned): the stored one, or for checkpoints written before they stored one, the one the
+        config builds from ``data``'s statistics."""
+        self.check_classes(data)
+        return self.pipeline if self.pipeline is not None else pipeline_for(self.config, data, training=False)
+
+    def check_classes(self, data) -> None:
+        """Refuse, in one line, to use this network on ``data`` whose classes it did not learn."""
+        outputs, found = self.config.model.num_classes, len(data.classes)
+        if outputs != found:
+            raise UsageError(f"checkpoint {self.path} has {outputs} classes but the dataset has {found}; "
+                             "use it with the data it was trained on")
+        if self.classes is None:
+            return
+        stored = [c["wnid"] for c in self.classes]
+        if stored != list(data.classes):
+            first = next((i for i, (c, d) in enumerate(zip(stored, data.classes)) if c != d), len(stored))
+            there = repr(stored[first]) if first < len(stored) else "missing"
+            raise UsageError(f"checkpoint {self.path} learned other classes than the dataset holds (class {first} "
+                             f"is {there} there and {data.classes[first]!r} here); use it with the data it was "
+                             "trained on")
+
+    def same_input(self, other: Pipeline, data) -> None:
+        """Refuse, in one line, an ensemble member whose input is not ``other``'s (the first network's)."""
+        mine = self.pipeline_for(data).state_dict()
+        if not _same_state(mine, other.state_dict()):
+            raise UsageError(f"checkpoint {self.path} was trained on other inputs than the first network (input "
+                             "size, mean image or std differ); ensemble networks trained on the same prepared data")
+
+
+def load_run(path: str | os.PathLike, overrides: list[str] = (), data_path: str | os.PathLike | None = None,
+             map_location: str | torch.device = "cpu") -> LoadedRun:
+    """Read the checkpoint at ``path`` once and make its network ready (see the module docstring).
+    ``overrides`` may change any config key; a ``model.*`` override that changes a layer's shape is
+    refused in one line naming the layer."""
+    path = Path(path)
+    ckpt = load_checkpoint(path, map_location)
+    config = build_config(ckpt.get("config", {}), list(overrides), data_path)
+    model = AlexNet(config.model)
+    load_weights(model, ckpt, path)
+    return LoadedRun(path, ckpt, config, model.eval(), stored_classes(ckpt, config), stored_pipeline(ckpt, config))
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> AlexNet:
+    """The network stored in any checkpoint, in eval mode."""
+    return load_run(path, map_location=map_location).model
+
+
+def stored_classes(ckpt: dict[str, Any], config: RunConfig) -> list[dict] | None:
+    """The class list a training run stored (``[{"index", "wnid", "name"}, ...]``); for checkpoints
+    without one, CIFAR-10's ten when that is what the run trained on; else None."""
+    if ckpt.get("classes"):
+        return list(ckpt["classes"])
+    if config.data.dataset == "cifar10" and config.model.num_classes == 10:
+        from .data.cifar import CLASSES
+
+        return [{"index": i, "wnid": c, "name": c} for i, c in enumerate(CLASSES)]
+    return None
+
+
+def stored_pipeline(ckpt: dict[str, Any], config: RunConfig) -> Pipeline | None:
+    """The evaluation pipeline the checkpoint stored; for older checkpoints, CIFAR-10's (it needs no
+    statistics of the data), else None (built from the data by ``LoadedRun.pipeline_for``)."""
+    if ckpt.get("pipeline") is not None:
+        return Pipeline.from_state(ckpt["pipeline"], config.train.channels_last)
+    if config.data.dataset == "cifar10":
+        return pipeline_for(config, None, training=False)
+    return None
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    def same(x, y):
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            return x.shape == y.shape and torch.allclose(x.float(), y.float())
+        return x == y
+    return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)

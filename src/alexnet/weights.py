@@ -1,0 +1,14 @@
+"""`alexnet import`: (being written; see the issue)."""
+
+from __future__ import annotations
+
+from .errors import UsageError
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("import", help="(not available yet)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    raise UsageError("alexnet import is not available yet")
