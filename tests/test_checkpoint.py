@@ -58,19 +58,6 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_export_safetensors_round_trip(tmp_path):
-    from alexnet.cli import main
-    from alexnet.export import load_safetensors
-
-    model = small_model().eval()
-    ckpt = save_checkpoint(tmp_path / "m.pt", model)
-    assert main(["export", "--checkpoint", str(ckpt), "--format", "safetensors", "--out", str(tmp_path / "m.safetensors")]) == 0
-    loaded = load_safetensors(tmp_path / "m.safetensors")
-    x = torch.randn(2, 3, 32, 32)
-    assert loaded.config == model.config
-    torch.testing.assert_close(loaded(x), model(x))
-
-
 def test_checkpoint_that_does_not_fit_is_refused_naming_the_layer(tmp_path, capsys):
     from alexnet.cli import main
 

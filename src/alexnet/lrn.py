@@ -129,10 +129,30 @@ class LocalResponseNorm(nn.Module):
     def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
         """LRN of ``x``; ``relu=True`` means LRN(ReLU(x)) in one fused pass (the paper's order)."""
         if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            # Exporters cannot see inside a custom autograd Function: use the standard op.
+            # Exporters cannot see inside a custom autograd Function. The ONNX exporter (torch.export
+            # based) gets ReLU, then one opaque op that ``export.py`` writes as ONNX's ``LRN`` node
+            # (same formula: alpha / size, window size centred); TorchScript gets the standard op.
             x = torch.relu(x) if relu else x
+            if torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing():
+                return export_op()(x, self.size, self.alpha, self.beta, self.k)
             return nn.functional.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
         return _LRNFunction.apply(x, self.k, self.alpha, self.beta, self.size, relu)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha} (divided by size), beta={self.beta}, k={self.k}"
+
+
+@functools.cache
+def export_op():
+    """``alexnet::local_response_norm`` (registered on first use): ``nn.functional.local_response_norm``
+    as one op that ``torch.export`` keeps whole, so ONNX export can write it as a single ``LRN`` node."""
+
+    @torch.library.custom_op("alexnet::local_response_norm", mutates_args=())
+    def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+        return nn.functional.local_response_norm(x, size, alpha, beta, k)
+
+    @local_response_norm.register_fake
+    def _(x, size, alpha, beta, k):
+        return torch.empty_like(x)
+
+    return local_response_norm

@@ -1,0 +1,151 @@
+"""`alexnet export`: ONNX (onnxruntime), TorchScript and safetensors against PyTorch, the LRN node,
+the metadata every format carries, and the torch.hub entry point."""
+
+import contextlib
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from alexnet import AlexNet, ModelConfig, lrn, save_checkpoint
+from alexnet.cli import main
+from alexnet.data.pipeline import Pipeline
+from alexnet.export import load_safetensors, quiet_jit, read_info
+
+REPO = Path(__file__).resolve().parents[1]
+# paper and torchvision at width 0.25: the export numerics do not depend on the width (the full paper
+# network exports the same way, ~20 s here: too slow for this file); cifar with an ImageNet-kind
+# pipeline (mean image, std, classes) for the metadata.
+VARIANTS = {"paper": ModelConfig(width=0.25, init="kaiming", num_classes=10),
+            "cifar": ModelConfig(variant="cifar", input_size=32, init="kaiming", num_classes=2),
+            "torchvision": ModelConfig(variant="torchvision", width=0.25, init="kaiming", num_classes=10)}
+CLASSES = [{"index": 0, "wnid": "n01", "name": "tench"}, {"index": 1, "wnid": "n02", "name": "goldfish"}]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def eager_lrn():
+    """The eager LRN (the tests of lrn.py check it equals the compiled one): compiling per shape
+    would cost more than the exports."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(lrn._compile, "on", False)
+        yield
+
+
+def export(ckpt: Path, fmt: str, out: Path) -> dict:
+    """``alexnet export``'s JSON line (the file was written and checked by the command itself)."""
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert main(["export", "--checkpoint", str(ckpt), "--format", fmt, "--out", str(out)]) == 0
+    return json.loads(stdout.getvalue().strip().splitlines()[-1])
+
+
+def onnx_softmax(path: Path, x: torch.Tensor) -> torch.Tensor:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"image": x.numpy()})[0]).softmax(1)
+
+
+def checkpoint(folder: Path, variant: str) -> tuple[Path, AlexNet, dict]:
+    """A checkpoint of ``variant``; cifar's carries an ImageNet-kind pipeline (3x40x40 mean image,
+    std, resize squash) and two named classes, the others the default CIFAR-10 pipeline."""
+    torch.manual_seed(0)
+    model = AlexNet(VARIANTS[variant]).eval()
+    if variant != "cifar":
+        return save_checkpoint(folder / "m.pt", model), model, {}
+    mean = torch.rand(3, 40, 40) * 255
+    pipeline = Pipeline("imagenet", 32, 0, True, mean, torch.full((3, 1, 1), 60.0), None, stored=40, resize="squash")
+    config = {"model": dataclasses.asdict(model.config), "data": {"dataset": "imagenet"}}
+    path = save_checkpoint(folder / "m.pt", model, config, classes=CLASSES, pipeline=pipeline.state_dict())
+    return path, model, pipeline.state_dict()
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def exported(request, tmp_path_factory):
+    """One variant's checkpoint exported in every format by the command: (variant, model, pipeline,
+    {format: (file, the command's JSON line)})."""
+    folder = tmp_path_factory.mktemp(request.param)
+    ckpt, model, pipeline = checkpoint(folder, request.param)
+    files = {}
+    for fmt in ("onnx", "torchscript", "safetensors"):
+        files[fmt] = (folder / f"m.{fmt}", export(ckpt, fmt, folder / f"m.{fmt}"))
+    return request.param, model, pipeline, files
+
+
+def test_exports_match_pytorch_softmax_at_another_batch_size(exported):
+    variant, model, _, files = exported
+    for fmt, (_, result) in files.items():  # the command's own check: batch 3 against the exported batch 2
+        assert result["batch"] == 3 and result["max_abs_diff"] < 1e-4, (fmt, result)
+    x = torch.randn(3, 3, model.config.input_size, model.config.input_size) * 60
+    with torch.no_grad():
+        expected = model(x).softmax(1)
+        with quiet_jit():
+            scripted = torch.jit.load(str(files["torchscript"][0]))(x).softmax(1)
+        from_safetensors = load_safetensors(files["safetensors"][0])(x).softmax(1)
+    torch.testing.assert_close(onnx_softmax(files["onnx"][0], x), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(scripted, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(from_safetensors, expected)
+    graph = onnx.load(str(files["onnx"][0]), load_external_data=False).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named (dynamic) batch axis
+    lrns = [n for n in graph.node if n.op_type == "LRN"]
+    assert len(lrns) == (0 if variant == "torchvision" else 2)
+    assert not {"AveragePool", "Pow"} & {n.op_type for n in graph.node} or variant == "torchvision"
+
+
+def test_lrn_is_one_onnx_lrn_node_after_relu_with_the_papers_constants(exported):
+    variant, _, _, files = exported
+    nodes = list(onnx.load(str(files["onnx"][0]), load_external_data=False).graph.node)
+    for i, node in enumerate(nodes):
+        if node.op_type == "LRN":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs["size"] == 5 and attrs["bias"] == 2.0 and attrs["beta"] == 0.75
+            assert attrs["alpha"] == pytest.approx(1e-4)
+            assert nodes[i - 1].op_type == "Relu" and nodes[i - 1].output[0] == node.input[0]
+
+
+def test_every_format_carries_config_classes_and_preprocessing(exported):
+    variant, model, pipeline, files = exported
+    if variant != "cifar":
+        return  # the CIFAR-10 default pipeline: covered by the mean-image case
+    for fmt, (path, result) in files.items():
+        assert Path(result["sidecar"]) == path.with_name(path.name + ".json")
+        for info in (read_info(path), json.loads(Path(result["sidecar"]).read_text())):
+            pre = info["preprocessing"]
+            assert info["model"] == dataclasses.asdict(model.config) and info["classes"] == CLASSES
+            assert (pre["kind"], pre["size"], pre["stored"], pre["resize"], pre["std"]) == ("imagenet", 32, 40, "squash", [60.0] * 3)
+            assert torch.equal(torch.tensor(pre["mean"]), pipeline["mean"]), fmt  # float32 survives JSON exactly
+    props = {p.key: p.value for p in onnx.load(str(files["onnx"][0])).metadata_props}
+    assert "m.onnx.json" in json.loads(props["alexnet"])["preprocessing"]["mean"]  # too large for metadata
+
+
+def test_safetensors_round_trip_keeps_load_safetensors(tmp_path):
+    model = AlexNet(ModelConfig(variant="cifar", num_classes=10, input_size=32, width=0.25)).eval()
+    ckpt = save_checkpoint(tmp_path / "m.pt", model)
+    export(ckpt, "safetensors", tmp_path / "m.safetensors")
+    loaded = load_safetensors(tmp_path / "m.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    assert loaded.config == model.config
+    torch.testing.assert_close(loaded(x), model(x))
+    assert read_info(tmp_path / "m.safetensors")["preprocessing"]["mean"] == pytest.approx([125.307, 122.961, 113.8575])
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a checkpoint")
+    assert main(["export", "--checkpoint", str(bad), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(bad) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_hub_loads_a_checkpoint_and_the_untrained_paper_network(tmp_path):
+    model = AlexNet(ModelConfig(variant="cifar", num_classes=10, input_size=32, width=0.25)).eval()
+    ckpt = save_checkpoint(tmp_path / "m.pt", model)
+    hub = torch.hub.load(str(REPO), "alexnet", source="local", checkpoint=str(ckpt))
+    x = torch.randn(2, 3, 32, 32)
+    assert hub.config == model.config and not hub.training
+    torch.testing.assert_close(hub(x), model(x))
+    paper = torch.hub.load(str(REPO), "alexnet", source="local")
+    assert paper.config == ModelConfig() and sum(p.numel() for p in paper.parameters()) == 60_965_224
