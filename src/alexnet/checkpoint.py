@@ -39,6 +39,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint {path} not found; pass the .pt file a training run wrote (RUN_DIR/checkpoints/last.pt)")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (or, long ago, a pickle)
+        raise UsageError(f"{path} is not a PyTorch checkpoint (it starts with bytes {head.hex() or 'none'}); pass a "
+                         ".pt file written by alexnet train or alexnet import")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
