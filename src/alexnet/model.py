@@ -198,7 +198,7 @@ class AlexNet(nn.Module):
             nn.init.normal_(self.fc8.weight, 0.0, 1.0 / math.sqrt(self.fc8.in_features))
 
 
-_TORCHVISION_NAMES = {
+TORCHVISION_NAMES = {
     "features.0": "conv1", "features.3": "conv2", "features.6": "conv3", "features.8": "conv4",
     "features.10": "conv5", "classifier.1": "fc6", "classifier.4": "fc7", "classifier.6": "fc8",
 }
@@ -206,7 +206,7 @@ _TORCHVISION_NAMES = {
 
 def _rename_torchvision_keys(state_dict, prefix, *_args, **_kwargs):
     """Let ``load_state_dict`` take ``torchvision.models.alexnet`` weights as they are."""
-    for old, new in _TORCHVISION_NAMES.items():
+    for old, new in TORCHVISION_NAMES.items():
         for kind in ("weight", "bias"):
             key = f"{prefix}{old}.{kind}"
             if key in state_dict:

@@ -40,7 +40,7 @@ from .config import build_config, to_dict
 from .data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Pipeline
 from .data.sources import imagenet_classes
 from .errors import UsageError
-from .model import _TORCHVISION_NAMES, AlexNet, ModelConfig
+from .model import TORCHVISION_NAMES, AlexNet, ModelConfig
 
 EXAMPLES = """examples:
   alexnet import torchvision alexnet-owt-7be5be79.pth --out alexnet-torchvision.pt
@@ -143,7 +143,7 @@ def _read_torchvision(path: Path) -> dict:
 def _check_torchvision(state: dict, model: AlexNet, path: Path) -> None:
     """Every key torchvision's AlexNet has, each with its shape, and nothing else."""
     own = model.state_dict()
-    expected = {f"{old}.{kind}": own[f"{new}.{kind}"].shape for old, new in _TORCHVISION_NAMES.items()
+    expected = {f"{old}.{kind}": own[f"{new}.{kind}"].shape for old, new in TORCHVISION_NAMES.items()
                 for kind in ("weight", "bias")}
     for key, shape in expected.items():
         if key not in state:
