@@ -81,6 +81,13 @@ EAGER = (lrn_forward, lrn_backward)
 _compile = {"on": os.environ.get("ALEXNET_COMPILE", "1") != "0" and hasattr(torch, "compile")}
 
 
+def compile_kernels(on: bool) -> None:
+    """Use the compiled kernels in this process (when torch.compile works here) or the eager ones: the
+    same numbers. Training keeps them on (a few fixed shapes, compiled once); inference on batches of
+    any size (predict, retrieve, serve) turns them off, since every new shape would compile anew."""
+    _compile["on"] = on and hasattr(torch, "compile") and os.environ.get("ALEXNET_COMPILE", "1") != "0"
+
+
 @functools.cache
 def _compiled():
     """The fused kernels; dynamic=False: one specialised kernel per shape (conv1, conv2 x batch sizes)."""

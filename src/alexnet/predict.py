@@ -34,7 +34,7 @@ from .checkpoint import unwrap
 from .data.decode import IMAGE_SUFFIXES, is_image_name
 from .data.pipeline import Pipeline
 from .errors import UsageError
-from .runtime import autocast, log, pick_device, usable_cpus
+from .runtime import autocast, log, pick_device, worker_count
 
 MAX_PIXELS = 89_478_485  # Pillow's own warning threshold: about 0.25 GB of RGBA pixels
 
@@ -120,6 +120,9 @@ class Predictor:
     def from_run(cls, loaded, device: torch.device | str = "cpu", batch_size: int = 64) -> Predictor:
         """A ``run.LoadedRun`` made ready on ``device``; its class list or, where the checkpoint has
         none, the outputs' indices."""
+        from . import lrn
+
+        lrn.compile_kernels(False)  # batches of any size: compiling LRN per new size costs seconds each
         device = torch.device(device)
         if loaded.pipeline is None:
             raise UsageError(f"checkpoint {loaded.path} stores no input pipeline (written before they did); "
@@ -293,7 +296,7 @@ def read_batches(files: list[Path], pipeline: Pipeline, batch_size: int, progres
 
     chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
     side = pipeline.stored
-    with ThreadPoolExecutor(workers or usable_cpus()) as pool, \
+    with ThreadPoolExecutor(worker_count(workers)) as pool, \
             tqdm(total=len(files), desc=progress, unit="img", file=sys.stderr, disable=progress is None) as bar:
         say = functools.partial(tqdm.write, file=sys.stderr)
         pending = [pool.submit(read_image, path, pipeline) for path in chunks[0]] if chunks else []
