@@ -7,6 +7,9 @@ from fixtures import TARBALL
 
 # Small, deterministic CPU tests: two threads like CI, a fixed seed per test.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# LRN runs eagerly in the tests (subprocesses inherit this): torch.compile specialises it for every new
+# shape, seconds each. test_lrn.py compiles it and checks it against the formula; make demo runs it compiled.
+os.environ.setdefault("ALEXNET_COMPILE", "0")
 
 
 

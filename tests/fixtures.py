@@ -19,3 +19,18 @@ def index_images(n: int = 6, size: int = 8) -> torch.Tensor:
     imgs[:, 1] = torch.arange(n).view(n, 1, 1)
     imgs[:, 2] = 7
     return imgs
+
+
+TINY_CLASSES = [{"index": i, "wnid": f"n{i}", "name": name} for i, name in enumerate(("cat", "dog", "fish"))]
+
+
+def tiny_checkpoint(path, seed=0):
+    """A 3-class quarter-width paper network with an ImageNet-style pipeline (a mean image). He
+    init and unit-scale inputs, so that different images get clearly different probabilities."""
+    from alexnet import AlexNet, ModelConfig, save_checkpoint
+    from alexnet.data.pipeline import Pipeline
+
+    torch.manual_seed(seed)
+    model = AlexNet(ModelConfig(variant="paper", num_classes=3, width=0.25, init="kaiming")).eval()
+    pipeline = Pipeline("imagenet", 224, 0, False, torch.full((3, 256, 256), 115.0), torch.full((3, 1, 1), 60.0), None)
+    return save_checkpoint(path, model, classes=TINY_CLASSES, pipeline=pipeline.state_dict())

@@ -89,6 +89,7 @@ def test_statistics_deltas_and_verdicts_on_fixed_numbers():
     assert "training error (40.0 %) is still above its validation error (32.0 %)" in text
 
 
+@pytest.mark.slow
 def test_tiny_ablation_writes_outputs_and_resumes(tmp_path, capsys, data_cache, monkeypatch):
     monkeypatch.setitem(__import__("alexnet.lrn").lrn._compile, "on", False)  # eager LRN: no compile wait per shape
     out = tmp_path / "abl"

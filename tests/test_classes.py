@@ -51,6 +51,7 @@ def paper_run(folder, tmp_path_factory, data_cache):
     return out
 
 
+@pytest.mark.slow
 def test_paper_recipe_builds_fc8_for_the_folders_classes(paper_run):
     ckpt = load_checkpoint(paper_run / "checkpoints" / "last.pt")
     assert ckpt["model"]["fc8.weight"].shape == (7, 4096) and ckpt["config"]["model"]["num_classes"] == 7
@@ -61,6 +62,7 @@ def test_paper_recipe_builds_fc8_for_the_folders_classes(paper_run):
     assert summary["epochs"] == 1 and summary["examples"] == 7 * VAL
 
 
+@pytest.mark.slow
 def test_ten_crop_eval_from_the_checkpoint(paper_run, capsys):
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(paper_run / "checkpoints" / "last.pt"), "--crops", "10"]) == 0
@@ -69,6 +71,7 @@ def test_ten_crop_eval_from_the_checkpoint(paper_run, capsys):
     assert 0 <= result["val_top5_err"] <= result["val_top1_err"] <= 1
 
 
+@pytest.mark.slow
 def test_the_bad_files_were_skipped_and_the_odd_ones_kept(paper_run, folder, data_cache):
     prepared = next((data_cache / "prepared").glob("my_photos-*"))
     report = json.loads((prepared / "report.json").read_text())
@@ -95,6 +98,7 @@ def other_classes(root):
     return root
 
 
+@pytest.mark.slow
 def test_eval_refuses_data_with_other_classes(paper_run, tmp_path, capsys, data_cache):
     other = other_classes(tmp_path / "other")
     capsys.readouterr()
@@ -102,6 +106,7 @@ def test_eval_refuses_data_with_other_classes(paper_run, tmp_path, capsys, data_
     assert "'apple' there and 'bicycle' here" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_ensemble_member_trained_on_other_inputs_is_refused(paper_run, tmp_path, capsys):
     last = paper_run / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(last)
@@ -115,6 +120,7 @@ def test_an_ensemble_member_trained_on_other_inputs_is_refused(paper_run, tmp_pa
     assert f"checkpoint {other} was trained on other inputs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_class_list_shorter_than_the_data_is_refused_in_one_line(paper_run):
     from alexnet.errors import UsageError
     from alexnet.run import load_run
@@ -129,6 +135,7 @@ def test_a_class_list_shorter_than_the_data_is_refused_in_one_line(paper_run):
         loaded.check_classes(Data())
 
 
+@pytest.mark.slow
 def test_resume_refuses_data_with_other_classes(paper_run, tmp_path, capsys, data_cache):
     run = tmp_path / "run"
     shutil.copytree(paper_run, run)

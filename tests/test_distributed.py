@@ -12,6 +12,8 @@ import torch
 from alexnet import load_checkpoint
 from fixtures import TARBALL
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses
+
 # No dropout, no augmentation, fp32: the two runs see exactly the same global batches.
 SAME_BATCHES = ["data.limit=63", "data.batch_size=16", "optim.epochs=1", "optim.lr=0.01", "model.width=0.25",
                 "model.dropout=0", "data.crop_padding=0", "data.flip=false", "train.precision=\"fp32\"",

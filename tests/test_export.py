@@ -17,6 +17,8 @@ from alexnet.cli import main
 from alexnet.data.pipeline import Pipeline
 from alexnet.export import load_safetensors, quiet_jit, read_info
 
+pytestmark = pytest.mark.slow  # end to end: exports of whole networks
+
 REPO = Path(__file__).resolve().parents[1]
 # paper and torchvision at width 0.25: the export numerics do not depend on the width (the full paper
 # network exports the same way, ~20 s here: too slow for this file); cifar with an ImageNet-kind

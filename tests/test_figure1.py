@@ -70,6 +70,7 @@ def test_training_is_deterministic_and_the_sweep_picks_the_lowest_error():
     assert best.lr == min(records, key=lambda r: (r["train_error"][-1], r["lr"]))["lr"]  # ties: the smaller rate
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setup, lrs", [("paper", (0.001, 0.01)), ("modern", (0.01, 0.05))])
 def test_tiny_run_writes_png_json_and_one_line(tmp_path, capsys, data_cache, setup, lrs):
     out = tmp_path / "f1"

@@ -84,6 +84,7 @@ def run_figures(capsys, *argv) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_folders_give_three_pictures_and_known_neighbours(folders, tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "run", overrides=["model.width=0.25"])
     printed = run_figures(capsys, "--checkpoint", ckpt, "--images", folders / "images",
@@ -105,6 +106,7 @@ def test_folders_give_three_pictures_and_known_neighbours(folders, tmp_path, cap
         assert distances == sorted(distances) and distances[0] < 1e-3 * distances[2]
 
 
+@pytest.mark.slow
 def test_a_query_is_not_its_own_neighbour_but_its_copy_is(folders, tmp_path, capsys):
     both = tmp_path / "both"
     shutil.copytree(folders / "images", both)
@@ -130,6 +132,7 @@ def cifar_tree(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_default_images_come_from_the_checkpoints_dataset(cifar_tree, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ALEXNET_DATA", str(tmp_path / "cache"))
     ckpt = make_checkpoint(tmp_path / "run", overrides=["model.width=0.25", f"data.path={json.dumps(str(cifar_tree))}",
@@ -143,6 +146,7 @@ def test_default_images_come_from_the_checkpoints_dataset(cifar_tree, tmp_path, 
     assert_picture(tmp_path / "run" / "figures" / "figure3.png", 300, 60)  # one tower: one block
 
 
+@pytest.mark.slow
 def test_prepared_imagenet_uses_the_mean_image_and_class_names(tmp_path, capsys):
     src, wnids = tmp_path / "src", ("n01440764", "n01443537", "n01484850")  # tench, goldfish, great white shark
     for split, count in (("train", 3), ("val", 2)):

@@ -35,6 +35,7 @@ PAPER = ["--recipe", "paper", "model.num_classes=3", "model.width=0.125", "data.
          "data.eval_batch_size=3", "data.workers=0", "train.progress=false"]
 
 
+@pytest.mark.slow
 def test_paper_recipe_trains_one_epoch_and_evaluates_ten_crops(prepared, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", str(prepared), "--out", str(out), *PAPER]) == 0

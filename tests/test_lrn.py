@@ -4,6 +4,14 @@ import torch
 from alexnet.lrn import LocalResponseNorm
 
 
+@pytest.fixture(autouse=True)
+def compiled_lrn(monkeypatch):
+    """These tests check the compiled kernels (the suite runs LRN eagerly, see conftest.py)."""
+    from alexnet import lrn
+
+    monkeypatch.setitem(lrn._compile, "on", hasattr(torch, "compile"))
+
+
 def lrn_formula(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
     """Section 3.3 written as loops over channels (alpha divided by n, the cuda-convnet convention)."""
     channels = a.shape[1]

@@ -8,28 +8,17 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from fixtures import SAMPLES
 from PIL import Image
 
-from alexnet.checkpoint import save_checkpoint
 from alexnet.cli import main
 from alexnet.data.decode import BadImage
 from alexnet.data.pipeline import Pipeline
-from alexnet.model import AlexNet, ModelConfig
 from alexnet.predict import Predictor, decode_file
 from alexnet.run import load_run
+from fixtures import SAMPLES, TINY_CLASSES, tiny_checkpoint
 
-CLASSES = [{"index": i, "wnid": f"n{i}", "name": name} for i, name in enumerate(["cat", "dog", "fish"])]
+CLASSES = TINY_CLASSES
 PHOTOS = sorted(SAMPLES.glob("*.JPEG"))[:4]
-
-
-def tiny_checkpoint(path, seed=0):
-    """A 3-class quarter-width paper network with an ImageNet-style pipeline (a mean image). He
-    init and unit-scale inputs, so that different images get clearly different probabilities."""
-    torch.manual_seed(seed)
-    model = AlexNet(ModelConfig(variant="paper", num_classes=3, width=0.25, init="kaiming")).eval()
-    pipeline = Pipeline("imagenet", 224, 0, False, torch.full((3, 256, 256), 115.0), torch.full((3, 1, 1), 60.0), None)
-    return save_checkpoint(path, model, classes=CLASSES, pipeline=pipeline.state_dict())
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +98,7 @@ def predict_json(capsys, *args):
     return code, [json.loads(line) for line in out.splitlines()], err
 
 
+@pytest.mark.slow
 def test_folder_of_mixed_files_one_record_each(checkpoint, folder, capsys):
     code, records, err = predict_json(capsys, "--checkpoint", checkpoint, folder, "--batch-size", "5")
     assert code == 1  # some files failed, the others were predicted
@@ -127,6 +117,7 @@ def test_folder_of_mixed_files_one_record_each(checkpoint, folder, capsys):
     assert "5 of 17 files could not be read" in err
 
 
+@pytest.mark.slow
 def test_probabilities_match_predictor_and_exif_is_applied(checkpoint, folder, capsys):
     files = [folder / "photos" / PHOTOS[0].name, folder / "upright.png", folder / "rotated.jpg"]
     code, records, _ = predict_json(capsys, "--checkpoint", checkpoint, *files, "--topk", "3")

@@ -131,6 +131,7 @@ def headless(tmp_path, *args) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
 
 
+@pytest.mark.slow
 def test_chromium_renders_the_page_with_every_image(run_dir, tmp_path, capsys):
     report(capsys, run_dir)
     page = run_dir / "report.html"

@@ -18,6 +18,8 @@ from alexnet import load_checkpoint
 from alexnet.cli import main
 from fixtures import TARBALL
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses
+
 # 8 steps per epoch, a checkpoint every 3 steps; dropout, crops, flips and bf16 all stay on, so
 # every random state must be restored for the weights to match.
 TINY = ["--recipe", "cifar10", "data.limit=512", "data.batch_size=64", "optim.epochs=2", "model.width=0.25",

@@ -5,8 +5,7 @@ import shutil
 
 import pytest
 import torch
-from fixtures import SAMPLES
-from test_predict import tiny_checkpoint
+from fixtures import SAMPLES, tiny_checkpoint
 
 import alexnet
 from alexnet import retrieve
@@ -52,6 +51,7 @@ def retrieve_json(capsys, checkpoint, gallery, *queries, k=3):
     return code, [json.loads(line) for line in out.splitlines()], err
 
 
+@pytest.mark.slow
 def test_exact_copy_first_and_second_call_uses_the_cache(checkpoint, gallery, tmp_path, capsys, monkeypatch):
     query = tmp_path / "query.jpg"
     shutil.copy(PHOTOS[3], query)  # the same bytes as gallery/sub/<PHOTOS[3]>
@@ -73,6 +73,7 @@ def test_exact_copy_first_and_second_call_uses_the_cache(checkpoint, gallery, tm
     assert "broken.jpg skipped" in err and "run through the network" not in err
 
 
+@pytest.mark.slow
 def test_changed_file_recomputes_only_it_and_other_weights_everything(checkpoint, gallery, tmp_path):
     predictor = Predictor.from_run(load_run(checkpoint), "cpu", batch_size=4)
     first = retrieve.gallery_features(predictor, gallery)

@@ -35,6 +35,8 @@ from alexnet.run import load_run
 from alexnet.serve import ServeConfig, build_app, uvicorn_config
 from fixtures import SAMPLES
 
+pytestmark = pytest.mark.slow  # end to end: servers, a browser
+
 CLASSES = [{"index": i, "wnid": f"n{i:08d}", "name": f"thing {i}"} for i in range(10)]
 
 

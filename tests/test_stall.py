@@ -3,10 +3,12 @@
 import json
 import math
 
+import pytest
+
 from alexnet.cli import main
 from alexnet.config import build_config, read_recipe
 from alexnet.stall import stall_warning, stuck_reason
-from test_train import TARBALL
+from fixtures import TARBALL
 
 
 def test_a_loss_at_ln_classes_is_stuck_and_one_just_below_is_not():
@@ -41,6 +43,7 @@ def test_the_stable_rate_is_measured_on_the_paper_init():
     assert stable_lr(1000, 4096, 0.9) > 0.4
 
 
+@pytest.mark.slow
 def test_a_run_that_predicts_one_class_prints_the_warning(tmp_path, capsys, data_cache):
     """The paper's init with a frozen network (lr 0): biases of 1 give every image the same logits."""
     args = ["train", "--recipe", "paper", "--out", str(tmp_path / "stuck"), "data.dataset=cifar10", "model.variant=cifar",

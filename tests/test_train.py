@@ -19,6 +19,7 @@ def smoke_run(tmp_path_factory, data_cache):
     return out
 
 
+@pytest.mark.slow
 def test_one_epoch_learns_above_chance(smoke_run):
     summary = json.loads((smoke_run / "summary.json").read_text())
     assert summary["epochs"] == 1 and summary["examples"] == 512
@@ -27,6 +28,7 @@ def test_one_epoch_learns_above_chance(smoke_run):
         assert key in summary
 
 
+@pytest.mark.slow
 def test_run_folder_contract(smoke_run):
     rows = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1]
@@ -37,6 +39,7 @@ def test_run_folder_contract(smoke_run):
     assert list(smoke_run.glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_eval_prints_one_json_line(smoke_run, capsys):
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(smoke_run / "checkpoints" / "last.pt")]) == 0
@@ -48,6 +51,7 @@ def test_eval_prints_one_json_line(smoke_run, capsys):
     assert 0 <= result["val_top5_err"] <= result["val_top1_err"]
 
 
+@pytest.mark.slow
 def test_resume_continues_to_more_epochs(smoke_run):
     assert main(["train", "--out", str(smoke_run), "--resume", "optim.epochs=3", "train.eval_every=3"]) == 0
     rows = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
@@ -92,6 +96,7 @@ def test_one_step_in_each_precision_moves_the_weights(precision):
     assert not torch.equal(before, model.conv1.weight) and torch.isfinite(model.conv1.weight).all()
 
 
+@pytest.mark.slow
 def test_paper_recipe_runs_on_cifar_with_its_plateau_schedule(tmp_path, data_cache):
     out = tmp_path / "paper"
     args = ["train", "--recipe", "paper", "--out", str(out), "data.dataset=cifar10", "model.variant=cifar",
@@ -103,6 +108,7 @@ def test_paper_recipe_runs_on_cifar_with_its_plateau_schedule(tmp_path, data_cac
     assert checkpoint["schedule"]["best"] < 1.0 and checkpoint["progress"]["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_eval_ten_crops_and_an_ensemble(smoke_run, capsys):
     last = str(smoke_run / "checkpoints" / "last.pt")
     capsys.readouterr()

@@ -28,6 +28,7 @@ def ram_path(tmp_path):
         yield Path(folder)
 
 
+@pytest.mark.slow
 def test_torchvision_import_reproduces_torchvision(ram_path, capsys):
     tmp_path = ram_path
     torch.manual_seed(0)
