@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -279,3 +280,390 @@ def table(result: dict) -> str:
 
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+# =========================================================================== bench model
+#
+# `alexnet bench model`: training-step and inference images/s of the paper's network with this
+# project's settings (train_step: bf16 autocast, channels_last, our LRN, SGD momentum foreach; plus
+# whole-network torch.compile and, on CUDA, CUDA graphs where they are faster) against
+# torchvision.models.alexnet() in a plain eager fp32 loop, same batch, threads and process. Each
+# variant is warmed up first (its compile time reported), then timed for ``steps`` steps per round,
+# rounds interleaved; rates are medians over rounds, speedups medians of the per-round ratios of the
+# fastest of our variants to torchvision.
+
+
+def bench_model(batch: int = 128, steps: int = 10, rounds: int = 3, device: str = "auto",
+                compile: bool | None = None, width: float = 1.0, json_out: bool = False) -> dict:
+    """Measure (see above); print one JSON line (``json_out``) or a short table, return the dict.
+    ``compile=None``: also try torch.compile on CUDA, eager only on the CPU."""
+    from .runtime import pick_device
+
+    dev = pick_device(device)
+    compile = dev.type == "cuda" if compile is None else compile
+    config, ours, theirs = _model_pair(width, dev)
+    x = torch.randn(batch, 3, CROP, CROP, device=dev)
+    y = torch.randint(0, 1000, (batch,), device=dev)
+    train_variants, infer_variants = _model_variants(config, ours, theirs, x, y, compile)
+    compile_s: dict[str, float] = {}
+    calls = min(3, steps)  # warm-up calls per variant
+    train = _rounds(_warm(train_variants, compile_s, "train", calls), batch, steps, rounds, dev)
+    infer = _rounds(_warm(infer_variants, compile_s, "inference", calls), batch, steps, rounds, dev)
+    result = _model_summary(train, infer, compile_s, config, batch, steps, rounds, dev, width)
+    print(json.dumps(result) if json_out else model_table(result), flush=True)
+    return result
+
+
+def _model_pair(width: float, dev: torch.device):
+    """The paper recipe's config, our paper network (channels_last) and torchvision's alexnet."""
+    import torchvision
+
+    from .config import build_config, read_recipe
+    from .model import AlexNet
+
+    config = build_config(read_recipe("paper"), ["model.num_classes=1000", f"model.width={width}"])
+    ours = AlexNet(config.model).to(dev, memory_format=torch.channels_last)
+    return config, ours, torchvision.models.alexnet().to(dev)
+
+
+def _model_variants(config, ours, theirs, x, y, compile: bool) -> tuple[dict, dict]:
+    """name -> a no-argument step, for training and for inference. Ours run ``train.train_step`` on a
+    run-like namespace; torchvision runs zero_grad / cross-entropy / backward / step in fp32."""
+    from types import SimpleNamespace
+
+    from torch.nn import functional as F
+
+    from .resume import Progress
+    from .runtime import Dist, autocast
+    from .train import make_optimizer, train_step
+
+    dev, precision = x.device, config.train.precision
+    ours_x = x.contiguous(memory_format=torch.channels_last)  # what the pipeline hands the network
+    nets = {"eager": ours}
+    if compile:
+        nets["compiled"] = torch.compile(ours)
+    run = SimpleNamespace(config=config, device=dev, model=ours, net=ours, optimizer=make_optimizer(ours, config.optim),
+                          scaler=torch.amp.GradScaler(dev.type, enabled=precision == "fp16"), ddp=Dist(),
+                          progress=Progress())
+    sgd = torch.optim.SGD(theirs.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def ours_train(net):
+        def step():
+            ours.train()
+            run.net = net
+            train_step(run, ours_x, y)
+        return step
+
+    def theirs_train():
+        theirs.train()
+        sgd.zero_grad()
+        F.cross_entropy(theirs(x), y).backward()
+        sgd.step()
+
+    def ours_infer(net):
+        def step():
+            ours.eval()
+            with torch.inference_mode(), autocast(dev, precision):
+                net(ours_x)
+        return step
+
+    def theirs_infer():
+        theirs.eval()
+        with torch.inference_mode():
+            theirs(x)
+
+    train = {f"ours_{k}": ours_train(v) for k, v in nets.items()} | {"torchvision": theirs_train}
+    infer = {f"ours_{k}": ours_infer(v) for k, v in nets.items()} | {"torchvision": theirs_infer}
+    if compile and dev.type == "cuda":  # CUDA graphs replay the whole forward pass as one launch
+        infer["ours_cudagraphs"] = ours_infer(torch.compile(ours, mode="reduce-overhead"))
+    return train, infer
+
+
+def _warm(variants: dict, compile_s: dict, kind: str, calls: int = 3) -> dict:
+    """Run each variant ``calls`` times (compilation, autotuning, caches); record the seconds of
+    compiling variants in ``compile_s``; drop a variant that fails (torch.compile on a machine
+    without a compiler, say) with a message: eager always remains."""
+    kept = {}
+    for name, step in variants.items():
+        start = time.perf_counter()
+        try:
+            for _ in range(calls):
+                step()
+            _sync()
+        except Exception as err:  # noqa: BLE001 - a failing compiled variant means "eager only"
+            if name in ("ours_eager", "torchvision"):
+                raise
+            _log(f"bench model: {kind} {name} failed ({type(err).__name__}: {str(err)[:200]}); left out")
+            continue
+        if name not in ("ours_eager", "torchvision"):
+            compile_s[f"{kind}_{name.removeprefix('ours_')}"] = round(time.perf_counter() - start, 1)
+        kept[name] = step
+    return kept
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def _rounds(variants: dict, batch: int, steps: int, rounds: int, dev: torch.device) -> dict[str, list[float]]:
+    """Per-round images/s of each variant, interleaved: every round runs each variant ``steps`` times."""
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name, step in variants.items():
+            _sync()
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            _sync()
+            rates[name].append(batch * steps / (time.perf_counter() - start))
+        _log(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f} img/s" for k, v in rates.items()))
+    return rates
+
+
+def _best(rates: dict[str, list[float]]) -> tuple[str, float, float]:
+    """Our fastest variant by median, its median and the median per-round ratio to torchvision."""
+    name = max((k for k in rates if k.startswith("ours_")), key=lambda k: statistics.median(rates[k]))
+    ratio = statistics.median(a / b for a, b in zip(rates[name], rates["torchvision"]))
+    return name.removeprefix("ours_"), statistics.median(rates[name]), ratio
+
+
+def _model_summary(train, infer, compile_s, config, batch, steps, rounds, dev, width) -> dict:
+    train_best, train_rate, train_ratio = _best(train)
+    infer_best, infer_rate, infer_ratio = _best(infer)
+    medians = {f"{kind}_{name.removeprefix('ours_')}_images_per_s": round(statistics.median(v), 1)
+               for kind, rates in (("train", train), ("inference", infer)) for name, v in rates.items()
+               if name != "torchvision"}
+    return {
+        "bench": "model", "train_images_per_s": round(train_rate, 1),
+        "torchvision_train_images_per_s": round(statistics.median(train["torchvision"]), 1),
+        "train_speedup_vs_torchvision": round(train_ratio, 2),
+        "inference_images_per_s": round(infer_rate, 1),
+        "torchvision_inference_images_per_s": round(statistics.median(infer["torchvision"]), 1),
+        "inference_speedup_vs_torchvision": round(infer_ratio, 2),
+        "train_variant": train_best, "inference_variant": infer_best, **medians, "compile_s": compile_s,
+        "batch_size": batch, "steps": steps, "rounds": rounds, "threads": torch.get_num_threads(),
+        "precision": config.train.precision, "channels_last": True, "compile": sorted(compile_s),
+        "lrn_compiled": os.environ.get("ALEXNET_COMPILE", "1") != "0", "width": width,
+        "device": _device_label(dev), "torch_version": torch.__version__, "cpu": cpu_name(),
+    }
+
+
+def _device_label(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), or the platform's processor string."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def model_table(r: dict) -> str:
+    return "\n".join([
+        f"model alone, images/s (batch {r['batch_size']}, {r['threads']} threads, {r['device']}, median of {r['rounds']}):",
+        f"  train      ours ({r['precision']}, {r['train_variant']})  {r['train_images_per_s']:>10.1f}"
+        f"   {r['train_speedup_vs_torchvision']:.2f}x torchvision ({r['torchvision_train_images_per_s']:.1f}, fp32 eager)",
+        f"  inference  ours ({r['precision']}, {r['inference_variant']})  {r['inference_images_per_s']:>10.1f}"
+        f"   {r['inference_speedup_vs_torchvision']:.2f}x torchvision ({r['torchvision_inference_images_per_s']:.1f})",
+        f"  compile seconds: {r['compile_s'] or 'none'}",
+    ])
+
+
+# =========================================================================== bench train
+#
+# `alexnet bench train`: a recipe end to end for ``steps`` training steps (after ``warmup`` untimed
+# ones: decode workers starting, LRN compiling per shape), with each step's wall time split into
+#   data_wait  blocked on the batch iterator (decode workers behind, or inline decoding),
+#   to_device  the rest of the host-to-device copy (and nvJPEG decoding with data.decode=device),
+#   augment    the training pipeline on the device (crop, flip, mean, lighting),
+#   compute    forward, backward and the optimiser step (train.train_step),
+# each synchronised on CUDA, so the split adds up to the step time. The recommended data.workers
+# is the compute rate over the decode rate of one worker (measured in this process, one thread).
+
+
+def bench_train(recipe: str, data_path, overrides: list[str], steps: int = 50, warmup: int = 5,
+                ddp_wrap: bool = False, json_out: bool = False) -> dict:
+    """Measure (see above) on this process's share of the run; rank 0 prints one JSON line
+    (``json_out``) or a short table; returns the dict."""
+    from .config import build_config, read_recipe
+    from .data.datasets import load_dataset
+    from .runtime import init_distributed, main_first, pick_device, seed_everything, set_threads, shutdown_distributed
+    from .train import classes_from_data
+
+    config = build_config(read_recipe(recipe), overrides, data_path)
+    set_threads(config.train.threads)
+    seed_everything(config.seed)
+    ddp = init_distributed(config.train.device)
+    device = pick_device(config.train.device, ddp.local_rank)
+    with main_first(ddp):
+        data = load_dataset(config.data, config.seed, ddp)
+    config = classes_from_data(config, data)
+    run, pipeline = _bench_run(config, data, ddp, device, ddp_wrap)
+    times = _timed_steps(run, pipeline, data, steps, warmup)
+    result = _train_summary(config, run, data, times, steps, warmup)
+    if ddp.main:
+        print(json.dumps(result) if json_out else train_table(result), flush=True)
+    shutdown_distributed()
+    return result
+
+
+def _bench_run(config, data, ddp, device, ddp_wrap: bool):
+    """What ``train.train_step`` needs (a run-like namespace) and the training pipeline on ``device``."""
+    from types import SimpleNamespace
+
+    from .data.pipeline import pipeline_for
+    from .model import AlexNet
+    from .resume import Progress
+    from .train import make_optimizer, wrap
+
+    model = AlexNet(config.model).to(device)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = _ddp_alone(model, device) if ddp_wrap and ddp.world == 1 else wrap(model, ddp, device)
+    run = SimpleNamespace(config=config, device=device, model=model, net=net, ddp=ddp, progress=Progress(),
+                          optimizer=make_optimizer(model, config.optim),
+                          scaler=torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16"))
+    return run, pipeline_for(config, data).to(device)
+
+
+def _ddp_alone(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel in a process group of one (NCCL on a GPU, gloo on the CPU): what DDP's
+    gradient buckets and all-reduces cost, without a second GPU. Under torchrun its variables are used."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    return DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _epochs(run, data, generator: torch.Generator):
+    """Training batches (uint8 on the device) from ``datasets.batches``, epoch after epoch."""
+    from .data.datasets import batches
+
+    images, cfg = data.train_images, run.config.data
+    if isinstance(images, torch.Tensor):
+        images = images.to(run.device)
+    while True:
+        order = torch.randperm(len(data.train_labels), generator=generator)
+        yield from batches(images, data.train_labels, order, cfg.batch_size, run.device, workers=cfg.workers,
+                           ddp=run.ddp, decode=cfg.decode)
+
+
+def _timed_steps(run, pipeline, data, steps: int, warmup: int) -> dict[str, float]:
+    """Seconds of the timed steps in each part, and ``wall``: from the first timed step to the last."""
+    from .train import train_step
+
+    generator = torch.Generator().manual_seed(run.config.seed)
+    batches, sync = _epochs(run, data, generator), _device_sync(run.device)
+    times = dict.fromkeys(("data_wait", "to_device", "augment", "compute"), 0.0)
+    run.model.train()
+    for i in range(warmup + steps):
+        if i == warmup:
+            times = dict.fromkeys(times, 0.0)
+            first = time.perf_counter()
+        t0 = time.perf_counter()
+        x, y = next(batches)
+        t1 = time.perf_counter()
+        t2 = sync()
+        x = pipeline.train(x, generator)
+        t3 = sync()
+        train_step(run, x, y)
+        t4 = sync()
+        for key, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            times[key] += seconds
+    times["wall"] = time.perf_counter() - first
+    batches.close()  # stops the decode workers
+    return times
+
+
+def _device_sync(device: torch.device):
+    """A function that waits for ``device``'s queued work and returns perf_counter()."""
+    def sync() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return sync
+
+
+def decode_rate(data, decode: str, batch: int, batches: int = 2) -> float | None:
+    """Images per CPU second one decode worker delivers (this process, one thread): what a worker of
+    ``datasets.batches`` does per batch (decode, or with data.decode=device only read the bytes). None
+    for images already in memory (CIFAR-10): nothing to decode."""
+    images = data.train_images
+    if isinstance(images, torch.Tensor):
+        return None
+    encoded = decode == "device" and images.reader.format == "jpeg"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        generator, done, start = torch.Generator().manual_seed(1), 0, time.process_time()
+        for _ in range(batches):
+            idx = torch.randint(0, len(images), (min(batch, len(images)),), generator=generator)
+            done += len(images.encoded(idx) if encoded else images[idx])
+        return done / max(time.process_time() - start, 1e-9)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_summary(config, run, data, times: dict[str, float], steps: int, warmup: int) -> dict:
+    """Rates, the time split and the recommended data.workers."""
+    from .runtime import usable_cpus, worker_count
+
+    ddp, cfg = run.ddp, config.data
+    share = cfg.batch_size // ddp.world  # this process's images per step
+    busy = max(times["wall"] - times["data_wait"], 1e-9)  # what the loop needs besides waiting for data
+    consume = share * steps / busy  # images/s this process takes in when never kept waiting
+    per_worker = decode_rate(data, cfg.decode, share)
+    cores = max(1, usable_cpus() // ddp.local_world)
+    needed = math.ceil(1.25 * consume / per_worker) if per_worker else 0  # 25% headroom
+    wait_share = times["data_wait"] / max(times["wall"], 1e-9)
+    return {
+        "bench": "train", "recipe": config.recipe, "images_per_s": round(cfg.batch_size * steps / times["wall"], 1),
+        "steps": steps, "warmup_steps": warmup, "batch_size": cfg.batch_size, "processes": ddp.world,
+        "seconds": round(times["wall"], 3),
+        **{f"{k}_s": round(v, 3) for k, v in times.items() if k != "wall"},
+        **{f"{k}_share": round(v / max(times["wall"], 1e-9), 3) for k, v in times.items() if k != "wall"},
+        "input_bound": wait_share > 0.1, "compute_images_per_s": round(consume * ddp.world, 1),
+        "decode_images_per_s_per_worker": round(per_worker, 1) if per_worker else None,
+        "workers": worker_count(cfg.workers if cfg.workers >= 0 else None, ddp.local_world) if per_worker else 0,
+        "workers_needed": needed, "recommended_workers": min(needed, cores),
+        "decode": cfg.decode, "dataset": cfg.dataset, "precision": config.train.precision,
+        "channels_last": config.train.channels_last, "ddp": run.net is not run.model,
+        "lrn_compiled": os.environ.get("ALEXNET_COMPILE", "1") != "0", "device": _device_label(run.device),
+        "threads": torch.get_num_threads(), "torch_version": torch.__version__, "cpu": cpu_name(),
+    }
+
+
+def train_table(r: dict) -> str:
+    parts = ", ".join(f"{k} {r[f'{k}_s']:.2f}s ({100 * r[f'{k}_share']:.0f}%)"
+                      for k in ("data_wait", "to_device", "augment", "compute"))
+    bound = "INPUT-BOUND: the decode workers cannot keep up" if r["input_bound"] else "compute-bound"
+    decode = (f"one decode worker: {r['decode_images_per_s_per_worker']:.0f} img/s; the loop takes "
+              f"{r['compute_images_per_s']:.0f} img/s: data.workers={r['recommended_workers']} recommended "
+              f"({r['workers_needed']} needed, {r['workers']} used)") if r["decode_images_per_s_per_worker"] \
+        else "images in memory: no decode workers"
+    return "\n".join([
+        f"{r['recipe']}: {r['images_per_s']:.1f} images/s over {r['steps']} steps of {r['batch_size']} on {r['device']} "
+        f"({r['processes']} process(es), {r['precision']}, decode {r['decode']})",
+        f"  time: {parts}",
+        f"  {bound}; {decode}",
+    ])

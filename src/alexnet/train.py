@@ -119,7 +119,7 @@ def _start(config, out: Path, resume: LoadedRun | None, ddp: Dist, device, data,
     steps_per_epoch = _steps_per_epoch(len(data.train_labels), config.data.batch_size, ddp.world)
     optimizer = make_optimizer(model, config.optim)
     ckpt_dir = _prepare_run_dir(out, config, resume is not None, ddp.main)
-    run = Run(config, out, device, ddp, model, _wrap(model, ddp, device), optimizer,
+    run = Run(config, out, device, ddp, model, wrap(model, ddp, device), optimizer,
               Schedule(config.optim, steps_per_epoch),
               torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16"), Progress(),
               Checkpoints(ckpt_dir, config.train.keep_checkpoints), stop, fault_step(ddp.rank))
@@ -155,7 +155,7 @@ def _steps_per_epoch(images: int, batch: int, world: int) -> int:
     return images // batch
 
 
-def _wrap(model: torch.nn.Module, ddp: Dist, device: torch.device) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, ddp: Dist, device: torch.device) -> torch.nn.Module:
     """DistributedDataParallel under torchrun (gradients averaged over processes), the model itself alone."""
     if ddp.world == 1:
         return model
