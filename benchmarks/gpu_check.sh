@@ -3,7 +3,7 @@
 # torchvision.models.alexnet() in eager fp32 on the same GPU, in at most 8 minutes, offline.
 #
 #   bash benchmarks/gpu_check.sh            # on a machine with one H100/H200 (torch + torchvision installed)
-#   bash benchmarks/gpu_check.sh --smoke    # the same steps on the CPU at toy sizes (< 3 minutes), exit 0
+#   bash benchmarks/gpu_check.sh --smoke    # the same steps on the CPU at toy sizes (< 1 minute), exit 0
 #
 # Steps (each under its own time limit; a step that fails or runs out leaves nulls and the rest goes on):
 #   1. data          synthetic ImageNet-sized prepared shards in a temporary folder: 256x256 JPEG q90
@@ -27,11 +27,11 @@ WORK=$(mktemp -d -t alexnet-gpu-check-XXXXXX)
 [[ "${KEEP:-0}" == 1 ]] || trap 'rm -rf "$WORK"' EXIT
 START=$SECONDS
 
-if [[ $SMOKE == 1 ]]; then  # CPU, toy sizes: a quarter-width net, 256 images, batch 16, 3 steps, gloo
+if [[ $SMOKE == 1 ]]; then  # CPU, toy sizes: a quarter-width net, 128 images, batch 8, 2 steps, gloo
   export ALEXNET_COMPILE=${ALEXNET_COMPILE:-0}  # LRN eager: compiling per shape costs seconds on a CPU
-  TRAIN_IMAGES=256 VAL_IMAGES=32 CLASSES=10
-  MODEL_ARGS=(--device cpu --batch-size 16 --steps 1 --rounds 1 --no-compile --width 0.25)
-  TRAIN_ARGS=(--steps 3 --warmup 1 data.batch_size=16 data.workers=1 model.width=0.25 train.device=cpu)
+  TRAIN_IMAGES=128 VAL_IMAGES=16 CLASSES=10
+  MODEL_ARGS=(--device cpu --batch-size 4 --steps 1 --rounds 1 --no-compile --width 0.25)
+  TRAIN_ARGS=(--steps 2 --warmup 1 data.batch_size=8 data.workers=1 model.width=0.25 train.device=cpu)
   LIMIT_DATA=60 LIMIT_MODEL=60 LIMIT_TRAIN=60
 else  # paper recipe as is: batch 128, bf16, channels_last, the paper's augmentation (crop, flip, PCA lighting)
   TRAIN_IMAGES=20480 VAL_IMAGES=1000 CLASSES=1000
