@@ -1,8 +1,11 @@
 """What the tests share: the local data mirror and index-encoded images (one place, not one per file)."""
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 # The read-only data folder beside the checkout (../shared/data), or $ALEXNET_MIRROR.
@@ -34,3 +37,21 @@ def tiny_checkpoint(path, seed=0):
     model = AlexNet(ModelConfig(variant="paper", num_classes=3, width=0.25, init="kaiming")).eval()
     pipeline = Pipeline("imagenet", 224, 0, False, torch.full((3, 256, 256), 115.0), torch.full((3, 1, 1), 60.0), None)
     return save_checkpoint(path, model, classes=TINY_CLASSES, pipeline=pipeline.state_dict())
+
+
+def chromium() -> str:
+    """Debian's headless Chromium: skipped where it is missing, unless ALEXNET_REQUIRE_CHROMIUM=1 (.ci/run)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("ALEXNET_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("chromium is not installed but ALEXNET_REQUIRE_CHROMIUM=1 (.ci/run installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return path
+
+
+def headless(tmp_path, *args, window: str = "1200,1600") -> subprocess.CompletedProcess:
+    """Run headless Chromium with a fresh profile and no background networking (the machine is offline)."""
+    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={window}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)

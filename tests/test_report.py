@@ -5,10 +5,7 @@ import base64
 import html
 import io
 import json
-import os
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -31,6 +28,7 @@ SUMMARY = {"val_top1_err": 0.35, "val_top5_err": 0.04, "best_val_top1_err": 0.35
            "train_seconds": 121.9, "images_per_s": 416.1, "device": "cpu (2 threads) <b>&", "torch_version": "2.14.1",
            "git_commit": "bf39e03b", "recipe": "cifar10"}
 CONFIG = 'seed = 0\nrecipe = "<script>alert(1)</script>"\n\n[model]\nvariant = "cifar"\n'
+from fixtures import headless
 
 
 @pytest.fixture
@@ -113,22 +111,6 @@ window.addEventListener("load", () => {
   document.body.setAttribute("data-image-count", String(images.length));
 });
 </script>"""
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("ALEXNET_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("chromium is not installed but ALEXNET_REQUIRE_CHROMIUM=1 (.ci/run installs it)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return path
-
-
-def headless(tmp_path, *args) -> subprocess.CompletedProcess:
-    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
 
 
 @pytest.mark.slow

@@ -6,10 +6,8 @@ import concurrent.futures
 import functools
 import io
 import json
-import os
 import re
 import select
-import shutil
 import signal
 import socket
 import struct
@@ -33,7 +31,7 @@ from alexnet.model import AlexNet, ModelConfig
 from alexnet.predict import Predictor, decode_file
 from alexnet.run import load_run
 from alexnet.serve import ServeConfig, build_app, uvicorn_config
-from fixtures import SAMPLES
+from fixtures import SAMPLES, headless
 
 pytestmark = pytest.mark.slow  # end to end: servers, a browser
 
@@ -297,31 +295,15 @@ def test_page_is_one_self_contained_file(server):
     assert "@import" not in page and "<script src" not in page
 
 
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("ALEXNET_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("chromium is not installed but ALEXNET_REQUIRE_CHROMIUM=1 (.ci/run installs it)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return path
-
-
-def headless(tmp_path, *args) -> subprocess.CompletedProcess:
-    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=900,700", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
-
-
 def test_chromium_shows_five_bars_for_a_chosen_image(server, tmp_path):
     # ?demo makes the page draw a picture and hand it to the same choose(file) as the file field
-    dom = headless(tmp_path, "--virtual-time-budget=20000", "--dump-dom", f"{server.url}/?demo").stdout
+    dom = headless(tmp_path, "--virtual-time-budget=20000", "--dump-dom", f"{server.url}/?demo", window="900,700").stdout
     assert 'data-state="done"' in dom, dom[-2000:]
     names = re.findall(r'<span class="name"[^>]*>([^<]*)</span>', dom)
     assert len(names) == 5 and all(n.startswith("thing ") for n in names)
     assert len(re.findall(r'class="fill" style="width: [\d.]+%', dom)) == 5
     shot = tmp_path / "shot.png"
-    headless(tmp_path, "--virtual-time-budget=20000", f"--screenshot={shot}", f"{server.url}/?demo")
+    headless(tmp_path, "--virtual-time-budget=20000", f"--screenshot={shot}", f"{server.url}/?demo", window="900,700")
     with Image.open(shot) as image:
         pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
     assert len(np.unique(pixels, axis=0)) > 100 and pixels.std() > 20  # text, picture and bars, not blank
