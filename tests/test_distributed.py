@@ -30,10 +30,10 @@ def torchrun(nproc: int, out: Path, cache: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, data_cache):
     root = tmp_path_factory.mktemp("ddp")
-    torchrun(1, root / "one", root / "cache")
-    torchrun(2, root / "two", root / "cache")
+    torchrun(1, root / "one", data_cache)  # the session's CIFAR-10 cache: decoded once for all tests
+    torchrun(2, root / "two", data_cache)
     return root / "one", root / "two"
 
 
@@ -51,13 +51,13 @@ def test_sharded_evaluation_counts_every_example_once(runs):
     assert "x 2 processes" in two["device"]
 
 
-def test_alexnet_eval_over_two_processes_matches_one(runs):
+def test_alexnet_eval_over_two_processes_matches_one(runs, data_cache):
     checkpoint = str(runs[0] / "checkpoints" / "last.pt")
     results = []
     for nproc in (1, 2):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "alexnet.cli", "eval", "--checkpoint", checkpoint]
-        env = {**os.environ, "ALEXNET_DATA": str(runs[0].parent / "cache"), "ALEXNET_COMPILE": "0"}
+        env = {**os.environ, "ALEXNET_DATA": str(data_cache), "ALEXNET_COMPILE": "0"}
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-3000:]
         lines = done.stdout.strip().splitlines()

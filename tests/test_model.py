@@ -39,13 +39,16 @@ def test_paper_init():
 
 def test_ablation_switches():
     x = torch.randn(1, 3, 224, 224)
-    for cfg in (ModelConfig(activation="tanh"), ModelConfig(lrn=False), ModelConfig(overlap_pool=False),
-                ModelConfig(dropout=0.0), ModelConfig(num_classes=10)):
-        out = AlexNet(cfg).eval()(x)
+    nets = {}  # the switches do not depend on the width: a quarter-width net builds four times faster
+    for name, cfg in (("tanh", ModelConfig(activation="tanh", width=0.25)), ("lrn", ModelConfig(lrn=False, width=0.25)),
+                      ("pool", ModelConfig(overlap_pool=False, width=0.25)), ("dropout", ModelConfig(dropout=0.0, width=0.25)),
+                      ("classes", ModelConfig(num_classes=10, width=0.25))):
+        nets[name] = AlexNet(cfg).eval()
+        out = nets[name](x)
         assert out.shape == (1, cfg.num_classes) and torch.isfinite(out).all()
-    assert isinstance(AlexNet(ModelConfig(activation="tanh")).act, torch.nn.Tanh)
-    assert AlexNet(ModelConfig(overlap_pool=False)).pool.kernel_size == 2
-    assert isinstance(AlexNet(ModelConfig(lrn=False)).lrn1, torch.nn.Identity)
+    assert isinstance(nets["tanh"].act, torch.nn.Tanh)
+    assert nets["pool"].pool.kernel_size == 2
+    assert isinstance(nets["lrn"].lrn1, torch.nn.Identity)
     with pytest.raises(ValueError, match="activation"):
         ModelConfig(activation="sigmoid")
 

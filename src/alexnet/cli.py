@@ -66,7 +66,8 @@ def add_eval(commands) -> None:
     ev.add_argument("--crops", type=int, choices=[1, 2, 10], help="views per image, softmax averaged: 1 centre, "
                     "2 centre + mirror, 10 the paper's four corners + centre and mirrors (default: the run's eval_flip)")
     ev.add_argument("--ensemble", nargs="+", type=Path, default=[], metavar="CKPT",
-                    help="more checkpoints whose softmax is averaged with --checkpoint's (the paper's '5 CNNs')")
+                    help="more checkpoints whose softmax is averaged with --checkpoint's (the paper's '5 CNNs'); "
+                         "give key=value overrides before it")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.limit=1000")
     ev.set_defaults(run=cmd_eval)
 
