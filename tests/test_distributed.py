@@ -21,10 +21,16 @@ SAME_BATCHES = ["data.limit=63", "data.batch_size=16", "optim.epochs=1", "optim.
                 f"data.path={json.dumps(str(TARBALL))}"]
 
 
+def launcher(nproc: int) -> list[str]:
+    """torchrun with ``nproc`` processes; one process runs alone, as a user runs it (the reference)."""
+    if nproc == 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+
+
 def torchrun(nproc: int, out: Path, cache: Path) -> None:
     env = {**os.environ, "ALEXNET_DATA": str(cache), "ALEXNET_COMPILE": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "alexnet.cli", "train", "--out", str(out), *SAME_BATCHES]
+    cmd = [*launcher(nproc), "-m", "alexnet.cli", "train", "--out", str(out), *SAME_BATCHES]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -55,8 +61,7 @@ def test_alexnet_eval_over_two_processes_matches_one(runs, data_cache):
     checkpoint = str(runs[0] / "checkpoints" / "last.pt")
     results = []
     for nproc in (1, 2):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "alexnet.cli", "eval", "--checkpoint", checkpoint]
+        cmd = [*launcher(nproc), "-m", "alexnet.cli", "eval", "--checkpoint", checkpoint]
         env = {**os.environ, "ALEXNET_DATA": str(data_cache), "ALEXNET_COMPILE": "0"}
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -115,9 +115,9 @@ def test_the_paper_network_overfits_one_batch():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if loss.item() < 0.05:
+        if loss.item() < 0.1:
             break
-    assert first > 1.0 and loss.item() < 0.05
+    assert first > 1.0 and loss.item() < 0.1
     assert torch.equal(model.eval()(x).argmax(1), y)
 
 
