@@ -112,7 +112,7 @@ def test_paper_recipe_runs_on_cifar_with_its_plateau_schedule(tmp_path, data_cac
 def test_eval_ten_crops_and_an_ensemble(smoke_run, capsys):
     last = str(smoke_run / "checkpoints" / "last.pt")
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", last, "data.limit=128", "--crops", "10", "--ensemble", last]) == 0
+    assert main(["eval", "--checkpoint", last, "--crops", "10", "--ensemble", last, "data.limit=128"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["crops"] == 10 and result["models"] == 2 and result["examples"] == 128
     assert 0 <= result["val_top5_err"] <= result["val_top1_err"] < 0.9

@@ -66,8 +66,7 @@ def add_eval(commands) -> None:
     ev.add_argument("--crops", type=int, choices=[1, 2, 10], help="views per image, softmax averaged: 1 centre, "
                     "2 centre + mirror, 10 the paper's four corners + centre and mirrors (default: the run's eval_flip)")
     ev.add_argument("--ensemble", nargs="+", type=Path, default=[], metavar="CKPT",
-                    help="more checkpoints whose softmax is averaged with --checkpoint's (the paper's '5 CNNs'); "
-                         "give key=value overrides before it")
+                    help="more checkpoints whose softmax is averaged with --checkpoint's (the paper's '5 CNNs')")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.limit=1000")
     ev.set_defaults(run=cmd_eval)
 
@@ -247,6 +246,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     overrides = [e for e in extra if "=" in e and not e.startswith("-")]
     if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
         parser.parse_args(argv)  # argparse's own message for what is left, and exit 2
+    if getattr(args, "ensemble", None):  # nargs="+" also took the key=value overrides that followed it
+        overrides += [str(p) for p in args.ensemble if "=" in p.name and not p.exists()]
+        args.ensemble = [p for p in args.ensemble if not ("=" in p.name and not p.exists())]
     if overrides:
         args.overrides = [*args.overrides, *overrides]
     return args
