@@ -374,9 +374,25 @@ def _model_variants(config, ours, theirs, x, y, compile: bool) -> tuple[dict, di
 
     train = {f"ours_{k}": ours_train(v) for k, v in nets.items()} | {"torchvision": theirs_train}
     infer = {f"ours_{k}": ours_infer(v) for k, v in nets.items()} | {"torchvision": theirs_infer}
+    if precision == "bf16":  # inference needs no fp32 master weights: cast them once, not every call
+        infer["ours_bf16_weights"] = _bf16_infer(ours, ours_x)
     if compile and dev.type == "cuda":  # CUDA graphs replay the whole forward pass as one launch
         infer["ours_cudagraphs"] = ours_infer(torch.compile(ours, mode="reduce-overhead"))
     return train, infer
+
+
+def _bf16_infer(model: torch.nn.Module, x: torch.Tensor):
+    """Inference with a bfloat16 copy of the weights and input, no autocast (which casts every weight
+    on every call)."""
+    import copy
+
+    net = copy.deepcopy(model).to(torch.bfloat16).eval()
+    xb = x.to(torch.bfloat16)
+
+    def step():
+        with torch.inference_mode():
+            net(xb)
+    return step
 
 
 def _warm(variants: dict, compile_s: dict, kind: str, calls: int = 3) -> dict:

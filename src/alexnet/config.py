@@ -38,12 +38,19 @@ class DataConfig:
     mean: tuple[float, float, float] = CIFAR10_MEAN  # cifar10: per-channel mean, 0..1 scale
     std: tuple[float, float, float] = CIFAR10_STD  # cifar10: per-channel std, 0..1 scale
     standardize: bool = False  # imagenet: after the mean image, divide by the training set's per-channel pixel std (stats.safetensors); False: the paper
+    # Progressive resizing: the first low_res_epochs epochs train on random low_res_size windows of
+    # the stored images (no padding), the rest on the usual input; 0 disables. The size must give
+    # the same pool5 map as model.input_size (cifar: 25..32; see model.pool5_side).
+    low_res_size: int = 0
+    low_res_epochs: int = 0
 
     def __post_init__(self):
         if self.dataset not in ("cifar10", "imagenet"):
             raise ValueError(f"data.dataset must be cifar10 or imagenet; got {self.dataset!r}")
         if self.decode not in ("cpu", "device"):
             raise ValueError(f"data.decode must be cpu or device; got {self.decode!r}")
+        if self.low_res_size < 0 or self.low_res_epochs < 0:
+            raise ValueError("data.low_res_size and data.low_res_epochs must be >= 0 (0 disables)")
 
 
 @dataclass
@@ -61,6 +68,16 @@ class OptimConfig:
     step_epochs: int = 30  # step: lr /= 10 every this many epochs
     final_lr_fraction: float = 0.0  # onecycle/cosine: last lr as a fraction of the peak
     label_smoothing: float = 0.0
+    # FreezeOut-style (Brock et al., 2017): freeze_after[i] = the epochs after which conv{i+1} stops
+    # learning (its weights and bias are kept, nothing below it needs a gradient any more, so each
+    # step skips that part of the backward pass). Non-decreasing; () keeps every layer learning.
+    freeze_after: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        f = self.freeze_after
+        if len(f) > 5 or any(not isinstance(e, int) or e < 1 for e in f) or list(f) != sorted(f):
+            raise ValueError(f"optim.freeze_after must be at most 5 non-decreasing epoch counts >= 1 "
+                             f"(conv1, conv2, ...), e.g. [3, 6]; got {list(f)}")
 
 
 @dataclass

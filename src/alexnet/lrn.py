@@ -92,6 +92,12 @@ def compile_kernels(on: bool) -> None:
 def _compiled():
     """The fused kernels; dynamic=False: one specialised kernel per shape (conv1, conv2 x batch sizes)."""
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" noise
+    # Two layers x (training, low-resolution training, evaluation) batch shapes, forward and backward:
+    # more than dynamo's default 8 specialisations per function, after which it would run eagerly.
+    import torch._dynamo
+
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(getattr(dynamo, "recompile_limit", 8), 32)
     return torch.compile(lrn_forward, dynamic=False), torch.compile(lrn_backward, dynamic=False)
 
 

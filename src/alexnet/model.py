@@ -213,5 +213,17 @@ def _rename_torchvision_keys(state_dict, prefix, *_args, **_kwargs):
                 state_dict[f"{prefix}{new}.{kind}"] = state_dict.pop(key)
 
 
+def pool5_side(config: ModelConfig, size: int) -> int:
+    """The side of pool5's map for ``size`` x ``size`` inputs (fc6 is built for ``config.input_size``)."""
+    layout = _layout(config)
+    kernel, stride, padding = layout.conv1
+    padding = padding if config.conv1_padding < 0 else config.conv1_padding
+    side = (size + 2 * padding - kernel) // stride + 1
+    window, pad = (3, layout.pool_padding) if config.overlap_pool else (2, 0)
+    for _ in range(3):  # pool1, pool2, pool5; conv2..conv5 keep the side
+        side = (side + 2 * pad - window) // 2 + 1
+    return side
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

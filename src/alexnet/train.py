@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from . import config as cfgmod
+from . import phases
 from .data.datasets import batches, load_dataset
 from .data.pipeline import Pipeline, pipeline_for
 from .errors import UsageError
@@ -89,6 +90,7 @@ def train(config: cfgmod.RunConfig, out: Path, resume: LoadedRun | None = None) 
         with main_first(ddp):  # one process fills the CIFAR-10 cache or prepares an ImageFolder
             data = load_dataset(config.data, config.seed, ddp)
         config = classes_from_data(config, data)
+        phases.check(config)
         run = _start(config, out, resume, ddp, device, data, stop)
         train_images = data.train_images  # uint8 tensor (CIFAR-10, moved to the device once) or shards
         if isinstance(train_images, torch.Tensor):
@@ -196,6 +198,7 @@ class Epoch:
     first_bad: torch.Tensor  # the first step whose loss was not finite (0: none so far), on the device
     clock: float  # perf_counter when the epoch's time was last added to progress.epoch_seconds
     done_before: int  # steps done before this call (a resumed epoch), for the bar's rate
+    pipeline: Pipeline  # this epoch's training pipeline (phases.py: low-resolution windows early on)
 
 
 def train_epoch(run: Run, images, labels: torch.Tensor) -> dict | None:
@@ -226,16 +229,19 @@ def _begin_epoch(run: Run, n: int) -> Epoch:
     steps = n // run.config.data.batch_size  # drop the ragged last batch: every step sees `batch` images
     order, generator, saved = _epoch_state(run, n)
     run.model.train()
+    if phases.set_frozen(run.model, phases.frozen(run.config, run.progress.epoch)) and run.ddp.world > 1:
+        run.net = wrap(run.model, run.ddp, run.device)  # DDP reduces the gradients of the learning layers only
     device = run.device
     return Epoch(steps, order, generator, torch.tensor(saved, dtype=torch.float32, device=device),
                  steps - _end_steps(steps), torch.zeros((), dtype=torch.int64, device=device),
-                 time.perf_counter(), run.progress.epoch_step)
+                 time.perf_counter(), run.progress.epoch_step,
+                 phases.train_pipeline(run.pipeline, run.config, run.progress.epoch))
 
 
 def _step(run: Run, epoch: Epoch, x: torch.Tensor, y: torch.Tensor) -> None:
     """One training step on a uint8 batch: augment, set the learning rate, train, add to the sums."""
     p = run.progress
-    x = run.pipeline.train(x, epoch.generator)
+    x = epoch.pipeline.train(x, epoch.generator)
     for group in run.optimizer.param_groups:
         group["lr"] = run.schedule.lr(p.step)
     loss, logits, taken = train_step(run, x, y)

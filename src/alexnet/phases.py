@@ -1,0 +1,75 @@
+"""What a run changes between epochs: the training input size and which first layers still learn.
+
+Both are ways to spend a fixed compute budget (the CIFAR-10 main job's ten minutes on a 2-core
+CPU) on more learning, and both are decided by the epoch number alone, so a resumed run takes
+the same steps as an uninterrupted one:
+
+- Progressive resizing (``data.low_res_size``, ``data.low_res_epochs``): the first epochs train on
+  random low_res_size windows of the stored images, the paper's own augmentation (random 224
+  windows of 256x256 images, section 4.1) at CIFAR scale: 28x28 windows of 32x32 images are the
+  same 7/8 of the side. Each step costs about (28/32)^2 of a full-size one. The last epochs train
+  on the full-size input, so the network ends on the size it is tested on.
+- Freezing the first layers (``optim.freeze_after``, after FreezeOut, Brock et al. 2017): conv1's
+  kernels settle in the first epochs (figure 3's filters); once it stops learning, no gradient is
+  needed below conv2's input, which drops conv1's backward, the LRN and pool1 backward passes and
+  conv2's input gradient from every step (a fifth of the CIFAR network's step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from .data.pipeline import Pipeline
+from .errors import UsageError
+from .model import ModelConfig, pool5_side
+
+CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+
+def check(config) -> None:
+    """Refuse a low-resolution size the network cannot take (fc6 is built for model.input_size)."""
+    size, model = config.data.low_res_size, config.model
+    if size and config.data.low_res_epochs and not _fits(model, size):
+        fits = [s for s in range(8, model.input_size + 1) if _fits(model, s)]
+        hint = f"choose one of {fits[0]}..{fits[-1]}" if fits else "set data.low_res_size=0"
+        raise UsageError(f"data.low_res_size={size} gives the {model.variant} network another pool5 map than "
+                         f"model.input_size={model.input_size}, so fc6 cannot take it; {hint}")
+
+
+def _fits(model: ModelConfig, size: int) -> bool:
+    if size > model.input_size:
+        return False
+    side = pool5_side(model, size)
+    return side >= 1 if model.variant == "torchvision" else side == pool5_side(model, model.input_size)
+
+
+def train_pipeline(pipeline: Pipeline, config, epoch: int) -> Pipeline:
+    """The training pipeline of epoch ``epoch`` (0-based): low-resolution windows, no padding, early on."""
+    d = config.data
+    if d.low_res_size and epoch < d.low_res_epochs:
+        return replace(pipeline, size=d.low_res_size, padding=0)
+    return pipeline
+
+
+def frozen(config, epoch: int) -> tuple[str, ...]:
+    """The conv layers that no longer learn in epoch ``epoch`` (0-based)."""
+    return tuple(name for name, after in zip(CONVS, config.optim.freeze_after) if epoch >= after)
+
+
+def set_frozen(model: torch.nn.Module, names: tuple[str, ...]) -> bool:
+    """Freeze exactly ``names`` (the others learn); returns whether anything changed. A frozen
+    layer's gradient is None, so the optimiser leaves its weights and momentum alone."""
+    changed = False
+    for name in CONVS:
+        layer = getattr(model, name, None)
+        if layer is None:
+            continue
+        learn = name not in names
+        for p in layer.parameters():
+            changed |= p.requires_grad != learn
+            p.requires_grad_(learn)
+            if not learn:
+                p.grad = None
+    return changed
