@@ -18,7 +18,7 @@ from typing import Any
 
 import tomli_w
 
-from .data.pipeline import CIFAR10_MEAN, CIFAR10_STD
+from .data.pipeline import CIFAR10_MEAN, CIFAR10_STD, PCA_SCALES
 from .errors import UsageError
 from .model import ModelConfig
 
@@ -33,6 +33,10 @@ class DataConfig:
     crop_padding: int = 4  # random-crop padding in pixels (CIFAR); 0 disables the crop
     flip: bool = True  # random horizontal flips (section 4.1)
     pca_std: float = 0.1  # sigma of the PCA lighting alphas (section 4.1); 0 disables
+    # PCA lighting's shift per unit alpha along component i: sqrt | fb. sqrt: sqrt(lambda_i) in pixel
+    # units (this project's reading of the paper; ~12 levels at sigma 0.1 on ImageNet); fb: lambda_i of
+    # 0..1-scale pixels, as fb.resnet.torch and its ports (~5 levels), converted to pixel units
+    pca_scale: str = "sqrt"
     workers: int = -1  # prepared ImageNet: decode processes per training process; -1: the cores / local processes, 0: inline
     decode: str = "cpu"  # prepared JPEG shards: cpu (in the workers) | device (torchvision decode_jpeg on the training device, nvJPEG on a GPU)
     mean: tuple[float, float, float] = CIFAR10_MEAN  # cifar10: per-channel mean, 0..1 scale
@@ -47,6 +51,8 @@ class DataConfig:
     def __post_init__(self):
         if self.dataset not in ("cifar10", "imagenet"):
             raise ValueError(f"data.dataset must be cifar10 or imagenet; got {self.dataset!r}")
+        if self.pca_scale not in PCA_SCALES:
+            raise ValueError(f"data.pca_scale must be one of {', '.join(PCA_SCALES)}; got {self.pca_scale!r}")
         if self.decode not in ("cpu", "device"):
             raise ValueError(f"data.decode must be cpu or device; got {self.decode!r}")
         if self.low_res_size < 0 or self.low_res_epochs < 0:

@@ -18,6 +18,11 @@ the half of the previous layer on their own GPU. That connectivity is exactly a 
 convolution with ``groups=2``. conv1 (two 48-kernel halves that both see the image) and
 conv3 (sees both halves) are ordinary convolutions, and so are the fully-connected layers.
 
+Two devices: ``tower_devices="cuda:0,cuda:1"`` runs the towers as the paper did, each tower's half
+of conv1-conv5 and fc6/fc7 on its own device, exchanging activations at conv3, fc6, fc7 and fc8
+(``towers.py``), with the same parameters and outputs. That is model parallelism, the paper's way
+to fit the net on two 3 GB GPUs; this project scales with data parallelism (DDP via torchrun).
+
 Input size: the paper says 224x224, but 224 with an 11x11 stride-4 kernel does not give
 the 55x55 map it reports; Caffe used 227 with no padding. We pad conv1 by 2, so 224 gives
 55x55 and 227 gives 56x56; both max-pool to 27x27 and reach 6x6 at pool5, so one network
@@ -38,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import towers as tower_split
 from .lrn import LocalResponseNorm
 
 VARIANTS = ("paper", "torchvision", "cifar")
@@ -58,6 +64,9 @@ class ModelConfig:
     init: str = "paper"  # paper: N(0, 0.01), bias 1 in conv2/4/5, fc6/7 | kaiming: He init (fast CIFAR runs)
     lrn_k: float = 2.0  # LRN's k (section 3.3: 2); BVLC's Caffe bvlc_alexnet uses 1 (alexnet import caffe)
     conv1_padding: int = -1  # -1: the variant's (paper 2, so 224 gives 55x55); Caffe's deploy net: 0 at 227
+    # "": the towers as groups=2 convolutions on one device. "cuda:0,cuda:1": the paper's two-GPU split
+    # (section 3.2, model parallel; see towers.py), same parameters and outputs. Not for scaling: use DDP.
+    tower_devices: str = ""
 
     def __post_init__(self):
         _check_choice("variant", self.variant, VARIANTS)
@@ -71,6 +80,11 @@ class ModelConfig:
             raise ValueError("model.num_classes must be >= 1 (or 0: from the data) and model.width > 0")
         if self.lrn_k <= 0 or self.conv1_padding < -1:
             raise ValueError("model.lrn_k must be > 0 and model.conv1_padding >= 0 (or -1: the variant's)")
+        if self.tower_devices:
+            if self.variant == "torchvision" or not self.towers:
+                raise ValueError("model.tower_devices splits the paper's two towers over two devices: "
+                                 "it needs model.variant paper or cifar with model.towers=true")
+            tower_split.parse_devices(self.tower_devices)
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -143,12 +157,15 @@ class AlexNet(nn.Module):
         self.fc8 = nn.Linear(hidden, config.num_classes)
         self.dropout = nn.Dropout(config.dropout)
         self.act = nn.ReLU(inplace=True) if config.activation == "relu" else nn.Tanh()
+        self.tower_devices = tower_split.parse_devices(config.tower_devices) if config.tower_devices else None
         self.reset_parameters()
         if config.variant == "torchvision":
             self._register_load_state_dict_pre_hook(_rename_torchvision_keys)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """conv1 ... pool5, flattened."""
+        if self.tower_devices:  # the paper's two-device split (section 3.2)
+            return tower_split.gather(tower_split.features(self, x), self.tower_devices[0])
         x = self.pool(self.act_lrn(self.conv1(x), self.lrn1))
         x = self.pool(self.act_lrn(self.conv2(x), self.lrn2))
         x = self.act(self.conv3(x))
@@ -164,6 +181,8 @@ class AlexNet(nn.Module):
 
     def fc7_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer (fc7 after ReLU), used for the paper's image retrieval."""
+        if self.tower_devices:
+            return tower_split.gather(tower_split.fc7_features(self, x), self.tower_devices[0])
         x = self.features(x)
         if self.config.variant == "torchvision":  # torchvision: dropout on the inputs of fc6/fc7
             x = self.act(self.fc6(self.dropout(x)))
@@ -172,6 +191,8 @@ class AlexNet(nn.Module):
         return self.act(self.fc7(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tower_devices:  # logits on the first tower's device
+            return tower_split.logits(self, x)
         x = self.fc7_features(x)
         if self.config.variant != "torchvision":
             x = self.dropout(x)

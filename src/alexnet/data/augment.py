@@ -10,7 +10,7 @@ cropping the mean-subtracted 256x256 image, as the paper does::
     flip = random_flips(n, generator)
     x = flip_where(crop_at(x, dy, dx, 224), flip)                                  # uint8
     x = subtract_mean_image(x, flip_where(crop_at(mean_image, dy, dx, 224), flip))  # float, 0..255
-    x = pca_lighting(x, sqrt_eigval, eigvec, generator)                            # float
+    x = pca_lighting(x, magnitude, eigvec, generator)                              # float
 
 At test time ``views(x, crops, 224)``: the centre window, it and its mirror, or ``ten_crop``.
 
@@ -180,22 +180,25 @@ def rgb_eigen(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return eigval.float(), eigvec.float()
 
 
-def pca_lighting(images: torch.Tensor, sqrt_eigval: torch.Tensor, eigvec: torch.Tensor, generator: torch.Generator,
+def pca_lighting(images: torch.Tensor, magnitude: torch.Tensor, eigvec: torch.Tensor, generator: torch.Generator,
                  sigma: float = 0.1) -> torch.Tensor:
     """The paper's PCA colour augmentation (section 4.1, "fancy PCA") on a float batch.
 
-    Adds ``sum_i alpha_i * sqrt_eigval[i] * eigvec[:, i]`` to every pixel of each image, with one
+    Adds ``sum_i alpha_i * magnitude[i] * eigvec[:, i]`` to every pixel of each image, with one
     ``alpha ~ N(0, sigma)`` (sigma a standard deviation; the paper's 0.1) drawn per image per call,
     so one call per batch per epoch redraws it as the paper does. ``eigvec`` columns are the
-    eigenvectors p_i of the training pixels' 3x3 RGB covariance and ``sqrt_eigval`` the square roots
-    of its eigenvalues: the pixel standard deviation along each p_i, on the images' scale (0..255).
+    eigenvectors p_i of the training pixels' 3x3 RGB covariance and ``magnitude`` the shift per unit
+    alpha along each, on the images' scale (0..255): by default (``data.pca_scale="sqrt"``) the square
+    roots of its eigenvalues, the pixel standard deviation along each p_i (``pipeline.lighting_magnitude``).
 
     Deviation, documented: the paper writes the eigenvalue lambda_i itself. On the 0..255 scale
     that shifts pixels by hundreds of levels (the largest lambda_i of the CIFAR-10 photos prepared
-    at 256 is 10,641, a standard deviation of 103 levels); Krizhevsky's own cuda-convnet2 (``convdata.py``: ``randn * pca_stdevs``), fb.resnet.torch and
-    most reproductions scale by the square root, a shift of a few levels for sigma 0.1.
+    at 256 is 10,641, a standard deviation of 103 levels); Krizhevsky's own cuda-convnet2 (``convdata.py``: ``randn * pca_stdevs``)
+    scales by the square root, a shift of a few levels for sigma 0.1. fb.resnet.torch and its ports
+    use lambda_i itself, but of 0..1-scale pixels: on ImageNet about half the square root's shift
+    along the first component and far less along the others (``data.pca_scale="fb"``).
     Random numbers come from the CPU ``generator``.
     """
     alpha = torch.randn(images.shape[0], 3, generator=generator, dtype=torch.float64) * sigma
-    offset = (alpha * sqrt_eigval.double().cpu()) @ eigvec.double().cpu().T  # (N, 3): rgb shift per image
+    offset = (alpha * magnitude.double().cpu()) @ eigvec.double().cpu().T  # (N, 3): rgb shift per image
     return images + offset.to(images.device, images.dtype)[:, :, None, None]

@@ -43,12 +43,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+PCA_SCALES = ("sqrt", "fb")  # data.pca_scale: see lighting_magnitude
+
+
 @dataclass(frozen=True)
 class Lighting:
-    """Section 4.1's PCA lighting: ``sqrt_eigval`` (the pixel std along each principal component,
-    the square root of the covariance eigenvalue), ``eigvec`` (columns), alphas ~ N(0, ``sigma``)."""
+    """Section 4.1's PCA lighting: ``magnitude`` (the shift along each principal component per unit
+    alpha, see ``lighting_magnitude``), ``eigvec`` (columns), alphas ~ N(0, ``sigma``)."""
 
-    sqrt_eigval: torch.Tensor  # (3,) on the 0..255 scale
+    magnitude: torch.Tensor  # (3,) on the 0..255 scale
     eigvec: torch.Tensor  # (3, 3), column i is p_i
     sigma: float
 
@@ -128,7 +131,7 @@ class Pipeline:
     def _to_float(self, images: torch.Tensor, mean: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         x = images.float() - mean
         if self.lighting is not None and generator is not None:  # in pixel units, before any division
-            x = pca_lighting(x, self.lighting.sqrt_eigval, self.lighting.eigvec, generator, self.lighting.sigma)
+            x = pca_lighting(x, self.lighting.magnitude, self.lighting.eigvec, generator, self.lighting.sigma)
         if self.std is not None:
             x = x * (1.0 / self.std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
@@ -169,12 +172,28 @@ def pipeline_for(config, data, training: bool = True) -> Pipeline:
         lighting = None
         if d.pca_std and training:  # no prepared statistics: the RGB covariance of the training pixels
             eigval, eigvec = rgb_eigen(data.train_images)
-            lighting = Lighting(eigval.clamp_min(0).sqrt(), eigvec, d.pca_std)
+            lighting = Lighting(lighting_magnitude(eigval, d.pca_scale), eigvec, d.pca_std)
         return Pipeline(kind, size, d.crop_padding, d.flip, mean, std, lighting, channels_last)
     stats = data.stats
-    lighting = Lighting(stats["eigval"].clamp_min(0).sqrt(), stats["eigvec"], d.pca_std) if d.pca_std and training else None
+    lighting = None
+    if d.pca_std and training:
+        lighting = Lighting(lighting_magnitude(stats["eigval"], d.pca_scale), stats["eigvec"], d.pca_std)
     std = channel_std(stats).view(3, 1, 1) if d.standardize else None
     return Pipeline(kind, size, 0, d.flip, stats["mean_image"].float(), std, lighting, channels_last)
+
+
+def lighting_magnitude(eigval: torch.Tensor, scale: str) -> torch.Tensor:
+    """PCA lighting's shift per unit alpha along each component, in pixel units (0..255), from the
+    covariance eigenvalues ``eigval`` of 0..255 pixels. ``"sqrt"``: sqrt(lambda_i), the pixel std along
+    p_i (this project's reading of the paper). ``"fb"``: fb.resnet.torch's lambda_i itself on the 0..1
+    scale (eigval / 255**2), times 255 to turn its 0..1 shift into pixel units. fb / sqrt is sqrt(lambda_i)
+    on the 0..1 scale: 0.47 for ImageNet's first component (lambda 0.2175), 0.14 and 0.07 for the others."""
+    eigval = eigval.clamp_min(0)
+    if scale == "sqrt":
+        return eigval.sqrt()
+    if scale == "fb":
+        return eigval / 255**2 * 255
+    raise ValueError(f"data.pca_scale must be one of {', '.join(PCA_SCALES)}; got {scale!r}")
 
 
 def channel_std(stats: dict[str, torch.Tensor]) -> torch.Tensor:
