@@ -67,10 +67,12 @@ def test_bench_model_prints_one_json_line_with_rates_and_settings(capsys):
 def test_bench_train_on_cifar_splits_the_step_time(data_cache, capsys):
     from fixtures import TARBALL
 
-    assert main(["bench", "train", "--recipe", "cifar10", "--steps", "2", "--warmup", "1", "--json",
+    assert main(["bench", "train", "--recipe", "cifar10", "--steps", "2", "--warmup", "1", "--json", "--epoch", "4",
                  f"data.path={json.dumps(str(TARBALL))}", "data.limit=64", "data.batch_size=16",
-                 "model.width=0.25", "train.device=cpu", "train.progress=false"]) == 0
+                 "model.width=0.25", "train.device=cpu", "train.progress=false", "data.low_res_size=28",
+                 "data.low_res_epochs=5", "optim.freeze_after=[2, 4, 6]"]) == 0
     result = _one_json_line(capsys)
+    assert result["epoch"] == 4 and result["input_size"] == 28 and result["frozen"] == ["conv1", "conv2"]
     assert result["bench"] == "train" and result["steps"] == 2 and result["batch_size"] == 16
     assert result["images_per_s"] > 0 and result["compute_s"] > 0
     assert all(result[k] >= 0 for k in SPLIT_KEYS)

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from . import phases
 from .errors import UsageError
 
 BATCH = 128
@@ -506,9 +507,10 @@ def model_table(r: dict) -> str:
 
 
 def bench_train(recipe: str, data_path, overrides: list[str], steps: int = 50, warmup: int = 5,
-                ddp_wrap: bool = False, json_out: bool = False) -> dict:
+                ddp_wrap: bool = False, json_out: bool = False, epoch: int = 0) -> dict:
     """Measure (see above) on this process's share of the run; rank 0 prints one JSON line
-    (``json_out``) or a short table; returns the dict."""
+    (``json_out``) or a short table; returns the dict. ``epoch``: time the steps of that epoch
+    (0-based) of the recipe: its input size and frozen layers (phases.py)."""
     from .config import build_config, read_recipe
     from .data.datasets import load_dataset
     from .runtime import init_distributed, main_first, pick_device, seed_everything, set_threads, shutdown_distributed
@@ -522,17 +524,19 @@ def bench_train(recipe: str, data_path, overrides: list[str], steps: int = 50, w
     with main_first(ddp):
         data = load_dataset(config.data, config.seed, ddp)
     config = classes_from_data(config, data)
-    run, pipeline = _bench_run(config, data, ddp, device, ddp_wrap)
+    run, pipeline = _bench_run(config, data, ddp, device, ddp_wrap, epoch)
     times = _timed_steps(run, pipeline, data, steps, warmup)
-    result = _train_summary(config, run, data, times, steps, warmup)
+    result = _train_summary(config, run, data, times, steps, warmup) | {
+        "epoch": epoch, "input_size": pipeline.size, "frozen": list(phases.frozen(config, epoch))}
     if ddp.main:
         print(json.dumps(result) if json_out else train_table(result), flush=True)
     shutdown_distributed()
     return result
 
 
-def _bench_run(config, data, ddp, device, ddp_wrap: bool):
-    """What ``train.train_step`` needs (a run-like namespace) and the training pipeline on ``device``."""
+def _bench_run(config, data, ddp, device, ddp_wrap: bool, epoch: int = 0):
+    """What ``train.train_step`` needs (a run-like namespace) and epoch ``epoch``'s training pipeline
+    on ``device``, with that epoch's layers frozen."""
     from types import SimpleNamespace
 
     from .data.pipeline import pipeline_for
@@ -543,11 +547,12 @@ def _bench_run(config, data, ddp, device, ddp_wrap: bool):
     model = AlexNet(config.model).to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    phases.set_frozen(model, phases.frozen(config, epoch))
     net = _ddp_alone(model, device) if ddp_wrap and ddp.world == 1 else wrap(model, ddp, device)
     run = SimpleNamespace(config=config, device=device, model=model, net=net, ddp=ddp, progress=Progress(),
                           optimizer=make_optimizer(model, config.optim),
                           scaler=torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16"))
-    return run, pipeline_for(config, data).to(device)
+    return run, phases.train_pipeline(pipeline_for(config, data).to(device), config, epoch)
 
 
 def _ddp_alone(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -149,6 +149,8 @@ def add_bench(commands) -> None:
     bench.add_argument("--recipe", default="paper", help="train: a recipe name or TOML file (default paper)")
     bench.add_argument("--data", type=Path, help="train: the data folder (data.path)")
     bench.add_argument("--warmup", type=int, default=5, help="train: untimed steps first (default 5)")
+    bench.add_argument("--epoch", type=int, default=0, help="train: time the steps of this epoch (0-based) of the "
+                       "recipe, with its input size and frozen layers (default 0)")
     bench.add_argument("--ddp", action="store_true", help="train: wrap the network in DistributedDataParallel even "
                                                           "in one process (NCCL on a GPU, gloo on the CPU)")
     bench.set_defaults(run=cmd_bench)
@@ -171,9 +173,10 @@ def cmd_bench(args) -> int:
         bench.bench_model(args.batch_size, steps, args.rounds, args.device, args.compile, args.width, args.json)
     else:
         steps = 50 if args.steps is None else args.steps
-        if steps < 1 or args.warmup < 0:
-            raise UsageError(f"bench train needs --steps at least 1 and --warmup at least 0; got {steps}, {args.warmup}")
-        bench.bench_train(args.recipe, args.data, args.overrides, steps, args.warmup, args.ddp, args.json)
+        if steps < 1 or args.warmup < 0 or args.epoch < 0:
+            raise UsageError(f"bench train needs --steps at least 1, --warmup and --epoch at least 0; "
+                             f"got {steps}, {args.warmup}, {args.epoch}")
+        bench.bench_train(args.recipe, args.data, args.overrides, steps, args.warmup, args.ddp, args.json, args.epoch)
     return 0
 
 
