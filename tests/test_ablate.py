@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from alexnet.ablate import ARMS, BASELINE, arm_overrides, config_differences, markdown, mean_std, select_arms, table_rows, verdict
+from alexnet.ablate import ARMS, BASELINE, REGIMES, arm_overrides, config_differences, markdown, mean_std, select_arms, table_rows, verdict
 from alexnet.cli import main
 from alexnet.config import build_config, read_recipe, to_toml
 from alexnet.errors import UsageError
@@ -24,12 +24,14 @@ def test_studies_select_the_baseline_and_their_arms():
 
 def test_each_arm_changes_its_switch_on_top_of_budget_and_user_overrides():
     recipe = read_recipe("cifar10")
-    budget = ["optim.epochs=2", "data.limit=1000"]
+    short = list(REGIMES["short"][0])
+    budget = [*short, "optim.epochs=2", "data.limit=1000"]
     overrides = arm_overrides(ARMS["augment"], 1, budget, ["data.batch_size=64"], recipe)
-    assert overrides == ["optim.epochs=2", "data.limit=1000", "train.progress=false", "train.eval_every=2",
+    assert overrides == [*short, "optim.epochs=2", "data.limit=1000", "train.progress=false", "train.eval_every=2",
                          "data.batch_size=64", "seed=1", "data.crop_padding=0", "data.flip=false"]
     base = build_config(recipe, arm_overrides(BASELINE, 0, budget, [], recipe))
     assert (base.model.lrn, base.model.overlap_pool, base.model.towers, base.data.pca_std) == (True, True, True, 0.0)
+    assert (base.model.dropout, base.optim.freeze_after, base.data.low_res_epochs) == (0.25, (), 0)
     expected = {"lrn": ("model", "lrn", False), "pooling": ("model", "overlap_pool", False),
                 "dropout": ("model", "dropout", 0.0), "augment": ("data", "flip", False),
                 "pca": ("data", "pca_std", 0.1), "towers": ("model", "towers", False)}
@@ -39,6 +41,17 @@ def test_each_arm_changes_its_switch_on_top_of_budget_and_user_overrides():
         assert config.optim.epochs == 2 and config.data.limit == 1000 and config.train.eval_every == 2
     assert build_config(recipe, arm_overrides(ARMS["towers"], 0, budget, [], recipe)).model.one_gpu
     assert "train.eval_every=2" not in arm_overrides(BASELINE, 0, budget, ["train.eval_every=1"], recipe)
+
+
+def test_the_overfit_regime_trains_5000_images_30_epochs_with_the_papers_dropout():
+    recipe = read_recipe("cifar10")
+    regime, study = REGIMES["overfit"]
+    assert [a.name for a in select_arms(study)] == ["baseline", "dropout", "augment", "pca"]
+    base = build_config(recipe, arm_overrides(BASELINE, 0, list(regime), [], recipe))
+    assert (base.data.limit, base.data.val_limit, base.optim.epochs, base.model.dropout) == (5000, 0, 30, 0.5)
+    assert base.train.eval_every == 30 and not base.optim.freeze_after and not base.data.low_res_epochs
+    with_epochs = build_config(recipe, arm_overrides(BASELINE, 0, [*regime, "optim.epochs=40"], [], recipe))
+    assert with_epochs.optim.epochs == 40  # --epochs after the regime wins
 
 
 def test_overriding_an_arms_own_switch_is_refused():
@@ -84,7 +97,8 @@ def test_statistics_deltas_and_verdicts_on_fixed_numbers():
               "machine": {"device": "cpu", "cpu_count": 2, "torch_version": "x"},
               "arms": {a: {"parameters": 1} for a in runs}}
     text = markdown(record, [BASELINE, ARMS["lrn"], ARMS["pca"], ARMS["dropout"]])
-    assert "| lrn | no LRN | `model.lrn=false` | 35.00 ± 0.00 | 3.00 ± 0.00 | +3.00 | +1.00 | - | +1.4 / +1.2 | agrees |" in text
+    assert "| lrn | no LRN | `model.lrn=false` | 35.00 ± 0.00 | 3.00 ± 0.00 | +3.00 | +1.00 | - | - | +1.4 / +1.2 | agrees |" in text
+    assert "| - | baseline | `recipe as is` | 32.00 ± 2.00 | 2.00 ± 0.00 | - | - | 40.0 | -8.0 |" in text
     assert "**no dropout** (`model.dropout=0.0`) changes top-1 error by -4.00 points" in text
     assert "training error (40.0 %) is still above its validation error (32.0 %)" in text
 

@@ -213,6 +213,10 @@ def test_limit_applies_to_both_splits(folder_tarball):
     assert torch.bincount(train.labels, minlength=10).tolist() == [1] * 10
     again, _ = load_cifar10(str(folder_tarball), limit=10, seed=1)
     assert torch.equal(again.images, train.images)
+    _, full = load_cifar10(str(folder_tarball))
+    small, every = load_cifar10(str(folder_tarball), limit=5, seed=1, val_limit=0)  # data.val_limit=0: all
+    _, eight = load_cifar10(str(folder_tarball), limit=5, seed=1, val_limit=8)
+    assert len(small) == 5 and len(every) == len(full) > 8 and len(eight) == 8
 
 
 # --------------------------------------------------------------------------- errors

@@ -30,6 +30,7 @@ class DataConfig:
     batch_size: int = 128  # images per optimiser step (all processes together)
     eval_batch_size: int = 512  # images per evaluation batch
     limit: int = 0  # >0: a seeded, class-balanced subset of this many images per split
+    val_limit: int = -1  # validation subset: -1 as data.limit, 0 all images, N a class-balanced N
     crop_padding: int = 4  # random-crop padding in pixels (CIFAR); 0 disables the crop
     flip: bool = True  # random horizontal flips (section 4.1)
     pca_std: float = 0.1  # sigma of the PCA lighting alphas (section 4.1); 0 disables
@@ -55,6 +56,8 @@ class DataConfig:
             raise ValueError(f"data.pca_scale must be one of {', '.join(PCA_SCALES)}; got {self.pca_scale!r}")
         if self.decode not in ("cpu", "device"):
             raise ValueError(f"data.decode must be cpu or device; got {self.decode!r}")
+        if self.val_limit < -1:
+            raise ValueError(f"data.val_limit must be -1 (as data.limit), 0 (all) or a count; got {self.val_limit}")
         if self.low_res_size < 0 or self.low_res_epochs < 0:
             raise ValueError("data.low_res_size and data.low_res_epochs must be >= 0 (0 disables)")
 

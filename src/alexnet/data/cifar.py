@@ -27,16 +27,21 @@ from alexnet.files import atomic_link, atomic_write
 CACHE_FORMAT = 1
 
 
-def load_cifar10(path: str | None = None, limit: int | None = None, seed: int = 0) -> tuple[Split, Split]:
+def load_cifar10(path: str | None = None, limit: int | None = None, seed: int = 0,
+                 val_limit: int = -1) -> tuple[Split, Split]:
     """Return ``(train, test)`` CIFAR-10 splits from ``path`` or the default resolution order.
 
-    ``limit=N`` keeps a seeded, class-balanced subset of N examples of each split.
+    ``limit=N`` keeps a seeded, class-balanced subset of N examples of the training split, and of
+    the test split too unless ``val_limit`` says otherwise (-1: as ``limit``, 0: all, N: N).
     """
     if limit is not None and limit < 1:
         raise UsageError(f"data limit must be a positive number of examples, got {limit}")
     train, test = _load_full(path)
+    test_n = limit if val_limit < 0 else val_limit or None
     if limit is not None:
-        train, test = _subset(train, limit, seed), _subset(test, limit, seed)
+        train = _subset(train, limit, seed)
+    if test_n is not None:
+        test = _subset(test, test_n, seed)
     return train, test
 
 
