@@ -190,7 +190,7 @@ def ablate(recipe: dict, arms: list[Arm], seeds: list[int], budget: list[str], u
     wall = time.monotonic() - started
     first = configs[BASELINE.name, seeds[0]]
     record = {"recipe": first.recipe, "seeds": seeds, "regime": regime,
-              "budget": {"epochs": first.optim.epochs, "limit": first.data.limit, "val_limit": first.data.val_limit,
+              "budget": {"epochs": first.optim.epochs, "limit": first.data.limit, "val_size": first.data.val_size,
                          "batch_size": first.data.batch_size,
                          "overrides": budget, "user_overrides": user, "data_path": first.data.path},
               "verdict_rule": "top-1 delta vs pooled seed std sqrt((s_arm^2 + s_base^2) / 2): within it 'within noise', "
@@ -306,8 +306,7 @@ def table_rows(arms: list[Arm], runs: dict[str, list[dict]]) -> list[dict]:
 def markdown(record: dict, arms: list[Arm]) -> str:
     b, m = record["budget"], record["machine"]
     data = f"data.limit={b['limit']}" if b["limit"] else "all 50,000 training images"
-    val = b.get("val_limit", -1)
-    val = b["limit"] if val < 0 else val
+    val = b.get("val_size", b["limit"])  # records written before data.val_limit: as data.limit
     val = f"{val:,} of the test images" if 0 < val < 10000 else "the 10,000 test images"
     regime = record.get("regime", "short")
     lines = [f"# Ablations of the paper's design choices on CIFAR-10 ({record['recipe']} recipe, {regime} regime)", "",
@@ -327,11 +326,11 @@ def markdown(record: dict, arms: list[Arm]) -> str:
     for row in record["rows"]:
         delta1 = f"{row['delta_top1']:+.2f}" if "delta_top1" in row else "-"
         delta5 = f"{row['delta_top5']:+.2f}" if "delta_top5" in row else "-"
-        has_train = row.get("train_top1_mean") is not None
-        train = f"{row['train_top1_mean']:.1f} | {row['top1_mean'] - row['train_top1_mean']:+.1f}" if has_train else "- | -"
+        t = row.get("train_top1_mean")
+        train, gap = ("-", "-") if t is None else (f"{t:.1f}", f"{row['top1_mean'] - t:+.1f}")
         lines.append(f"| {row['study']} | {row['label']} | `{row['change'] or 'recipe as is'}` | "
                      f"{row['top1_mean']:.2f} ± {row['top1_std']:.2f} | {row['top5_mean']:.2f} ± {row['top5_std']:.2f} "
-                     f"| {delta1} | {delta5} | {train} | {_paper(row)} | {row.get('verdict', '-')} |")
+                     f"| {delta1} | {delta5} | {train} | {gap} | {_paper(row)} | {row.get('verdict', '-')} |")
     lines += ["", "The paper's claims: " + "; ".join(f"**{a.label}**: {a.claim}" for a in arms if a.claim) + ".", ""]
     disagree = [r for r in record["rows"] if r.get("verdict") == "disagrees"]
     if disagree:

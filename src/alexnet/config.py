@@ -49,6 +49,11 @@ class DataConfig:
     low_res_size: int = 0
     low_res_epochs: int = 0
 
+    @property
+    def val_size(self) -> int:
+        """Images in the validation subset, 0 for all (``val_limit``, where -1 means ``limit``)."""
+        return self.limit if self.val_limit < 0 else self.val_limit
+
     def __post_init__(self):
         if self.dataset not in ("cifar10", "imagenet"):
             raise ValueError(f"data.dataset must be cifar10 or imagenet; got {self.dataset!r}")

@@ -28,19 +28,19 @@ CACHE_FORMAT = 1
 
 
 def load_cifar10(path: str | None = None, limit: int | None = None, seed: int = 0,
-                 val_limit: int = -1) -> tuple[Split, Split]:
+                 val_limit: int | None = None) -> tuple[Split, Split]:
     """Return ``(train, test)`` CIFAR-10 splits from ``path`` or the default resolution order.
 
     ``limit=N`` keeps a seeded, class-balanced subset of N examples of the training split, and of
-    the test split too unless ``val_limit`` says otherwise (-1: as ``limit``, 0: all, N: N).
+    the test split too unless ``val_limit`` is given (0: all test examples, N: N).
     """
     if limit is not None and limit < 1:
         raise UsageError(f"data limit must be a positive number of examples, got {limit}")
     train, test = _load_full(path)
-    test_n = limit if val_limit < 0 else val_limit or None
+    test_n = limit if val_limit is None else val_limit
     if limit is not None:
         train = _subset(train, limit, seed)
-    if test_n is not None:
+    if test_n:
         test = _subset(test, test_n, seed)
     return train, test
 

@@ -130,7 +130,7 @@ def load_dataset(cfg: DataConfig, seed: int, ddp: Dist = Dist()) -> Dataset:
     if cfg.dataset == "cifar10":
         from .cifar import CLASSES, load_cifar10
 
-        train, test = load_cifar10(cfg.path or None, limit=cfg.limit or None, seed=seed, val_limit=cfg.val_limit)
+        train, test = load_cifar10(cfg.path or None, limit=cfg.limit or None, seed=seed, val_limit=cfg.val_size)
         return Dataset(train.images, train.labels, test.images, test.labels, CLASSES)
     return load_prepared(cfg, seed, ddp)
 
@@ -160,9 +160,8 @@ def load_prepared(cfg: DataConfig, seed: int, ddp: Dist = Dist()) -> Dataset:
     train, val = ShardImages(root / "train"), ShardImages(root / "val")
     if cfg.limit:
         train = train.subset(balanced_indices(train.labels, len(classes), cfg.limit, seed))
-    val_n = cfg.limit if cfg.val_limit < 0 else cfg.val_limit
-    if val_n:
-        val = val.subset(balanced_indices(val.labels, len(classes), val_n, seed))
+    if cfg.val_size:
+        val = val.subset(balanced_indices(val.labels, len(classes), cfg.val_size, seed))
     stats = load_file(str(root / "stats.safetensors"))
     return Dataset(train, train.labels, val, val.labels, classes, stats, names)
 
