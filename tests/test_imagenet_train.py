@@ -97,6 +97,8 @@ def test_limit_takes_a_balanced_subset_of_each_prepared_split(prepared):
     images = data.train_images[torch.arange(3)]
     assert images.shape == (3, 3, 256, 256)
     assert torch.equal(images[0], data.train_images.reader.read_many([int(data.train_images.indices[0])])[0])
+    every = load_prepared(DataConfig(dataset="imagenet", path=str(prepared), limit=3, val_limit=0), seed=0)
+    assert len(every.train_labels) == 3 and len(every.val_labels) == len(ShardImages(prepared / "val")) > 3
 
 
 def test_device_decode_gives_the_cpu_decoders_batches(prepared):
