@@ -1,10 +1,12 @@
 """`alexnet ablate`: arms and their overrides, the table's statistics, and a tiny end-to-end run that resumes."""
 
 import json
+import shutil
 
 import pytest
 
-from alexnet.ablate import ARMS, BASELINE, REGIMES, arm_overrides, config_differences, markdown, mean_std, select_arms, table_rows, verdict
+from alexnet.ablate import (ARMS, BASELINE, REGIMES, arm_overrides, config_differences, markdown, mean_std, run_one,
+                            select_arms, table_rows, verdict)
 from alexnet.cli import main
 from alexnet.config import build_config, read_recipe, to_toml
 from alexnet.errors import UsageError
@@ -46,7 +48,7 @@ def test_each_arm_changes_its_switch_on_top_of_budget_and_user_overrides():
 def test_the_overfit_regime_trains_5000_images_30_epochs_with_the_papers_dropout():
     recipe = read_recipe("cifar10")
     regime, study = REGIMES["overfit"]
-    assert [a.name for a in select_arms(study)] == ["baseline", "dropout", "augment", "pca"]
+    assert [a.name for a in select_arms(study)] == ["baseline", "dropout", "augment", "pca", "pca_fb"]
     base = build_config(recipe, arm_overrides(BASELINE, 0, list(regime), [], recipe))
     assert (base.data.limit, base.data.val_limit, base.optim.epochs, base.model.dropout) == (5000, 0, 30, 0.5)
     assert base.train.eval_every == 30 and not base.optim.freeze_after and not base.data.low_res_epochs
@@ -121,21 +123,36 @@ def test_tiny_ablation_writes_outputs_and_resumes(tmp_path, capsys, data_cache, 
     assert len(summaries) == 4
     mtimes = {p: p.stat().st_mtime_ns for p in summaries}
 
-    stopped = out / "baseline" / "seed1"  # a run stopped before its summary: deleted and trained again
-    (stopped / "summary.json").unlink()
+    stopped = out / "baseline" / "seed1"  # a run a signal stopped: its summary says so, its checkpoint continues
+    summary = json.loads((stopped / "summary.json").read_text())
+    (stopped / "summary.json").write_text(json.dumps({**summary, "stopped": "SIGTERM"}))
+    early = out / "lrn" / "seed0"  # a run killed before its first checkpoint: trained again
+    (early / "summary.json").unlink()
+    shutil.rmtree(early / "checkpoints")
     assert main(["ablate", "--study", "lrn", "--out", str(out), *TINY]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out.strip().splitlines()[-1])["trained"] == 1
-    assert captured.err.count("reusing the finished run") == 3 and "no summary.json" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["trained"] == 2
+    assert captured.err.count("reusing the finished run") == 2
+    assert "continuing the stopped run" in captured.err and "holds no checkpoint" in captured.err
     for path, mtime in mtimes.items():
-        assert path == stopped / "summary.json" or path.stat().st_mtime_ns == mtime
+        assert path in (stopped / "summary.json", early / "summary.json") or path.stat().st_mtime_ns == mtime
+    assert json.loads((stopped / "summary.json").read_text())["stopped"] is None
     again = json.loads((out / "ablation.json").read_text())
-    assert again["arms"]["lrn"]["runs"][0]["val_top1_err"] == record["arms"]["lrn"]["runs"][0]["val_top1_err"]
     # deterministic: the retrained run gives the same numbers as the first time
+    assert again["arms"]["lrn"]["runs"][0]["val_top1_err"] == record["arms"]["lrn"]["runs"][0]["val_top1_err"]
     assert again["arms"]["baseline"]["runs"][1]["val_top1_err"] == record["arms"]["baseline"]["runs"][1]["val_top1_err"]
 
     assert main(["ablate", "--study", "lrn", "--out", str(out), *TINY[:-1], "optim.warmup_epochs=0.5"]) == 2
     assert "another config (optim.warmup_epochs differ)" in capsys.readouterr().err
+
+
+def test_a_signal_during_a_run_stops_the_ablation(tmp_path, monkeypatch):
+    import alexnet.train
+
+    monkeypatch.setattr(alexnet.train, "train", lambda config, out, resume=None: {"stopped": "SIGTERM"})
+    config = build_config(read_recipe("cifar10"), ["optim.epochs=1"])
+    with pytest.raises(SystemExit, match="stopped by SIGTERM in baseline/seed0; run the same command again"):
+        run_one(config, tmp_path / "baseline" / "seed0", "baseline/seed0")
 
 
 def test_bad_usage_exits_2(tmp_path, capsys):

@@ -1,13 +1,17 @@
 """`alexnet figure1`: the epochs-to-25% arithmetic, the sweep's choice, determinism, and a tiny end-to-end run."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from alexnet.cli import main
 from alexnet.errors import UsageError
-from alexnet.figure1 import FourLayerNet, Inputs, Run, epochs_to_threshold, parse_lrs, ratio_of, sweep
+from alexnet.figure1 import (FourLayerNet, Inputs, Run, Store, epochs_to_threshold, parse_chosen, parse_lrs, ratio_of,
+                             sweep, train_to)
+from alexnet.figure1_plot import crossings, table_markdown
 from fixtures import TARBALL
 
 
@@ -32,6 +36,39 @@ def test_learning_rate_grid_parsing():
     for bad in ("", "0.1,x", "0,0.1", "-1"):
         with pytest.raises(UsageError):
             parse_lrs(bad)
+    assert parse_chosen("relu=0.001, tanh=0.01") == (("relu", 0.001), ("tanh", 0.01))
+    for bad in ("relu", "sigmoid=0.1", "relu=0", "tanh=x"):
+        with pytest.raises(UsageError):
+            parse_chosen(bad)
+
+
+def test_threshold_table_over_seeds():
+    curves = {"relu": [{"seed": 0, "train_error": [0.5, 0.3, 0.2, 0.1]}, {"seed": 1, "train_error": [0.5, 0.2, 0.1, 0.1]}],
+              "tanh": [{"seed": 0, "train_error": [0.6, 0.5, 0.4, 0.2]}, {"seed": 1, "train_error": [0.6, 0.5, 0.4, 0.3]}]}
+    rows = {r["threshold"]: r for r in crossings(curves, thresholds=(0.25, 0.3))}
+    at25 = rows[0.25]
+    assert at25["relu"] == [2.5, pytest.approx(1 + 0.25 / 0.3, abs=1e-3)] and at25["relu_reached"]
+    assert at25["tanh"] == [3.75, 4.0] and not at25["tanh_reached"]  # seed 1 never got there: a lower bound
+    assert at25["ratio"] == round(3.875 / ((2.5 + 1 + 0.25 / 0.3) / 2), 2) and at25["ratio_lower_bound"]
+    assert at25["ratio_per_seed"] == [1.5, round(4.0 / (1 + 0.25 / 0.3), 2)]
+    assert rows[0.3]["tanh"] == [3.5, 4.0] and rows[0.3]["tanh_reached"] and not rows[0.3]["ratio_lower_bound"]
+    text = table_markdown(list(rows.values()), curves)
+    assert "| 25% (the paper's) | 2.2 ± 0.5 | >3.9 ± 0.2 | >1.79 | 1.50, 2.18 |" in text
+
+
+def test_a_stopped_run_continues_exactly_where_it_stopped(tmp_path):
+    images = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(128) % 10
+    inputs = Inputs("paper", images)
+    store = Store(tmp_path, {"setup": "paper", "batch_size": 32}, log=lambda _: None)
+    whole = train_to(Run("relu", 0.01, 1, inputs), 3, images, labels, 32, Store(tmp_path / "other", {}, lambda _: None))
+    train_to(store.restore(Run("relu", 0.01, 1, inputs)), 2, images, labels, 32, store)  # stopped after 2 epochs
+    resumed = store.restore(Run("relu", 0.01, 1, inputs))
+    assert len(resumed.errors) == 2
+    train_to(resumed, 3, images, labels, 32, store)
+    assert resumed.errors == whole.errors and resumed.losses == whole.losses
+    other = Store(tmp_path, {"setup": "paper", "batch_size": 64}, log=lambda _: None)  # other settings: not reused
+    assert other.restore(Run("relu", 0.01, 1, inputs)).errors == []
 
 
 @pytest.mark.parametrize("setup", ["paper", "modern"])
@@ -65,9 +102,10 @@ def test_training_is_deterministic_and_the_sweep_picks_the_lowest_error():
     a.train_epoch(images, labels, 32)
     b.train_epoch(images, labels, 32)
     assert a.errors == b.errors and a.losses == b.losses
-    best, records = sweep("relu", [0.001, 0.05], 2, images, labels, 32, 0, inputs, log=lambda _: None)
+    store = Store(Path(tempfile.mkdtemp()), {}, log=lambda _: None)
+    best, records = sweep("relu", [0.001, 0.05], 2, images, labels, 32, 0, inputs, store, log=lambda _: None)
     assert [r["lr"] for r in records] == [0.001, 0.05] and all(len(r["train_error"]) == 2 for r in records)
-    assert best.lr == min(records, key=lambda r: (r["train_error"][-1], r["lr"]))["lr"]  # ties: the smaller rate
+    assert best == min(records, key=lambda r: (r["train_error"][-1], r["lr"]))["lr"]  # ties: the smaller rate
 
 
 @pytest.mark.slow
@@ -75,22 +113,35 @@ def test_training_is_deterministic_and_the_sweep_picks_the_lowest_error():
 def test_tiny_run_writes_png_json_and_one_line(tmp_path, capsys, data_cache, setup, lrs):
     out = tmp_path / "f1"
     args = ["figure1", "--out", str(out), "--data", str(TARBALL), "--limit", "512", "--batch-size", "64",
-            "--epochs-cap", "2", "--sweep-epochs", "1", "--lrs", ",".join(map(str, lrs)), "--setup", setup]
+            "--epochs", "2", "--sweep-epochs", "1", "--lrs", ",".join(map(str, lrs)), "--setup", setup, "--seeds", "0,1"]
     assert main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
     for key in ("relu_epochs_to_25pct", "tanh_epochs_to_25pct", "ratio", "tanh_lower_bound", "relu_lr", "tanh_lr"):
         assert key in result
+    assert result["seeds"] == [0, 1] and len(result["ratio_per_seed"]) == 2
     assert (out / "figure1.png").stat().st_size > 1000
     record = json.loads((out / "figure1.json").read_text())
     assert set(record["sweep"]) == {"relu", "tanh"} and len(record["sweep"]["relu"]) == 2
-    for curve in record["curves"].values():
-        assert 1 <= len(curve["train_error"]) <= 2 and curve["lr"] in lrs
+    for curves in record["curves"].values():  # every curve over the same range, one per seed
+        assert [c["seed"] for c in curves] == [0, 1] and all(len(c["train_error"]) == 2 for c in curves)
+        assert curves[0]["lr"] in lrs and curves[0]["train_error"] != curves[1]["train_error"]
+    assert [r["threshold"] for r in record["thresholds"]] == [0.22, 0.24, 0.25, 0.26, 0.27, 0.3]
     assert record["summary"] == result and result["setup"] == record["setup"]["setup"] == setup
+    assert "| 25% (the paper's) |" in (out / "figure1.md").read_text()
+
+    given = ["--lr", f"relu={result['relu_lr']},tanh={result['tanh_lr']}"]  # the same rates given: every run reused
+    assert main([*args, *given]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("continuing from epoch 2") == 4 and " epoch 1: training error" not in captured.err
+    again = json.loads(captured.out)
+    assert again["relu_per_seed"] == result["relu_per_seed"] and again["tanh_per_seed"] == result["tanh_per_seed"]
 
 
 def test_bad_options_exit_2(tmp_path, capsys):
     assert main(["figure1", "--out", str(tmp_path), "--lrs", "fast"]) == 2
     assert "--lrs" in capsys.readouterr().err
-    assert main(["figure1", "--out", str(tmp_path), "--sweep-epochs", "5", "--epochs-cap", "2"]) == 2
+    assert main(["figure1", "--out", str(tmp_path), "--sweep-epochs", "5", "--epochs", "2"]) == 2
+    assert main(["figure1", "--out", str(tmp_path), "--seeds", "0,0"]) == 2
+    assert main(["figure1", "--out", str(tmp_path), "--lr", "relu=fast"]) == 2

@@ -9,6 +9,7 @@ paper's claims (section 3.2-4.2) as changes in validation error, arm minus basel
     dropout  model.dropout=0.0               without dropout: substantial overfitting (no number)
     augment  data.crop_padding=0 data.flip=false   without crops and flips: substantial overfitting
     pca      data.pca_std=0.1                PCA lighting reduces top-1 error by over 1 point
+    pca_fb   data.pca_std=0.1 data.pca_scale=fb   the same, with fb.resnet.torch's smaller shift
     towers   model.towers=false model.one_gpu=true   two towers: -1.7/-1.2 points vs the one-GPU net
 
 The ``towers`` arm is the paper's one-GPU net (section 3.2, ``model.one_gpu``): "half as many
@@ -36,9 +37,11 @@ flips unless it changes them), so each arm differs from the baseline in its swit
              error falls well below its test error (docs/ablation-overfit.md), so taking a
              regulariser away can show as more overfitting. --epochs/--limit override its budget.
 
-A run folder ``<out>/<arm>/seed<k>`` with a summary.json is reused (after checking that its
-config.toml is the config this call would train); one without is a run that was stopped, and
-is deleted and trained again. So a killed ablation re-runs only what is missing.
+A run folder ``<out>/<arm>/seed<k>`` with a summary.json of a finished run is reused (after
+checking that its config.toml is the config this call would train); a run that was stopped (by
+a signal, or killed) continues from its last checkpoint, and one stopped before its first
+checkpoint is trained again. A signal (Ctrl-C, SIGTERM) stops the whole ablation once the
+current run has written its checkpoint. So a stopped ablation re-runs only what is missing.
 """
 
 from __future__ import annotations
@@ -79,16 +82,20 @@ ARMS = {arm.name: arm for arm in (
     Arm("augment", "no crops or flips", ("data.crop_padding=0", "data.flip=false"),
         "without crops and flips: substantial overfitting (4.1)", None, None, +1),
     Arm("pca", "PCA lighting", ("data.pca_std=0.1",), "PCA lighting reduces top-1 by over 1 % (4.1)", -1.0, None, -1),
+    # pca with fb.resnet.torch's reading of the eigenvalues (data.pca_scale, issue 14 item 4)
+    Arm("pca_fb", "PCA lighting (fb scale)", ("data.pca_std=0.1", "data.pca_scale=fb"),
+        "PCA lighting reduces top-1 by over 1 % (4.1), fb.resnet.torch's smaller shift", -1.0, None, -1),
     Arm("towers", "one-GPU net", ("model.towers=false", "model.one_gpu=true"),
         "two towers reduce top-1/top-5 by 1.7/1.2 % vs one GPU with half the kernels (3.2)", 1.7, 1.2, +1),
 )}
+PAPER_CLAIMS = ("lrn", "pooling", "dropout", "augment", "pca", "towers")  # --study all; pca_fb only by name
 STUDIES = (*ARMS, "all")
 # --regime: its overrides for every arm (before --epochs/--limit and the user's) and default --study
 SAME_LEARNING = ("optim.freeze_after=[]", "data.low_res_epochs=0")  # no speed-ups that change what is learned
 REGIMES = {
     "short": (("model.dropout=0.25", *SAME_LEARNING), "all"),
     "overfit": (("data.limit=5000", "data.val_limit=0", "optim.epochs=30", "model.dropout=0.5", *SAME_LEARNING),
-                "dropout,augment,pca"),
+                "dropout,augment,pca,pca_fb"),
 }
 
 EXAMPLES = """examples:
@@ -108,7 +115,7 @@ def add_parser(commands) -> None:
                                         "validation error with a shared baseline and the paper's claims.",
                             epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", help=f"one of {', '.join(STUDIES)}, or several comma-separated "
-                                   "(default: all; with --regime overfit dropout,augment,pca)")
+                                   "(default: all; with --regime overfit dropout,augment,pca,pca_fb)")
     p.add_argument("--regime", choices=list(REGIMES), default="short",
                    help="short: dropout 0.25, the recipe's budget (default); overfit: 5,000 training images, 30 epochs, "
                         "dropout 0.5 (both: no frozen layers or low-resolution phase; module docstring)")
@@ -143,7 +150,7 @@ def select_arms(study: str) -> list[Arm]:
     if unknown or not names:
         raise UsageError(f"unknown study {unknown[0] if unknown else study!r}; choose from {', '.join(STUDIES)} "
                          "(several comma-separated)")
-    picked = list(ARMS) if "all" in names else [n for n in ARMS if n in names]
+    picked = [n for n in ARMS if n in names or ("all" in names and n in PAPER_CLAIMS)]
     return [BASELINE, *(ARMS[n] for n in picked)]
 
 
@@ -214,23 +221,34 @@ def ablate(recipe: dict, arms: list[Arm], seeds: list[int], budget: list[str], u
 
 
 def run_one(config: cfgmod.RunConfig, run_dir: Path, name: str) -> dict:
-    """Train one arm x seed into ``run_dir``, or reuse its finished run; returns its numbers."""
-    summary_file = run_dir / "summary.json"
-    if summary_file.is_file():
-        changed = config_differences(run_dir / "config.toml", config)
-        if changed:
-            raise UsageError(f"{run_dir} holds a finished run with another config ({', '.join(changed[:3])} differ); "
-                             "use another --out or delete that folder")
+    """Train one arm x seed into ``run_dir``, continue it from its last checkpoint when it was stopped,
+    or reuse its finished run; returns its numbers. A run a signal stops ends the whole ablation."""
+    summary_file, last = run_dir / "summary.json", run_dir / "checkpoints" / "last.pt"
+    finished = summary_file.is_file() and json.loads(summary_file.read_text()).get("stopped") is None
+    changed = config_differences(run_dir / "config.toml", config) if run_dir.exists() else []
+    if finished and changed:
+        raise UsageError(f"{run_dir} holds a finished run with another config ({', '.join(changed[:3])} differ); "
+                         "use another --out or delete that folder")
+    if finished:
         log(f"ablate: {name}: reusing the finished run in {run_dir}")
         return _numbers(run_dir, config.seed, reused=True, wall=None)
-    if run_dir.exists():
-        log(f"ablate: {name}: {run_dir} has no summary.json (a stopped run): deleting it and training again")
-        shutil.rmtree(run_dir)
+    from .run import load_run
     from .train import train
 
-    log(f"ablate: {name}: training into {run_dir}")
+    resume = None
+    if last.is_file() and not changed:
+        log(f"ablate: {name}: continuing the stopped run in {run_dir} from its last checkpoint")
+        resume = load_run(last, data_path=config.data.path)
+    elif run_dir.exists():
+        log(f"ablate: {name}: {run_dir} holds no checkpoint of this config (a run stopped early): training it again")
+        shutil.rmtree(run_dir)
+    else:
+        log(f"ablate: {name}: training into {run_dir}")
     started = time.monotonic()
-    train(config, run_dir)
+    summary = train(config if resume is None else resume.config, run_dir, resume=resume)
+    if summary.get("stopped"):
+        raise SystemExit(f"ablate: stopped by {summary['stopped']} in {name}; run the same command again to "
+                         "continue from its last checkpoint")
     return _numbers(run_dir, config.seed, reused=False, wall=time.monotonic() - started)
 
 
