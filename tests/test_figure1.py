@@ -69,6 +69,11 @@ def test_a_stopped_run_continues_exactly_where_it_stopped(tmp_path):
     assert resumed.errors == whole.errors and resumed.losses == whole.losses
     other = Store(tmp_path, {"setup": "paper", "batch_size": 64}, log=lambda _: None)  # other settings: not reused
     assert other.restore(Run("relu", 0.01, 1, inputs)).errors == []
+    (tmp_path / f"{resumed.name}.pt").unlink()  # the curve alone (JSON) is reused where it is long enough
+    kept = train_to(store.restore(Run("relu", 0.01, 1, inputs)), 3, images, labels, 32, store)
+    assert kept.curve_only and kept.errors == whole.errors
+    longer = train_to(store.restore(Run("relu", 0.01, 1, inputs)), 4, images, labels, 32, store)  # trained again
+    assert not longer.curve_only and longer.errors[:3] == whole.errors and len(longer.errors) == 4
 
 
 @pytest.mark.parametrize("setup", ["paper", "modern"])

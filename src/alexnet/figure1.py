@@ -275,6 +275,7 @@ class Run:
         self.losses: list[float] = []
         self.seconds: list[float] = []
         self.diverged = False
+        self.curve_only = False  # restored from a curve without weights (Store): cannot train on
 
     @property
     def name(self) -> str:
@@ -325,37 +326,52 @@ class Run:
 
 class Store:
     """Each run's state in ``folder``, saved atomically after every epoch and restored only when it
-    was trained with the same settings (``key``): a stopped figure1 continues where it stopped."""
+    was trained with the same settings (``key``): a stopped figure1 continues where it stopped.
+
+    ``NAME.pt`` holds the weights, the momentum and the curve; ``NAME.json`` the key and the curve
+    alone (a few KB, fit to keep with the figure): a run found only as JSON is reused when its
+    curve is long enough, and trained again from the start when it is not."""
 
     def __init__(self, folder: Path, key: dict, log=print):
         self.folder, self.key, self.log = folder, key, log
-
-    def _path(self, run_: Run) -> Path:
-        return self.folder / f"{run_.name}.pt"
 
     def _key(self, run_: Run) -> dict:
         return {**self.key, "activation": run_.activation, "lr": run_.lr, "seed": run_.seed}
 
     def restore(self, run_: Run) -> Run:
-        path = self._path(run_)
-        if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if state.get("key") == self._key(run_):
+        weights, curve = self.folder / f"{run_.name}.pt", self.folder / f"{run_.name}.json"
+        for path in (weights, curve):
+            if not path.is_file():
+                continue
+            state = (torch.load(path, map_location="cpu", weights_only=True) if path is weights
+                     else json.loads(path.read_text()))
+            if state.get("key") != self._key(run_):
+                self.log(f"figure1: {path} was trained with other settings; not using it")
+                continue
+            if path is weights:
                 run_.load_state(state)
-                self.log(f"figure1: {run_.name}: continuing from epoch {len(run_.errors)} ({path})")
             else:
-                self.log(f"figure1: {path} was trained with other settings; training {run_.name} again")
+                run_.errors, run_.losses, run_.seconds = state["errors"], state["losses"], state["seconds"]
+                run_.diverged, run_.curve_only = state["diverged"], True
+            self.log(f"figure1: {run_.name}: continuing from epoch {len(run_.errors)} ({path})")
+            break
         return run_
 
     def save(self, run_: Run) -> None:
         from .files import atomic_write
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(self._path(run_), lambda f: torch.save({"key": self._key(run_), **run_.state()}, f), fsync=False)
+        key, state = self._key(run_), run_.state()
+        atomic_write(self.folder / f"{run_.name}.pt", lambda f: torch.save({"key": key, **state}, f), fsync=False)
+        curve = {"key": key, **{k: state[k] for k in ("errors", "losses", "seconds", "diverged")}}
+        (self.folder / f"{run_.name}.json").write_text(json.dumps(curve) + "\n")
 
 
 def train_to(run_: Run, epochs: int, images, labels, batch_size: int, store: Store, log=print) -> Run:
     """Train ``run_`` until it has ``epochs`` epochs (or diverged), saving it after each one."""
+    if run_.curve_only and len(run_.errors) < epochs and not run_.diverged:
+        log(f"figure1: {run_.name}: its stored curve has {len(run_.errors)} epochs and no weights; training it again")
+        run_ = Run(run_.activation, run_.lr, run_.seed, run_.inputs)
     while len(run_.errors) < epochs and not run_.diverged:
         error = run_.train_epoch(images, labels, batch_size)
         store.save(run_)
