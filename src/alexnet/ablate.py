@@ -361,7 +361,7 @@ def markdown(record: dict, arms: list[Arm]) -> str:
         lines += [f"The overfitting claims are about the paper's 90-epoch training. At this budget the baseline's "
                   f"last-epoch training error ({base['train_top1_mean']:.1f} %) is still above its validation error "
                   f"({base['top1_mean']:.1f} %): the net has not begun to overfit, so taking a regulariser away "
-                  "helps instead of hurting. Testing these claims needs a much longer budget.", ""]
+                  "helps instead of hurting. Testing these claims needs a regime where the net overfits: `alexnet ablate --regime overfit`.", ""]
     if base.get("train_top1_mean") is not None and base["train_top1_mean"] < base["top1_mean"]:
         lines += [f"In this regime the baseline overfits: its last-epoch training error ({base['train_top1_mean']:.1f} %, "
                   f"with augmentation and dropout on) is {base['top1_mean'] - base['train_top1_mean']:.1f} points below "
