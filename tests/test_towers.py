@@ -1,6 +1,7 @@
 """model.tower_devices: the paper's two-device split gives the groups=2 network's outputs and gradients."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -33,8 +34,23 @@ def assert_same_gradients(plain, split, x):
     target = torch.arange(len(x)) % out.shape[1]
     torch.nn.functional.cross_entropy(out, target).backward()
     torch.nn.functional.cross_entropy(out_split, target.to(out_split.device)).backward()
-    for (name, p), q in zip(plain.named_parameters(), split.parameters()):
-        torch.testing.assert_close(q.grad.cpu(), p.grad, rtol=1e-5, atol=1e-5, msg=name)
+    grads = split_gradients(split)
+    assert list(grads) == [name for name, _ in plain.named_parameters()]
+    for name, p in plain.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def split_gradients(split) -> dict:
+    """The split network's gradients under the whole layers' names (tower 0's half, then tower 1's)."""
+    grads = {}
+    for name, p in split.named_parameters():
+        layer, _, kind = name.rpartition(".")
+        if layer.endswith((".a", ".b")):
+            whole = f"{layer[:-2]}.{kind}"
+            grads[whole] = torch.cat([grads[whole], p.grad.cpu()]) if whole in grads else p.grad.cpu()
+        else:
+            grads[name] = p.grad.cpu()
+    return grads
 
 
 @pytest.mark.parametrize("config, size", [(CIFAR, 32), (PAPER, 224)], ids=["cifar", "paper"])
@@ -58,8 +74,32 @@ def test_towers_lrn_window_crosses_the_tower_boundary_as_groups_2_does():
 def test_state_dict_is_the_grouped_networks():
     plain, split = pair(CIFAR, "cpu,cpu")
     shapes = {k: v.shape for k, v in plain.state_dict().items()}
+    assert list(split.state_dict()) == list(shapes)  # the same keys in the same order
     assert {k: v.shape for k, v in split.state_dict().items()} == shapes
     assert list(shapes)[:2] == ["conv1.weight", "conv1.bias"] and "fc8.bias" in shapes
+    for key, value in plain.state_dict().items():  # and the same values, both ways
+        assert torch.equal(split.state_dict()[key], value), key
+    again = AlexNet(plain.config)
+    again.load_state_dict(split.state_dict())
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in plain.state_dict().items())
+    assert torch.equal(split.conv1.weight, plain.conv1.weight)  # read whole, e.g. for Figure 3
+
+
+def test_each_towers_layers_live_on_its_device():
+    """Placement without a second GPU: tower 1 on the meta device (which holds no data), kept there
+    through a cast of the whole model. (test_towers_on_cuda checks that .to("cuda:0") keeps it too.)"""
+    model = AlexNet(dataclasses.replace(CIFAR, tower_devices="cpu,meta"))
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+        layer = getattr(model, name)
+        assert layer.a.weight.device.type == "cpu" and layer.b.weight.device.type == "meta", name
+        assert layer.a.weight.shape[0] == layer.b.weight.shape[0]
+    assert model.conv2.a.weight.shape[1] == model.conv1.a.weight.shape[0]  # conv2: its own tower's half only
+    assert model.conv3.a.weight.shape[1] == 2 * model.conv2.a.weight.shape[0]  # conv3: both towers
+    model.double()
+    assert model.fc7.b.weight.device.type == "meta" and model.fc8.weight.device.type == "cpu"
+    assert model.fc7.a.weight.dtype == model.fc7.b.weight.dtype == torch.float64
+    halves = sum(p.numel() for p in model.parameters())
+    assert halves == sum(p.numel() for p in AlexNet(CIFAR).parameters())  # nothing duplicated
 
 
 @pytest.mark.parametrize("spec", ["cpu", "cpu,cpu,cpu", "cpu,", "cpu,gpu0", ",cpu"])
@@ -81,5 +121,28 @@ def test_towers_on_cuda(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     devices = "cuda:0,cuda:1" if torch.cuda.device_count() > 1 else "cuda:0,cuda:0"
     plain, split = pair(CIFAR, devices, dropout=0.0)
-    split.to("cuda:0")  # the parameters live on the first device; tower 1's slices are copied to its own
+    split.to("cuda:0")  # moves fc8 only: each tower's halves stay on their device
+    assert split.conv5.b.weight.device == torch.device(devices.split(",")[1]) and split.fc8.weight.is_cuda
     assert_same_gradients(plain, split, torch.randn(2, 3, 32, 32))  # the towers move the input
+
+
+@pytest.mark.slow
+def test_a_split_run_trains_resumes_and_its_checkpoint_loads_into_the_grouped_network(tmp_path, data_cache):
+    """train with tower_devices (freeze phase included), resume it, and read its checkpoint as groups=2."""
+    from alexnet.cli import main
+    from alexnet.run import load_run
+    from fixtures import TARBALL
+
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "cifar10", "--data", str(TARBALL), "--out", str(out), "data.limit=256",
+            "model.width=0.25", "model.tower_devices=cpu,cpu", "data.low_res_epochs=0", "optim.freeze_after=[1]",
+            "data.batch_size=64", "train.progress=false", "train.precision=fp32"]
+    assert main([*args, "optim.epochs=1"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "optim.epochs=2"]) == 0
+    split = load_run(out / "checkpoints" / "last.pt")
+    assert split.config.model.tower_devices == "cpu,cpu" and split.config.optim.epochs == 2
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    plain = load_run(out / "checkpoints" / "last.pt", ["model.tower_devices="])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(split.model(x), plain.model(x), rtol=1e-5, atol=1e-5)

@@ -19,8 +19,8 @@ convolution with ``groups=2``. conv1 (two 48-kernel halves that both see the ima
 conv3 (sees both halves) are ordinary convolutions, and so are the fully-connected layers.
 
 Two devices: ``tower_devices="cuda:0,cuda:1"`` runs the towers as the paper did, each tower's half
-of conv1-conv5 and fc6/fc7 on its own device, exchanging activations at conv3, fc6, fc7 and fc8
-(``towers.py``), with the same parameters and outputs. That is model parallelism, the paper's way
+of conv1-conv5 and fc6/fc7 held and computed on its own device, exchanging activations at conv3,
+fc6, fc7 and fc8 (``towers.py``), with the same state_dict and outputs. That is model parallelism, the paper's way
 to fit the net on two 3 GB GPUs; this project scales with data parallelism (DDP via torchrun).
 
 Input size: the paper says 224x224, but 224 with an 11x11 stride-4 kernel does not give
@@ -159,8 +159,17 @@ class AlexNet(nn.Module):
         self.act = nn.ReLU(inplace=True) if config.activation == "relu" else nn.Tanh()
         self.tower_devices = tower_split.parse_devices(config.tower_devices) if config.tower_devices else None
         self.reset_parameters()
+        if self.tower_devices:  # each tower's halves of conv1 ... fc7 on its own device (towers.py)
+            tower_split.split_layers(self)
         if config.variant == "torchvision":
             self._register_load_state_dict_pre_hook(_rename_torchvision_keys)
+
+    def _apply(self, fn, *args, **kwargs):
+        """``.to()``, ``.cuda()``, ``.float()`` ...; the two-device split keeps its towers where they are."""
+        super()._apply(fn, *args, **kwargs)
+        if self.tower_devices:
+            tower_split.place(self)
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """conv1 ... pool5, flattened."""
@@ -203,7 +212,8 @@ class AlexNet(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Section 5: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0."""
+        """Section 5: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
+        (Called before the two-device split, on whole layers.)"""
         ones = {self.conv2, self.conv4, self.conv5, self.fc6, self.fc7}
         for layer in self.layers():
             if self.config.init == "paper":

@@ -6,13 +6,14 @@ scale: data parallelism (DDP through torchrun) stays the default, and one curren
 whole network many times over. Use it to run the paper's dataflow, or to check that a checkpoint
 behaves the same either way.
 
-The parameters do not change: ``AlexNet``'s ``conv1`` ... ``fc8`` modules own them (the same
-state_dict as the single-device ``groups=2`` network, so checkpoints load either way), and each
-forward slices every layer's weight per tower -- tower t computes the first (t=0) or second (t=1)
-half of the layer's kernels or units, which for the grouped conv2, conv4 and conv5 is exactly
-group t -- and copies the slice to the tower's device. Autograd flows through the slicing and the
-copy, so the gradients land on the parameters wherever the module lives. The copy is made every
-forward: this reproduces the paper's dataflow, not its memory saving.
+Where the parameters live: each of conv1 ... conv5, fc6 and fc7 becomes a ``Halves`` module,
+tower 0's half of the layer's kernels (units) in ``a`` on the first device and tower 1's in ``b``
+on the second -- for the grouped conv2, conv4 and conv5 that half is exactly group t -- and fc8
+lives on the first device, as in the paper. ``AlexNet`` puts them back there after any ``.to()``
+(a device move of the whole model moves only what is not split). The state_dict is the
+single-device ``groups=2`` network's (``conv1.weight`` ...: the halves concatenated on save, split
+on load), so checkpoints load either way. Optimiser state is per half, so a run continues only
+with the same ``tower_devices``.
 
 Where the towers talk (figure 2): conv1 sees the image on both devices; conv2, conv4 and conv5 see
 only their own tower's half; conv3, fc6 and fc7 see both towers' outputs, concatenated onto each
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .lrn import LocalResponseNorm
 
@@ -49,43 +49,106 @@ def parse_devices(spec: str) -> tuple[torch.device, torch.device]:
     return devices
 
 
+SPLIT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # fc8: whole, on the first device
+
+
+class Halves(nn.Module):
+    """One layer of the two-device split: tower 0's half of its kernels (units) as ``a`` on the first
+    device, tower 1's as ``b`` on the second. ``forward`` takes and returns one tensor per tower.
+    Its state_dict is the whole layer's, ``weight`` and ``bias`` (the halves concatenated)."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, devices):
+        super().__init__()
+        self.devices = devices
+        n = layer.weight.shape[0]
+        self.a, self.b = (_half(layer, rows, device) for rows, device in
+                          zip((slice(0, n // 2), slice(n // 2, n)), devices))
+        self.register_state_dict_post_hook(_merge_halves)
+        self.register_load_state_dict_pre_hook(_split_halves)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The whole layer's weight on the first device (for reading, e.g. Figure 3's conv1 kernels)."""
+        return torch.cat([self.a.weight, self.b.weight.to(self.a.weight.device)])
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return torch.cat([self.a.bias, self.b.bias.to(self.a.bias.device)])
+
+    def place(self) -> None:
+        self.a.to(self.devices[0])
+        self.b.to(self.devices[1])
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.a(xs[0]), self.b(xs[1])]
+
+
+def _half(layer: nn.Conv2d | nn.Linear, rows: slice, device: torch.device) -> nn.Module:
+    """``layer``'s kernels (units) ``rows`` as a layer of their own on ``device``; for a grouped conv
+    (groups=2) the half is one group: a plain conv on its tower's half of the input channels."""
+    weight = layer.weight.detach()[rows]
+    if isinstance(layer, nn.Conv2d):
+        half = nn.Conv2d(weight.shape[1], weight.shape[0], layer.kernel_size, layer.stride, layer.padding,
+                         device="meta")
+    else:
+        half = nn.Linear(weight.shape[1], weight.shape[0], device="meta")
+    half.to_empty(device=device)
+    with torch.no_grad():
+        half.weight.copy_(weight)
+        half.bias.copy_(layer.bias.detach()[rows])
+    return half
+
+
+def _merge_halves(module, state_dict, prefix, local_metadata) -> None:
+    for kind in ("weight", "bias"):
+        a, b = state_dict.pop(f"{prefix}a.{kind}"), state_dict.pop(f"{prefix}b.{kind}")
+        state_dict[f"{prefix}{kind}"] = torch.cat([a, b.to(a.device)])
+
+
+def _split_halves(module, state_dict, prefix, *args) -> None:
+    for kind in ("weight", "bias"):
+        whole = state_dict.pop(f"{prefix}{kind}", None)
+        if whole is not None:
+            n = whole.shape[0]
+            state_dict[f"{prefix}a.{kind}"], state_dict[f"{prefix}b.{kind}"] = whole[:n // 2], whole[n // 2:]
+
+
+def split_layers(model: nn.Module) -> None:
+    """Turn ``model``'s conv1 ... fc7 into ``Halves`` on ``model.tower_devices`` and place the rest."""
+    for name in SPLIT_LAYERS:
+        setattr(model, name, Halves(getattr(model, name), model.tower_devices))
+    place(model)
+
+
+def place(model: nn.Module) -> None:
+    """Each tower's halves on its device; fc8 (and anything else with state) on the first."""
+    for name in SPLIT_LAYERS:
+        getattr(model, name).place()
+    model.fc8.to(model.tower_devices[0])
+
+
 def features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """conv1 ... pool5 as two towers: each tower's pool5 maps, flattened, on its own device."""
     devices = model.tower_devices
-    xs = split(model.conv1, [x.to(d) for d in devices], devices)  # both halves of conv1 see the image
+    xs = model.conv1([x.to(d) for d in devices])  # both halves of conv1 see the image
     xs = [model.pool(y) for y in act_lrn(model, xs, model.lrn1)]
-    xs = [model.pool(y) for y in act_lrn(model, split(model.conv2, xs, devices), model.lrn2)]
-    xs = [model.act(y) for y in split(model.conv3, exchange(xs, devices), devices)]  # sees both towers
-    xs = [model.act(y) for y in split(model.conv4, xs, devices)]
-    return [torch.flatten(model.pool(model.act(y)), 1) for y in split(model.conv5, xs, devices)]
+    xs = [model.pool(y) for y in act_lrn(model, model.conv2(xs), model.lrn2)]
+    xs = [model.act(y) for y in model.conv3(exchange(xs, devices))]  # sees both towers
+    xs = [model.act(y) for y in model.conv4(xs)]
+    return [torch.flatten(model.pool(model.act(y)), 1) for y in model.conv5(xs)]
 
 
 def fc7_features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """fc6 and fc7 as two towers (each sees both towers' inputs); dropout on each tower's fc6 half."""
     devices = model.tower_devices
-    xs = [model.dropout(model.act(y)) for y in split(model.fc6, exchange(features(model, x), devices), devices)]
-    return [model.act(y) for y in split(model.fc7, exchange(xs, devices), devices)]
+    xs = [model.dropout(model.act(y)) for y in model.fc6(exchange(features(model, x), devices))]
+    return [model.act(y) for y in model.fc7(exchange(xs, devices))]
 
 
 def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The whole network; fc8 runs on the first tower's device, where the logits are returned."""
     xs = [model.dropout(y) for y in fc7_features(model, x)]
-    first = model.tower_devices[0]
-    return F.linear(gather(xs, first), model.fc8.weight.to(first), model.fc8.bias.to(first))
-
-
-def split(layer: nn.Conv2d | nn.Linear, inputs: list[torch.Tensor], devices) -> list[torch.Tensor]:
-    """Tower t's half of ``layer``'s kernels (units) applied to ``inputs[t]`` on ``devices[t]``."""
-    n = layer.weight.shape[0]
-    outputs = []
-    for t, (x, device) in enumerate(zip(inputs, devices)):
-        rows = slice(0, n // 2) if t == 0 else slice(n // 2, n)
-        w, b = layer.weight[rows].to(device), layer.bias[rows].to(device)
-        if isinstance(layer, nn.Conv2d):
-            outputs.append(F.conv2d(x, w, b, layer.stride, layer.padding))
-        else:
-            outputs.append(F.linear(x, w, b))
-    return outputs
+    return model.fc8(gather(xs, model.tower_devices[0]))
 
 
 def exchange(xs: list[torch.Tensor], devices) -> list[torch.Tensor]:

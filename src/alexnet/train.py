@@ -163,7 +163,8 @@ def wrap(model: torch.nn.Module, ddp: Dist, device: torch.device) -> torch.nn.Mo
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    one_device = device.type == "cuda" and not getattr(model, "tower_devices", None)  # a split net spans two
+    return DistributedDataParallel(model, device_ids=[device.index] if one_device else None)
 
 
 def validate(run: Run, data) -> dict:
@@ -442,7 +443,7 @@ def _end_epoch(run: Run, epoch_metrics: dict, data) -> None:
         _append_metrics(run.out, row, run.writer)
         warning = stall_warning(p.epoch, row["train_loss"], config.model.num_classes, row["train_mode_share"],
                                 p.last_eval["top_class_share"] if evaluated else None, config,
-                                run.model.fc7.out_features)
+                                run.model.fc8.in_features)
         if warning:
             print(warning, file=sys.stderr, flush=True)
     _save(run, best=best)
