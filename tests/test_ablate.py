@@ -155,6 +155,18 @@ def test_a_signal_during_a_run_stops_the_ablation(tmp_path, monkeypatch):
         run_one(config, tmp_path / "baseline" / "seed0", "baseline/seed0")
 
 
+def test_a_stopped_run_with_another_config_is_refused_not_deleted(tmp_path):
+    config = build_config(read_recipe("cifar10"), ["optim.epochs=1"])
+    run_dir = tmp_path / "baseline" / "seed0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+    (run_dir / "config.toml").write_text(to_toml(build_config(read_recipe("cifar10"), ["optim.epochs=2"])))
+    (run_dir / "summary.json").write_text('{"val_top1_err": 0.')  # cut short by a kill: not finished
+    with pytest.raises(UsageError, match="holds a stopped run with another config .optim.epochs differ"):
+        run_one(config, run_dir, "baseline/seed0")
+    assert (run_dir / "checkpoints" / "last.pt").exists()
+
+
 def test_bad_usage_exits_2(tmp_path, capsys):
     assert main(["ablate", "--study", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown study" in capsys.readouterr().err

@@ -53,7 +53,11 @@ def test_threshold_table_over_seeds():
     assert at25["ratio_per_seed"] == [1.5, round(4.0 / (1 + 0.25 / 0.3), 2)]
     assert rows[0.3]["tanh"] == [3.5, 4.0] and rows[0.3]["tanh_reached"] and not rows[0.3]["ratio_lower_bound"]
     text = table_markdown(list(rows.values()), curves)
-    assert "| 25% (the paper's) | 2.2 ± 0.5 | >3.9 ± 0.2 | >1.79 | 1.50, 2.18 |" in text
+    assert "| 25% (the paper's) | 2.2 ± 0.5 | >3.9 ± 0.2 | >1.79 | 1.50, >2.18 |" in text
+    diverged = {**curves, "tanh": [curves["tanh"][0], {"seed": 1, "train_error": [0.9], "diverged": True}]}
+    row = crossings(diverged, thresholds=(0.25,))[0]
+    assert row["tanh"] == [3.75, None] and row["tanh_mean"] == 3.75 and not row["tanh_reached"]
+    assert row["ratio_per_seed"] == [1.5, None] and row["ratio_lower_bound"]
 
 
 def test_a_stopped_run_continues_exactly_where_it_stopped(tmp_path):
@@ -137,12 +141,13 @@ def test_tiny_run_writes_png_json_and_one_line(tmp_path, capsys, data_cache):
     assert record["summary"] == result and result["setup"] == record["setup"]["setup"] == setup
     assert "| 25% (the paper's) |" in (out / "figure1.md").read_text()
 
-    given = ["--lr", f"relu={result['relu_lr']},tanh={result['tanh_lr']}"]  # the same rates given: every run reused
+    # the same rates given, seeds 1 and 2 (as a second process would): seed 1 is reused, seed 2 trained
+    given = ["--lr", f"relu={result['relu_lr']},tanh={result['tanh_lr']}", "--seeds", "1,2"]
     assert main([*args, *given]) == 0
     captured = capsys.readouterr()
-    assert captured.err.count("continuing from epoch 2") == 4 and " epoch 1: training error" not in captured.err
+    assert captured.err.count("continuing from epoch 2") == 2 and captured.err.count("seed2 epoch 1: training") == 2
     again = json.loads(captured.out)
-    assert again["relu_per_seed"] == result["relu_per_seed"] and again["tanh_per_seed"] == result["tanh_per_seed"]
+    assert again["relu_per_seed"][0] == result["relu_per_seed"][1] and again["seeds"] == [1, 2]
 
 
 def test_bad_options_exit_2(tmp_path, capsys):

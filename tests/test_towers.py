@@ -95,11 +95,20 @@ def test_each_towers_layers_live_on_its_device():
         assert layer.a.weight.shape[0] == layer.b.weight.shape[0]
     assert model.conv2.a.weight.shape[1] == model.conv1.a.weight.shape[0]  # conv2: its own tower's half only
     assert model.conv3.a.weight.shape[1] == 2 * model.conv2.a.weight.shape[0]  # conv3: both towers
-    model.double()
+    model.to("cpu", torch.float64)  # a device move leaves the towers where they are; the cast applies
     assert model.fc7.b.weight.device.type == "meta" and model.fc8.weight.device.type == "cpu"
     assert model.fc7.a.weight.dtype == model.fc7.b.weight.dtype == torch.float64
     halves = sum(p.numel() for p in model.parameters())
     assert halves == sum(p.numel() for p in AlexNet(CIFAR).parameters())  # nothing duplicated
+
+
+def test_fc_features_of_a_split_network():
+    from alexnet.predict import features
+
+    plain, split = pair(CIFAR, "cpu,cpu", dropout=0.5)
+    x = torch.randn(2, 3, 32, 32)
+    for layer in ("pool5", "fc6", "fc7", "fc8"):
+        torch.testing.assert_close(features(split, x, layer), features(plain, x, layer), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("spec", ["cpu", "cpu,cpu,cpu", "cpu,", "cpu,gpu0", ",cpu"])
@@ -139,10 +148,14 @@ def test_a_split_run_trains_resumes_and_its_checkpoint_loads_into_the_grouped_ne
             "data.batch_size=64", "train.progress=false", "train.precision=fp32"]
     assert main([*args, "optim.epochs=1"]) == 0
     assert main(["train", "--out", str(out), "--resume", "optim.epochs=2"]) == 0
-    split = load_run(out / "checkpoints" / "last.pt")
+    split = load_run(out / "checkpoints" / "last.pt", keep_towers=True)
     assert split.config.model.tower_devices == "cpu,cpu" and split.config.optim.epochs == 2
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    plain = load_run(out / "checkpoints" / "last.pt", ["model.tower_devices="])
+    plain = load_run(out / "checkpoints" / "last.pt")  # inference commands: the one-device groups=2 network
+    assert plain.config.model.tower_devices == "" and plain.model.conv2.groups == 2
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(split.model(x), plain.model(x), rtol=1e-5, atol=1e-5)
+    assert main(["eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "data.val_limit=64"]) == 0
+    # the optimiser state is per half: continuing without the split is refused in one line
+    assert main(["train", "--out", str(out), "--resume", "optim.epochs=3", "model.tower_devices="]) == 2

@@ -224,11 +224,11 @@ def run_one(config: cfgmod.RunConfig, run_dir: Path, name: str) -> dict:
     """Train one arm x seed into ``run_dir``, continue it from its last checkpoint when it was stopped,
     or reuse its finished run; returns its numbers. A run a signal stops ends the whole ablation."""
     summary_file, last = run_dir / "summary.json", run_dir / "checkpoints" / "last.pt"
-    finished = summary_file.is_file() and json.loads(summary_file.read_text()).get("stopped") is None
+    finished = _finished(summary_file)
     changed = config_differences(run_dir / "config.toml", config) if run_dir.exists() else []
-    if finished and changed:
-        raise UsageError(f"{run_dir} holds a finished run with another config ({', '.join(changed[:3])} differ); "
-                         "use another --out or delete that folder")
+    if (finished or last.is_file()) and changed:
+        raise UsageError(f"{run_dir} holds a {'finished' if finished else 'stopped'} run with another config "
+                         f"({', '.join(changed[:3])} differ); use another --out or delete that folder")
     if finished:
         log(f"ablate: {name}: reusing the finished run in {run_dir}")
         return _numbers(run_dir, config.seed, reused=True, wall=None)
@@ -236,11 +236,11 @@ def run_one(config: cfgmod.RunConfig, run_dir: Path, name: str) -> dict:
     from .train import train
 
     resume = None
-    if last.is_file() and not changed:
+    if last.is_file():
         log(f"ablate: {name}: continuing the stopped run in {run_dir} from its last checkpoint")
-        resume = load_run(last, data_path=config.data.path)
+        resume = load_run(last, data_path=config.data.path, keep_towers=True)
     elif run_dir.exists():
-        log(f"ablate: {name}: {run_dir} holds no checkpoint of this config (a run stopped early): training it again")
+        log(f"ablate: {name}: {run_dir} holds no checkpoint (a run stopped before its first epoch ended): training it again")
         shutil.rmtree(run_dir)
     else:
         log(f"ablate: {name}: training into {run_dir}")
@@ -250,6 +250,14 @@ def run_one(config: cfgmod.RunConfig, run_dir: Path, name: str) -> dict:
         raise SystemExit(f"ablate: stopped by {summary['stopped']} in {name}; run the same command again to "
                          "continue from its last checkpoint")
     return _numbers(run_dir, config.seed, reused=False, wall=time.monotonic() - started)
+
+
+def _finished(summary_file: Path) -> bool:
+    """Whether ``summary_file`` is a whole summary of a run that was not stopped early."""
+    try:
+        return json.loads(summary_file.read_text()).get("stopped") is None
+    except (OSError, ValueError):  # missing, or cut short by a kill while it was written
+        return False
 
 
 def config_differences(path: Path, config: cfgmod.RunConfig) -> list[str]:

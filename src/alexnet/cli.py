@@ -191,7 +191,7 @@ def cmd_train(args) -> int:
         last = args.out / "checkpoints" / "last.pt"
         if not last.is_file():
             raise UsageError(f"--resume: no checkpoint at {last}; start without --resume")
-        loaded = load_run(last, args.overrides, args.data)  # read once: train restores from it
+        loaded = load_run(last, args.overrides, args.data, keep_towers=True)  # read once: train restores from it
         config = loaded.config
     else:
         loaded = None

@@ -32,7 +32,7 @@ The experiment, as this module runs it:
   everything is seeded, so its curve is exactly the curve of a fresh run at that rate.
 - Seeds (``--seeds``, default 0,1,2): every seed trains both nets at the chosen rates; a seed
   sets the initial weights (the same for both nets) and the batch order. The images are the same
-  for every seed (``--limit`` subsets are drawn with the first seed).
+  for every seed (``--limit`` subsets are drawn with seed 0, so separate processes agree).
 - Training error of an epoch: the fraction of misclassified examples over that epoch's
   training batches, as they were trained on (as the paper's plot), placed at x = epochs done.
 - Every curve runs ``--epochs`` epochs (default 40), so both nets cover the same range. Epochs to
@@ -72,6 +72,7 @@ from .runtime import log, worker_count
 
 THRESHOLD = 0.25  # the paper's training error rate target
 THRESHOLDS = (0.22, 0.24, 0.25, 0.26, 0.27, 0.30)  # the sensitivity table's thresholds
+SUBSET_SEED = 0  # --limit subsets: the same images for every seed and every process
 CHANCE = 0.9  # error of an untrained ten-class net: the curve's point at epoch 0
 ACTIVATIONS = ("relu", "tanh")
 # Init, inputs and learning-rate grid of each --setup (module docstring); both activations get the
@@ -133,7 +134,7 @@ class Figure1Config:
     epochs: int = 40  # epochs of every curve
     sweep_epochs: int = 2  # epochs per learning rate in the sweep
     batch_size: int = 128  # images per SGD step
-    limit: int = 0  # >0: a class-balanced subset of this many training images (drawn with seeds[0])
+    limit: int = 0  # >0: a class-balanced subset of this many training images (drawn with SUBSET_SEED)
     seeds: tuple[int, ...] = (0, 1, 2)  # the init and the batch order of each curve
     threads: int = 0  # CPU threads; 0: the cores this process may use
     data: str | None = None  # CIFAR-10 location; None: cache, mirror, download
@@ -403,12 +404,12 @@ def figure1(config: Figure1Config, out: Path) -> dict:
     started = time.monotonic()
     threads = c.threads or worker_count()
     torch.set_num_threads(threads)
-    train, _ = load_cifar10(c.data, limit=c.limit or None, seed=c.seeds[0])
+    train, _ = load_cifar10(c.data, limit=c.limit or None, seed=SUBSET_SEED)
     if len(train) < c.batch_size:
         raise UsageError(f"--batch-size {c.batch_size} is larger than the {len(train)} training images; raise --limit")
     inputs = Inputs(c.setup, train.images)
     store = Store(out / "runs", {"setup": c.setup, "batch_size": c.batch_size, "limit": c.limit,
-                                 "subset_seed": c.seeds[0], "train_images": len(train)}, log)
+                                 "subset_seed": SUBSET_SEED, "train_images": len(train)}, log)
     chosen = dict(c.chosen)
     log(f"figure1: {len(train)} training images, {threads} threads, seeds {list(c.seeds)}, {c.epochs} epochs per "
         f"curve, learning rates {chosen or c.grid}")

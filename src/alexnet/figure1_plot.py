@@ -11,26 +11,36 @@ from .figure1 import ACTIVATIONS, THRESHOLD, THRESHOLDS, epochs_to_threshold, ra
 NAMES = {"relu": "ReLU", "tanh": "tanh"}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _hit(curve: dict, threshold: float) -> tuple[float | None, bool]:
+    """Epochs to ``threshold`` and whether the curve got there; (None, False) for a diverged run."""
+    return (None, False) if curve.get("diverged") else epochs_to_threshold(curve["train_error"], threshold)
 
 
 def crossings(curves: dict[str, list[dict]], thresholds=THRESHOLDS) -> list[dict]:
-    """One row per threshold: each seed's epochs to it, their mean and std, whether every seed
-    reached it, and the ratio of the means (None when a ReLU curve never reached it)."""
+    """One row per threshold: each seed's epochs to it (None: diverged), their mean and std over the
+    seeds that did not diverge, whether every seed reached it (if not, the mean is a lower bound),
+    and the ratio of the means (None when a ReLU mean is missing or a lower bound), also per seed."""
     rows = []
     for threshold in thresholds:
         row = {"threshold": threshold}
-        hits = {a: [epochs_to_threshold(c["train_error"], threshold) for c in curves[a]] for a in ACTIVATIONS}
+        hits = {a: [_hit(c, threshold) for c in curves[a]] for a in ACTIVATIONS}
         for a in ACTIVATIONS:
-            mean, std = _mean_std([e for e, _ in hits[a]])
-            row |= {a: [round(e, 3) for e, _ in hits[a]], f"{a}_mean": round(mean, 3), f"{a}_std": round(std, 3),
+            done = [e for e, _ in hits[a] if e is not None]
+            mean = statistics.fmean(done) if done else None
+            std = statistics.stdev(done) if len(done) > 1 else 0.0
+            row |= {a: [_rounded(e, 3) for e, _ in hits[a]], f"{a}_mean": _rounded(mean, 3), f"{a}_std": round(std, 3),
                     f"{a}_reached": all(r for _, r in hits[a])}
-        ratio = ratio_of((row["relu_mean"], row["relu_reached"]), (row["tanh_mean"], row["tanh_reached"]))
-        per_seed = [ratio_of(r, t) for r, t in zip(hits["relu"], hits["tanh"])]
-        rows.append({**row, "ratio": None if ratio is None else round(ratio, 2),
-                     "ratio_per_seed": [None if x is None else round(x, 2) for x in per_seed],
-                     "ratio_lower_bound": not row["tanh_reached"]})
+        pairs = [(r, t) for r, t in zip(hits["relu"], hits["tanh"])]
+        per_seed = [None if r[0] is None or t[0] is None else ratio_of(r, t) for r, t in pairs]
+        ratio = None if row["relu_mean"] is None or row["tanh_mean"] is None else ratio_of(
+            (row["relu_mean"], row["relu_reached"]), (row["tanh_mean"], row["tanh_reached"]))
+        rows.append({**row, "ratio": _rounded(ratio, 2), "ratio_lower_bound": not row["tanh_reached"],
+                     "ratio_per_seed": [_rounded(x, 2) for x in per_seed],
+                     "ratio_per_seed_lower_bound": [not t[1] for _, t in pairs]})
     return rows
 
 
@@ -48,6 +58,8 @@ def summary_of(curves: dict, table: list[dict], setup: str, wall: float, paths: 
 
 
 def _cell(row: dict, a: str) -> str:
+    if row[f"{a}_mean"] is None:
+        return "diverged"
     bound = "" if row[f"{a}_reached"] else ">"
     return f"{bound}{row[f'{a}_mean']:.1f} ± {row[f'{a}_std']:.1f}"
 
@@ -65,7 +77,8 @@ def table_markdown(table: list[dict], curves: dict) -> str:
              "('>': a seed never reached it, so a lower bound); ratio = mean tanh / mean ReLU.", "",
              "| threshold | ReLU epochs | tanh epochs | ratio tanh/ReLU | ratio per seed |", "|---|---|---|---|---|"]
     for row in table:
-        per_seed = ", ".join("-" if x is None else f"{x:.2f}" for x in row["ratio_per_seed"])
+        per_seed = ", ".join("-" if x is None else f"{'>' if bound else ''}{x:.2f}"
+                             for x, bound in zip(row["ratio_per_seed"], row["ratio_per_seed_lower_bound"]))
         mark = " (the paper's)" if row["threshold"] == THRESHOLD else ""
         lines.append(f"| {row['threshold']:.0%}{mark} | {_cell(row, 'relu')} | {_cell(row, 'tanh')} | {_ratio(row)} "
                      f"| {per_seed} |")
@@ -81,8 +94,8 @@ def plot(curves: dict, table: list[dict], path: Path, setup: str = "paper") -> N
     fig, (ax, side) = plt.subplots(1, 2, figsize=(9, 4), dpi=120, gridspec_kw={"width_ratios": [3, 2]})
     row25 = next(r for r in table if r["threshold"] == THRESHOLD)
     for a, line in (("relu", "-"), ("tanh", "--")):
-        n = min(len(c["train_error"]) for c in curves[a])  # epochs every seed has
-        by_epoch = list(zip(*(c["train_error"][:n] for c in curves[a])))
+        n = max(len(c["train_error"]) for c in curves[a])  # a diverged seed's curve stops early
+        by_epoch = [[c["train_error"][k] for c in curves[a] if k < len(c["train_error"])] for k in range(n)]
         epochs = range(1, n + 1)
         mean = [statistics.fmean(v) for v in by_epoch]
         ax.fill_between(epochs, [min(v) for v in by_epoch], [max(v) for v in by_epoch], color="grey", alpha=0.3, lw=0)

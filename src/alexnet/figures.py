@@ -292,9 +292,9 @@ def make_figures(network: Network, queries: ImageSet, gallery: ImageSet, names: 
     neighbours = neighbour_records(index, dist, first, gallery, names)
     paths = {"figure3": out / "figure3.png", "figure4_top5": out / "figure4_top5.png",
              "figure4_neighbours": out / "figure4_neighbours.png", "json": out / "figures.json"}
-    # conv2's groups are the towers: 2 when conv2 sees each half of conv1's kernels separately.
+    model = network.model.config
     conv1 = network.model.conv1.weight.detach().float().cpu().numpy()
-    draw_figure3(conv1, towers=network.model.conv2.groups, path=paths["figure3"])
+    draw_figure3(conv1, towers=2 if model.towers and model.variant != "torchvision" else 1, path=paths["figure3"])
     draw_top5(hwc(network.window(queries.pixels())), top5, paths["figure4_top5"])
     rows = [hwc(network.window(gallery.pixels(row))) for row in index.tolist()]
     draw_neighbours(hwc(network.window(first.pixels())), rows, neighbours, paths["figure4_neighbours"])

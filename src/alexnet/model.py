@@ -164,8 +164,15 @@ class AlexNet(nn.Module):
         if config.variant == "torchvision":
             self._register_load_state_dict_pre_hook(_rename_torchvision_keys)
 
+    def to(self, *args, **kwargs):
+        """As ``nn.Module.to``; the two-device split ignores the device (its towers stay on theirs)."""
+        if not self.tower_devices:
+            return super().to(*args, **kwargs)
+        _device, dtype, _non_blocking, memory_format = torch._C._nn._parse_to(*args, **kwargs)
+        return super().to(dtype=dtype, memory_format=memory_format) if dtype or memory_format else self
+
     def _apply(self, fn, *args, **kwargs):
-        """``.to()``, ``.cuda()``, ``.float()`` ...; the two-device split keeps its towers where they are."""
+        """``.cuda()``, ``.cpu()``, ``.float()`` ...; the two-device split puts its towers back on theirs."""
         super()._apply(fn, *args, **kwargs)
         if self.tower_devices:
             tower_split.place(self)

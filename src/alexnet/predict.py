@@ -181,11 +181,17 @@ def features(model: torch.nn.Module, images: torch.Tensor, layer: str = "fc7") -
         return x
     # Dropout is skipped: the paper's sits after fc6/fc7's ReLU, torchvision's before fc6/fc7;
     # at test time both are the identity.
-    x = net.act(net.fc6(x))
+    x = net.act(_whole(net.fc6, x))
     if layer == "fc6":
         return x
-    x = net.act(net.fc7(x))
+    x = net.act(_whole(net.fc7, x))
     return x if layer == "fc7" else net.fc8(x)
+
+
+def _whole(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A fully-connected layer on the whole input; the two-device split's halves (towers.Halves)
+    are read as the whole layer (on the first device, where ``features`` gathers pool5)."""
+    return layer(x) if isinstance(layer, torch.nn.Linear) else torch.nn.functional.linear(x, layer.weight, layer.bias)
 
 
 # ---------------------------------------------------------------------------- alexnet predict

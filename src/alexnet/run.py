@@ -68,13 +68,19 @@ class LoadedRun:
 
 
 def load_run(path: str | os.PathLike, overrides: list[str] = (), data_path: str | os.PathLike | None = None,
-             map_location: str | torch.device = "cpu") -> LoadedRun:
+             map_location: str | torch.device = "cpu", keep_towers: bool = False) -> LoadedRun:
     """Read the checkpoint at ``path`` once and make its network ready (see the module docstring).
     ``overrides`` may change any config key; a ``model.*`` override that changes a layer's shape is
-    refused in one line naming the layer."""
+    refused in one line naming the layer. A run trained with ``model.tower_devices`` (the paper's
+    two-device split) loads as the one-device ``groups=2`` network, the same weights and outputs,
+    so it runs where those devices do not exist; ``keep_towers`` (resuming training) or a
+    ``model.tower_devices`` override keeps the split."""
     path = Path(path)
     ckpt = load_checkpoint(path, map_location)
-    config = build_config(ckpt.get("config", {}), list(overrides), data_path)
+    overrides = list(overrides)
+    if not keep_towers and not any(o.split("=")[0].strip() == "model.tower_devices" for o in overrides):
+        overrides.insert(0, "model.tower_devices=")
+    config = build_config(ckpt.get("config", {}), overrides, data_path)
     model = AlexNet(config.model)
     load_weights(model, ckpt, path)
     return LoadedRun(path, ckpt, config, model.eval(), stored_classes(ckpt, config), stored_pipeline(ckpt, config))

@@ -9,8 +9,9 @@ behaves the same either way.
 Where the parameters live: each of conv1 ... conv5, fc6 and fc7 becomes a ``Halves`` module,
 tower 0's half of the layer's kernels (units) in ``a`` on the first device and tower 1's in ``b``
 on the second -- for the grouped conv2, conv4 and conv5 that half is exactly group t -- and fc8
-lives on the first device, as in the paper. ``AlexNet`` puts them back there after any ``.to()``
-(a device move of the whole model moves only what is not split). The state_dict is the
+lives on the first device, as in the paper. ``AlexNet.to(device)`` leaves them there (dtype and
+memory format still change). Commands that load a checkpoint for inference load the one-device
+``groups=2`` network instead (``run.load_run``), so a split run's checkpoint runs anywhere. The state_dict is the
 single-device ``groups=2`` network's (``conv1.weight`` ...: the halves concatenated on save, split
 on load), so checkpoints load either way. Optimiser state is per half, so a run continues only
 with the same ``tower_devices``.

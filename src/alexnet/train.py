@@ -161,10 +161,12 @@ def wrap(model: torch.nn.Module, ddp: Dist, device: torch.device) -> torch.nn.Mo
     """DistributedDataParallel under torchrun (gradients averaged over processes), the model itself alone."""
     if ddp.world == 1:
         return model
+    if getattr(model, "tower_devices", None):
+        raise UsageError("model.tower_devices (the paper's two-device split) runs in one process: every torchrun "
+                         "process would put its towers on the same two devices; leave it empty to train with torchrun")
     from torch.nn.parallel import DistributedDataParallel
 
-    one_device = device.type == "cuda" and not getattr(model, "tower_devices", None)  # a split net spans two
-    return DistributedDataParallel(model, device_ids=[device.index] if one_device else None)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def validate(run: Run, data) -> dict:
@@ -486,6 +488,11 @@ def _restore(run: Run, resume: LoadedRun, data) -> None:
     run learned (another --data)."""
     ckpt, path = resume.checkpoint, resume.path
     resume.check_classes(data)
+    stored = ckpt.get("config", {}).get("model", {}).get("tower_devices", "")
+    if bool(stored) != bool(run.config.model.tower_devices):  # the split net's optimiser state is per half
+        raise UsageError(f"{path} was trained with model.tower_devices={stored!r}; continue it with a "
+                         f"{'non-empty' if stored else 'empty'} model.tower_devices (the optimiser state is per tower "
+                         "half when split), or start a new run from its weights")
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.schedule.load_state_dict(ckpt["schedule"])
     run.scaler.load_state_dict(ckpt["scaler"])
