@@ -104,6 +104,13 @@ def test_statistics_deltas_and_verdicts_on_fixed_numbers():
     assert "**no dropout** (`model.dropout=0.0`) changes top-1 error by -4.00 points" in text
     assert "training error (40.0 %) is still above its validation error (32.0 %)" in text
 
+    for arm in ("baseline", "dropout"):  # the overfitting regime: training error well below validation error
+        runs[arm] = [{**r, "train_top1_err": 0.24 if arm == "baseline" else 0.10} for r in runs[arm]]
+    overfit = markdown({**record, "rows": table_rows([BASELINE, ARMS["dropout"]], runs)}, [BASELINE, ARMS["dropout"]])
+    assert "In this regime the baseline overfits: its last-epoch training error (24.0 %" in overfit
+    assert "- **no dropout** widens the gap from 8.0 to 18.0 points (more overfitting) and changes test error by " \
+           "-4.00 points (disagrees)." in overfit
+
 
 @pytest.mark.slow
 def test_tiny_ablation_writes_outputs_and_resumes(tmp_path, capsys, data_cache, monkeypatch):

@@ -329,6 +329,20 @@ def table_rows(arms: list[Arm], runs: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
+def _gap_sentences(rows: list[dict]) -> list[str]:
+    """How each regulariser's removal moves the train-test gap (overfitting) and the test error."""
+    base, out = rows[0], []
+    for row in rows[1:]:
+        if row["arm"] not in ("dropout", "augment") or row.get("train_top1_mean") is None:
+            continue
+        gap, base_gap = row["top1_mean"] - row["train_top1_mean"], base["top1_mean"] - base["train_top1_mean"]
+        wider = "widens" if gap > base_gap else "narrows"
+        out.append(f"- **{row['label']}** {wider} the gap from {base_gap:.1f} to {gap:.1f} points "
+                   f"({'more' if gap > base_gap else 'less'} overfitting) and changes test error by "
+                   f"{row['delta_top1']:+.2f} points ({row['verdict']}).")
+    return [*out, ""] if out else []
+
+
 def markdown(record: dict, arms: list[Arm]) -> str:
     b, m = record["budget"], record["machine"]
     data = f"data.limit={b['limit']}" if b["limit"] else "all 50,000 training images"
@@ -374,6 +388,7 @@ def markdown(record: dict, arms: list[Arm]) -> str:
         lines += [f"In this regime the baseline overfits: its last-epoch training error ({base['train_top1_mean']:.1f} %, "
                   f"with augmentation and dropout on) is {base['top1_mean'] - base['train_top1_mean']:.1f} points below "
                   f"its validation error ({base['top1_mean']:.1f} %).", ""]
+        lines += _gap_sentences(record["rows"])
     if "towers" in record["arms"]:
         p = record["arms"]
         lines += [f"The towers arm is the paper's one-GPU net (`model.one_gpu`: conv1-conv4 with half the kernels, "
