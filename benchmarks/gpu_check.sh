@@ -155,6 +155,8 @@ rates = {
     "model_inference_eager": (model.get("inference_eager_images_per_s"), tv_infer),
     "model_inference_compiled": (model.get("inference_compiled_images_per_s"), tv_infer),
     "model_inference_cudagraphs": (model.get("inference_cudagraphs_images_per_s"), tv_infer),
+    "model_train_tower_split": (model.get("train_tower_split_images_per_s"), tv_train),
+    "model_inference_tower_split": (model.get("inference_tower_split_images_per_s"), tv_infer),
 }
 result = {"check": "smoke (cpu, toy sizes: not a measurement)" if smoke else "gpu", "device": model.get("device") or cpu.get("device")}
 for name, (rate, base) in rates.items():
@@ -174,6 +176,9 @@ result.update({
     "time_split_device_decode_s": {k: device.get(f"{k}_s") for k in ("data_wait", "to_device", "augment", "compute")},
     "model_batch_size": model.get("batch_size"), "train_batch_size": cpu.get("batch_size"),
     "compile_s": model.get("compile_s"), "torch_version": model.get("torch_version"), "cpu": model.get("cpu"),
+    "tower_split_vs_groups2": {kind: round(split / plain, 2) if split and plain else None for kind, split, plain in (
+        ("train", model.get("train_tower_split_images_per_s"), model.get("train_eager_images_per_s")),
+        ("inference", model.get("inference_tower_split_images_per_s"), model.get("inference_eager_images_per_s")))},
     "failed": (work / "failed").read_text().split() if (work / "failed").exists() else [], "seconds": seconds,
 })
 print(json.dumps(result), flush=True)

@@ -62,6 +62,7 @@ def test_bench_model_prints_one_json_line_with_rates_and_settings(capsys):
     assert result["precision"] == "bf16" and result["channels_last"] and result["compile"] == []
     assert result["train_variant"] == "eager" and result["inference_variant"] in ("eager", "bf16_weights")
     assert result["torch_version"] and result["cpu"]
+    assert result["train_tower_split_images_per_s"] > 0 and result["inference_tower_split_images_per_s"] > 0
 
 
 def test_bench_train_on_cifar_splits_the_step_time(data_cache, capsys):
@@ -99,6 +100,8 @@ def test_gpu_check_smoke_runs_every_step_on_the_cpu():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["failed"] == []
     for key in ("end_to_end_cpu_decode_images_per_s", "end_to_end_device_decode_images_per_s",
-                "end_to_end_ddp_nccl_one_gpu_images_per_s", "model_train_images_per_s", "model_inference_images_per_s"):
+                "end_to_end_ddp_nccl_one_gpu_images_per_s", "model_train_images_per_s", "model_inference_images_per_s",
+                "model_train_tower_split_images_per_s"):
         assert result[key] > 0, key
+    assert result["tower_split_vs_groups2"]["train"] > 0 and result["tower_split_vs_groups2"]["inference"] > 0
     assert result["recommended_workers"] >= 1 and result["targets"]["end_to_end_images_per_s"] == 20000
