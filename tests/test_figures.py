@@ -228,3 +228,21 @@ def test_default_queries_take_one_image_per_class_first():
     assert one_per_class(labels, 3).tolist() == [0, 3, 5]
     assert one_per_class(labels, 5).tolist() == [0, 3, 5, 1, 2]
     assert one_per_class(labels, 2).tolist() == [0, 3]
+
+
+def test_folder_images_stand_upright_as_predict_reads_them(tmp_path):
+    """A phone's portrait shot is stored landscape with an EXIF orientation: figures applies it."""
+    from types import SimpleNamespace
+
+    from alexnet.figures import FolderImages
+
+    pixels = np.zeros((30, 60, 3), dtype=np.uint8)
+    pixels[:, :30, 0] = 255  # stored left half red, right half blue
+    pixels[:, 30:, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the left half on top
+    Image.fromarray(pixels).save(tmp_path / "portrait.jpg", quality=95, exif=exif)
+    image = FolderImages([tmp_path / "portrait.jpg"], SimpleNamespace(stored=30, resize="center"))[0][0]
+    assert image.shape == (3, 30, 30)
+    top, bottom = image[:, 3, 15].int(), image[:, 26, 15].int()
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60  # red above blue

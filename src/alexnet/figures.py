@@ -10,8 +10,9 @@ whose fc7 activations (the last hidden layer) are nearest in Euclidean distance 
 
 Every image reaches the network exactly as in evaluation (the checkpoint's ``Pipeline``): the
 stored image (CIFAR-10 32x32, prepared ImageNet 256x256), its centre ``input_size`` window,
-then per-channel normalisation or the mean image. Class names come from the checkpoint. Image files are first brought to the stored
-size the way ``alexnet prepare`` does (centre square, resized).
+then per-channel normalisation or the mean image. Class names come from the checkpoint. Image files
+(``--images``, ``--gallery``) are read as ``alexnet predict`` reads them: EXIF orientation applied,
+then brought to the stored size the checkpoint's pipeline says (centre square, resized).
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ class FolderImages:
     """Image files that slice like a uint8 (N, 3, size, size) tensor, as ``ShardImages`` do: decoded
     when sliced, so a large gallery is never all in memory."""
 
-    def __init__(self, files: list[Path], size: int):
-        self.files, self.size = files, size
+    def __init__(self, files: list[Path], pipeline):
+        self.files, self.pipeline = files, pipeline
 
     def __len__(self) -> int:
         return len(self.files)
@@ -106,11 +107,13 @@ class FolderImages:
         return torch.stack([self.load(self.files[i]) for i in torch.as_tensor(idx).reshape(-1).tolist()])
 
     def load(self, path: Path) -> torch.Tensor:
-        """The centre square resized to the stored size, as ``alexnet prepare`` makes the dataset."""
-        from .data.decode import BadImage, decode_stored
+        """The file as ``alexnet predict`` and ``retrieve`` read a user's photo: EXIF orientation
+        applied (a phone's portrait shot stands upright), brought to the pipeline's stored size."""
+        from .data.decode import BadImage
+        from .predict import decode_file
 
         try:
-            return decode_stored(path.read_bytes(), self.size).contiguous()
+            return decode_file(path.read_bytes(), self.pipeline)
         except BadImage as err:
             raise UsageError(f"{path}: {err}; remove it from the folder or convert it to JPEG or PNG") from None
 
@@ -129,10 +132,9 @@ def run(args) -> int:
         raise UsageError(f"checkpoint {args.checkpoint} has {loaded.config.model.num_classes} classes but its dataset "
                          f"has {len(names)}; pass --data with the dataset it was trained on")
     network = Network(loaded.model.to(device), pipeline.to(device), device, loaded.config.data.eval_batch_size)
-    stored = pipeline.stored_size
-    queries = (folder_set(args.images, QUERIES, stored, keys) if args.images
+    queries = (folder_set(args.images, QUERIES, pipeline, keys) if args.images
                else split_set(data.val_images, data.val_labels, one_per_class(data.val_labels, QUERIES), "val"))
-    gallery = (folder_set(args.gallery, args.gallery_limit, stored, keys) if args.gallery
+    gallery = (folder_set(args.gallery, args.gallery_limit, pipeline, keys) if args.gallery
                else train_gallery(data, args.gallery_limit, loaded.config.seed))
     log(f"figures: {len(queries)} images, fc7 features of {len(gallery)} gallery images on {device}")
     out = args.out or default_out(args.checkpoint)
@@ -191,14 +193,14 @@ def train_gallery(data, limit: int, seed: int) -> ImageSet:
     return split_set(data.train_images, data.train_labels, picked, "train")
 
 
-def folder_set(folder: Path, limit: int, size: int, keys: list[tuple[str, ...]]) -> ImageSet:
+def folder_set(folder: Path, limit: int, pipeline, keys: list[tuple[str, ...]]) -> ImageSet:
     """The first ``limit`` image files under ``folder`` (sorted, searched recursively)."""
     from .data.decode import is_image_name
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name))[:limit]
     if not files:
         raise UsageError(f"{folder}: no image files (.jpg, .png, ...) in it; pass a folder of images")
-    return ImageSet(FolderImages(files, size), torch.arange(len(files)), [str(f) for f in files],
+    return ImageSet(FolderImages(files, pipeline), torch.arange(len(files)), [str(f) for f in files],
                     [true_class(f, keys) for f in files], list(files))
 
 
