@@ -396,9 +396,9 @@ def _tower_split(model: torch.nn.Module, dev: torch.device) -> torch.nn.Module:
 
     from .model import AlexNet
 
-    second = torch.device("cuda", 1) if dev.type == "cuda" and torch.cuda.device_count() > 1 else dev
-    devices = f"{dev},{second}" if dev.type != "cuda" or dev.index is not None else f"cuda:0,{second}"
-    split = AlexNet(dataclasses.replace(model.config, tower_devices=devices))
+    first = torch.device("cuda", 0) if dev.type == "cuda" else dev
+    second = torch.device("cuda", 1) if dev.type == "cuda" and torch.cuda.device_count() > 1 else first
+    split = AlexNet(dataclasses.replace(model.config, tower_devices=f"{first},{second}"))
     split.load_state_dict(model.state_dict())
     return split.to(memory_format=torch.channels_last)
 
