@@ -14,13 +14,9 @@ endif
 
 # --system-site-packages: where a suitable torch is already installed (e.g. a GPU machine's
 # torch 2.11), the venv uses it instead of downloading another one.
-# pip compiles every installed .py file to bytecode on one core (torch's thousands of files: about
-# half of the install's time); --no-compile, then compileall on every core, gives the same files.
-# compileall's status is ignored: like pip, it meets a file or two written for a newer Python.
 $(BIN)/alexnet: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv --system-site-packages $(VENV)
-	$(BIN)/python -m pip install -q --no-compile -e '.[test]'
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(BIN)/alexnet
 
 install: $(BIN)/alexnet
