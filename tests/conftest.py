@@ -5,6 +5,8 @@ import torch
 
 from fixtures import TARBALL
 
+from alexnet.runtime import keep_freed_memory
+
 # Small, deterministic CPU tests: two threads like CI, a fixed seed per test. Under pytest-xdist
 # (make test: -n 2) the cores are shared among the workers, one thread each on a 2-core machine.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -12,6 +14,8 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 # LRN runs eagerly in the tests (subprocesses inherit this): torch.compile specialises it for every new
 # shape, seconds each. test_lrn.py compiles it and checks it against the formula; make demo runs it compiled.
 os.environ.setdefault("ALEXNET_COMPILE", "0")
+# The tests' own process allocates like the `alexnet` command does (runtime.keep_freed_memory).
+keep_freed_memory()
 
 
 

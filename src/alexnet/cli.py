@@ -265,6 +265,9 @@ COMMANDS = (add_train, add_eval, predict.add_parser, retrieve.add_parser, add_pr
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()  # the command's own process, not a library user's: see its docstring
     try:
         return args.run(args)
     except UsageError as err:

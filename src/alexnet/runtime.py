@@ -129,6 +129,31 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc reuse freed memory instead of handing every large block back to the kernel.
+
+    By default glibc serves each allocation over 32 MB (a 224-pixel batch's conv1 map, fc6's bf16
+    weight copy and gradients) with a fresh ``mmap`` and returns it with ``munmap`` when freed, so
+    every training step page-faults hundreds of megabytes in again: on a 2-core CPU a fused ReLU over
+    a 64x96x55x55 bf16 map took 19 ms that way and 3.6 ms with this setting, and the paper net's
+    training step at 224 ran 1.12-1.25x faster (README). Memory then stays at its peak until the
+    process ends, as with PyTorch's own GPU caching allocator. Linux/glibc only (elsewhere it does
+    nothing); ``ALEXNET_MALLOC=0`` keeps the system default. Returns whether it was applied."""
+    if os.environ.get("ALEXNET_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):  # musl or another libc without mallopt
+        return False
+
+
 def usable_cpus() -> int:
     """The cores this process may run on: its affinity mask (a container's or Slurm's share), else
     every core of the machine."""
