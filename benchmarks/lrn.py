@@ -14,6 +14,7 @@ import time
 import torch
 
 from alexnet.lrn import LocalResponseNorm
+from alexnet.runtime import keep_freed_memory
 
 
 def time_fwd_bwd(module, x, reps):
@@ -31,6 +32,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
+    keep_freed_memory()  # as the alexnet command does
     torch.set_num_threads(args.threads)
     reference, ours = torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0), LocalResponseNorm()
     result = {"threads": args.threads}
