@@ -32,6 +32,19 @@ def test_lrn_matches_the_formula(channels_last):
     assert not torch.allclose(out, a / 2**0.75)  # the window term matters at this scale
 
 
+def test_training_and_inference_paths_give_the_same_output():
+    """With a gradient to come the forward pass keeps the window sum (autograd Function); without one
+    it runs a pass that does not write it: same numbers, channels_last kept."""
+    z = (torch.randn(4, 24, 9, 9) * 30).contiguous(memory_format=torch.channels_last)
+    trained = LocalResponseNorm()(z.clone().requires_grad_(), relu=True)
+    with torch.inference_mode():
+        inferred = LocalResponseNorm()(z, relu=True)
+    assert trained.grad_fn is not None
+    torch.testing.assert_close(inferred, trained.detach(), atol=0, rtol=0)
+    assert inferred.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(inferred, lrn_formula(torch.relu(z).double()).float(), atol=1e-5, rtol=1e-5)
+
+
 def test_lrn_gradient_matches_autograd_of_the_formula():
     a = (torch.relu(torch.randn(2, 12, 5, 5)) * 30).requires_grad_()
     b = a.detach().clone().requires_grad_()

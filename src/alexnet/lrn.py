@@ -67,15 +67,16 @@ def squares(z, size: int, relu: bool):
     return padded(x * x, size)
 
 
-def lrn_forward(z, sq, k: float, alpha: float, beta: float, size: int, relu: bool):
-    """Forward pass 2: returns (output, window sum of squares); the sum is kept for the backward pass.
+def lrn_forward(z, sq, k: float, alpha: float, beta: float, size: int, relu: bool, keep_sum: bool = True):
+    """Forward pass 2: returns (output, window sum of squares); the sum is kept for the backward pass,
+    and not written at all without ``keep_sum`` (no backward pass will come).
 
     With ``relu`` the input is the pre-activation and ReLU is applied first, in the same pass.
     """
     x = torch.relu(z) if relu else z
     s = window_sum(sq, z.shape[1], size)
     d = k + (alpha / size) * s
-    return (x.float() * _neg_pow(d, beta)).to(x.dtype), s.to(x.dtype)
+    return (x.float() * _neg_pow(d, beta)).to(x.dtype), (s.to(x.dtype) if keep_sum else None)
 
 
 def spread_terms(z, s, grad, k: float, alpha: float, beta: float, size: int, relu: bool):
@@ -175,6 +176,9 @@ class LocalResponseNorm(nn.Module):
             if torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing():
                 return export_op()(x, self.size, self.alpha, self.beta, self.k)
             return nn.functional.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        if not (torch.is_grad_enabled() and x.requires_grad):  # inference, or a frozen layer below
+            sq = _like(_run(0, x, self.size, relu), x)
+            return _run(1, x, sq, self.k, self.alpha, self.beta, self.size, relu, False)[0]
         return _LRNFunction.apply(x, self.k, self.alpha, self.beta, self.size, relu)
 
     def extra_repr(self) -> str:
