@@ -12,6 +12,11 @@ def compiled_lrn(monkeypatch):
     monkeypatch.setitem(lrn._compile, "on", hasattr(torch, "compile"))
 
 
+# One shape for every test: the compiled kernels are specialised per shape, and compiling is most of
+# this file's time on a fresh machine.
+SHAPE = (2, 12, 5, 5)
+
+
 def lrn_formula(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
     """Section 3.3 written as loops over channels (alpha divided by n, the cuda-convnet convention)."""
     channels = a.shape[1]
@@ -24,7 +29,7 @@ def lrn_formula(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_lrn_matches_the_formula(channels_last):
-    a = torch.relu(torch.randn(3, 16, 7, 7, dtype=torch.float64)).float() * 40  # large enough to normalise
+    a = torch.relu(torch.randn(*SHAPE, dtype=torch.float64)).float() * 40  # large enough to normalise
     if channels_last:
         a = a.contiguous(memory_format=torch.channels_last)
     out = LocalResponseNorm()(a)
@@ -35,7 +40,7 @@ def test_lrn_matches_the_formula(channels_last):
 def test_training_and_inference_paths_give_the_same_output():
     """With a gradient to come the forward pass keeps the window sum (autograd Function); without one
     it runs a pass that does not write it: same numbers, channels_last kept."""
-    z = (torch.randn(4, 24, 9, 9) * 30).contiguous(memory_format=torch.channels_last)
+    z = (torch.randn(*SHAPE) * 30).contiguous(memory_format=torch.channels_last)
     trained = LocalResponseNorm()(z.clone().requires_grad_(), relu=True)
     with torch.inference_mode():
         inferred = LocalResponseNorm()(z, relu=True)
@@ -46,16 +51,16 @@ def test_training_and_inference_paths_give_the_same_output():
 
 
 def test_lrn_gradient_matches_autograd_of_the_formula():
-    a = (torch.relu(torch.randn(2, 12, 5, 5)) * 30).requires_grad_()
+    a = (torch.relu(torch.randn(*SHAPE)) * 30).requires_grad_()
     b = a.detach().clone().requires_grad_()
-    grad = torch.randn(2, 12, 5, 5)
+    grad = torch.randn(*SHAPE)
     LocalResponseNorm()(a).backward(grad)
     lrn_formula(b).backward(grad)
     torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5)
 
 
 def test_lrn_equals_torch_module_and_runs_in_bfloat16():
-    a = torch.relu(torch.randn(2, 8, 6, 6)) * 20
+    a = torch.relu(torch.randn(*SHAPE)) * 20
     torch.testing.assert_close(LocalResponseNorm()(a), torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)(a), atol=1e-5, rtol=1e-5)
     out = LocalResponseNorm()(a.bfloat16())
     assert out.dtype == torch.bfloat16
@@ -63,9 +68,9 @@ def test_lrn_equals_torch_module_and_runs_in_bfloat16():
 
 
 def test_fused_relu_lrn_equals_relu_then_lrn_with_gradients():
-    z = (torch.randn(2, 10, 5, 5) * 30).requires_grad_()
+    z = (torch.randn(*SHAPE) * 30).requires_grad_()
     z2 = z.detach().clone().requires_grad_()
-    grad = torch.randn(2, 10, 5, 5)
+    grad = torch.randn(*SHAPE)
     LocalResponseNorm()(z, relu=True).backward(grad)
     lrn_formula(torch.relu(z2)).backward(grad)
     torch.testing.assert_close(z.grad, z2.grad, atol=1e-5, rtol=1e-5)
