@@ -126,8 +126,7 @@ def _compiled():
 class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, k, alpha, beta, size, relu):
-        sq = _run(0, x, size, relu)
-        y, s = _run(1, x, _like(sq, x), k, alpha, beta, size, relu)
+        y, s = _forward(x, k, alpha, beta, size, relu, keep_sum=True)
         ctx.save_for_backward(x, s)
         ctx.hyper = (k, alpha, beta, size, relu)
         return y
@@ -135,9 +134,15 @@ class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, s = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=_memory_format(x))
+        grad = _like(grad, x)
         spread = _run(2, x, s, grad, *ctx.hyper)
         return _run(3, x, s, grad, _like(spread, x), *ctx.hyper), None, None, None, None, None
+
+
+def _forward(x, k: float, alpha: float, beta: float, size: int, relu: bool, keep_sum: bool):
+    """Both forward passes: (output, window sum or None)."""
+    sq = _like(_run(0, x, size, relu), x)
+    return _run(1, x, sq, k, alpha, beta, size, relu, keep_sum)
 
 
 def _run(which: int, *args):
@@ -178,8 +183,7 @@ class LocalResponseNorm(nn.Module):
                 return export_op()(x, self.size, self.alpha, self.beta, self.k)
             return nn.functional.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
         if not (torch.is_grad_enabled() and x.requires_grad):  # inference, or a frozen layer below
-            sq = _like(_run(0, x, self.size, relu), x)
-            return _run(1, x, sq, self.k, self.alpha, self.beta, self.size, relu, False)[0]
+            return _forward(x, self.k, self.alpha, self.beta, self.size, relu, keep_sum=False)[0]
         return _LRNFunction.apply(x, self.k, self.alpha, self.beta, self.size, relu)
 
     def extra_repr(self) -> str:
