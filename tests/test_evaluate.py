@@ -100,3 +100,34 @@ def test_cifar_pipeline_normalises_per_channel_and_keeps_the_whole_image():
     assert ten.shape == (50, 3, 8, 8)
     assert torch.all(ten[0, :, :4, :4] == -2.0)  # top-left view: zero padding, (0 - 127.5) / 63.75
     torch.testing.assert_close(ten[0, :, 4:, 4:], normalize(imgs[:1, :, :4, :4], mean, std)[0])
+
+
+def test_four_views_are_the_whole_image_and_its_training_window_each_mirrored():
+    from dataclasses import replace
+
+    imgs, labels, mean, std = index_images(5), torch.tensor([0, 1, 2, 3, 4]), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    whole = Pipeline("cifar10", 8, 4, True, torch.tensor(mean).view(3, 1, 1) * 255, torch.tensor(std).view(3, 1, 1) * 255, None)
+    windows = replace(whole, size=6, padding=0)  # a run trained on 6x6 windows of the 8x8 images
+    big, small = windows.evaluate(imgs, 4)
+    assert torch.equal(big, normalize(views(imgs, 2, None), mean, std))
+    assert torch.equal(small, normalize(views(imgs, 2, 6), mean, std))
+    assert torch.equal(whole.evaluate(imgs, 4), whole.evaluate(imgs, 2))  # the window is the image: two views
+    ten = windows.evaluate(imgs, 10)  # the paper's ten patches are training windows, no padding
+    assert torch.equal(ten, normalize(ten_crop(imgs, 6), mean, std))
+    raw = replace(windows, mean=torch.zeros(3, 1, 1), std=torch.ones(3, 1, 1), channels_last=False)  # pixels as they are
+    big, small = raw.evaluate(imgs, 4)
+    table = torch.randn(5, 6)
+    model = TableModel(table, view_weight=0.1)
+    out = evaluate_views([model], imgs, labels, batch_size=2, device=CPU, crops=4, inputs=lambda x: raw.evaluate(x, 4))
+    assert [tuple(x.shape[-2:]) for x in model.calls[:2]] == [(8, 8), (6, 6)]
+    each = [[big[2 * i], big[2 * i + 1], small[2 * i], small[2 * i + 1]] for i in range(5)]
+    probs = torch.stack([torch.stack([(table[i] + 0.1 * v[0].flatten()[:6]).softmax(0) for v in each[i]]).mean(0)
+                         for i in range(5)])
+    assert math.isclose(out["val_loss"], -probs[torch.arange(5), labels].log().mean().item(), rel_tol=1e-5)
+    imagenet = imagenet_pipeline(torch.zeros(3, 8, 8), 6)
+    try:
+        imagenet.evaluate(imgs, 4)
+    except ValueError as err:
+        assert "crops=4" in str(err)
+    else:
+        raise AssertionError("crops=4 must be refused where the network cannot take the whole image")

@@ -67,6 +67,11 @@ def test_cifar_variant_is_alexnet_shaped():
     assert model(torch.randn(4, 3, 32, 32)).shape == (4, 10)
     assert model.conv2.groups == 2 and model.pool.kernel_size == 3 and model.pool.stride == 2
     assert not isinstance(model.lrn1, torch.nn.Identity)
+    small = AlexNet(ModelConfig(variant="cifar", num_classes=10, input_size=32, width=0.25, conv2_kernel=3))
+    assert small.conv2.kernel_size == (3, 3) and small.conv2.padding == (1, 1) and small.conv2.groups == 2
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)  # the map sizes, hence fc6, are unchanged
+    with pytest.raises(ValueError, match="conv2_kernel must be odd"):
+        ModelConfig(conv2_kernel=4)
 
 
 def test_fc7_features_are_the_last_hidden_layer():

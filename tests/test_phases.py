@@ -10,7 +10,7 @@ from alexnet import AlexNet
 from alexnet.config import build_config, read_recipe
 from alexnet.errors import UsageError
 from alexnet.model import ModelConfig, pool5_side
-from alexnet.phases import check, frozen, set_frozen, train_pipeline
+from alexnet.phases import check, eval_pipeline, frozen, set_frozen, train_pipeline
 from alexnet.resume import Progress
 from alexnet.runtime import Dist
 from alexnet.train import make_optimizer, train_step
@@ -54,6 +54,43 @@ def test_the_low_res_pipeline_crops_small_windows_early_and_the_full_input_later
     assert late is full and late.train(images, g).shape == (4, 3, 32, 32)
 
 
+def test_shrink_epochs_shrink_each_window_and_fc6_still_gets_its_map():
+    from alexnet.data.pipeline import pipeline_for
+
+    config = _config("data.low_res_size=28", "data.low_res_epochs=3", "data.shrink_size=16", "data.shrink_epochs=2")
+    check(config)
+    full = pipeline_for(config, None)
+    early, middle = train_pipeline(full, config, 1), train_pipeline(full, config, 2)
+    flat = torch.full((4, 3, 32, 32), 200, dtype=torch.uint8)
+    x = early.train(flat, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 3, 16, 16) and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(x, middle.train(flat, torch.Generator())[:, :, :16, :16])  # antialiased: flat stays flat
+    assert middle.shrink == 0 and middle.train(flat, torch.Generator()).shape == (4, 3, 28, 28)
+    model = AlexNet(config.model)
+    model(x).sum().backward()  # training: pool5's 2x2 map is averaged up to fc6's 4x4
+    assert model.fc6.weight.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError):  # evaluation keeps the network's own input size
+        model.eval()(x)
+    with pytest.raises(UsageError, match="shrink_size=40"):
+        check(_config("data.shrink_size=40", "data.shrink_epochs=2"))
+    paper = build_config(read_recipe("paper"), ["data.shrink_size=32", "data.shrink_epochs=2"])
+    with pytest.raises(UsageError, match="no pool5 map"):
+        check(paper)
+
+
+def test_the_network_is_evaluated_through_its_last_epochs_windows():
+    from alexnet.data.pipeline import pipeline_for
+
+    config = _config("data.shrink_size=16", "data.shrink_epochs=10")  # the recipe: 28x28 windows to the end
+    tested = eval_pipeline(pipeline_for(config, None), config)
+    assert (tested.size, tested.padding, tested.shrink, tested.stored) == (28, 0, 0, 32)
+    padded = _config("data.low_res_epochs=0")  # padded 32x32 crops, as the ablation arms train
+    plain = eval_pipeline(pipeline_for(padded, None), padded)
+    assert (plain.size, plain.padding) == (32, 4)
+    with pytest.raises(UsageError, match="eval_crops=4"):
+        check(build_config(read_recipe("imagenet"), ["train.eval_crops=4"]))
+
+
 def test_a_frozen_conv1_keeps_its_weights_and_the_rest_learn():
     config = _config("optim.freeze_after=[1]")
     assert frozen(config, 0) == () and frozen(config, 1) == frozen(config, 5) == ("conv1",)
@@ -78,7 +115,8 @@ def test_a_run_with_both_phases_resumes_to_the_same_weights(tmp_path, data_cache
     from fixtures import TARBALL
 
     common = ["data.limit=256", "data.batch_size=32", "model.width=0.25", "train.progress=false", "optim.epochs=3",
-              "data.low_res_size=28", "data.low_res_epochs=2", "optim.freeze_after=[1]", "train.eval_every=3",
+              "data.low_res_size=28", "data.low_res_epochs=2", "data.shrink_size=16", "data.shrink_epochs=1",
+              "optim.freeze_after=[1]", "train.eval_every=3",
               "optim.schedule=\"step\"", "optim.step_epochs=30", "optim.warmup_epochs=0",  # no dependence on optim.epochs
               f"data.path={json.dumps(str(TARBALL))}"]
     assert main(["train", "--out", str(tmp_path / "whole"), *common]) == 0

@@ -551,7 +551,7 @@ def bench_train(recipe: str, data_path, overrides: list[str], steps: int = 50, w
     run, pipeline = _bench_run(config, data, ddp, device, ddp_wrap, epoch)
     times = _timed_steps(run, pipeline, data, steps, warmup)
     result = _train_summary(config, run, data, times, steps, warmup) | {
-        "epoch": epoch, "input_size": pipeline.size, "frozen": list(phases.frozen(config, epoch))}
+        "epoch": epoch, "input_size": pipeline.shrink or pipeline.size, "frozen": list(phases.frozen(config, epoch))}
     if ddp.main:
         print(json.dumps(result) if json_out else train_table(result), flush=True)
     shutdown_distributed()

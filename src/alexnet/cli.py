@@ -63,8 +63,9 @@ def add_eval(commands) -> None:
     ev = commands.add_parser("eval", help="top-1/top-5 error of a checkpoint", epilog=EVAL_EXAMPLES, formatter_class=FORMATTER)
     ev.add_argument("--checkpoint", required=True, type=Path)
     ev.add_argument("--data", help="dataset location (default: the one in the checkpoint's config)")
-    ev.add_argument("--crops", type=int, choices=[1, 2, 10], help="views per image, softmax averaged: 1 centre, "
-                    "2 centre + mirror, 10 the paper's four corners + centre and mirrors (default: the run's eval_flip)")
+    ev.add_argument("--crops", type=int, choices=[1, 2, 4, 10], help="views per image, softmax averaged: 1 centre, "
+                    "2 centre + mirror, 4 (CIFAR-10) the whole image and its centre training window, each mirrored, "
+                    "10 the paper's four corners + centre and mirrors (default: the run's train.eval_crops or eval_flip)")
     ev.add_argument("--ensemble", nargs="+", type=Path, default=[], metavar="CKPT",
                     help="more checkpoints whose softmax is averaged with --checkpoint's (the paper's '5 CNNs')")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.limit=1000")
@@ -229,7 +230,7 @@ def cmd_eval(args) -> int:
     pipeline = first.pipeline_for(data)
     for member in members:  # the same classes and the same input as the first network
         member.same_input(pipeline, data)
-    crops = args.crops or (2 if config.train.eval_flip else 1)
+    crops = args.crops or config.train.val_crops
     pipeline = pipeline.to(device)
     models = [loaded.model.to(device) for loaded in (first, *members)]
     result = evaluate_views(models, data.val_images, data.val_labels, device=device, crops=crops,

@@ -48,6 +48,12 @@ class DataConfig:
     # the same pool5 map as model.input_size (cifar: 25..32; see model.pool5_side).
     low_res_size: int = 0
     low_res_epochs: int = 0
+    # Progressive resizing by scale (Howard's fast.ai DAWNBench runs; Touvron et al. 2019 on training
+    # small and testing large): the first shrink_epochs epochs shrink each training window to
+    # shrink_size x shrink_size (antialiased) before the network; 0 disables. pool5's smaller map is
+    # average-pooled up to fc6's size in those epochs (model.AlexNet.features).
+    shrink_size: int = 0
+    shrink_epochs: int = 0
 
     @property
     def val_size(self) -> int:
@@ -65,6 +71,8 @@ class DataConfig:
             raise ValueError(f"data.val_limit must be -1 (as data.limit), 0 (all) or a count; got {self.val_limit}")
         if self.low_res_size < 0 or self.low_res_epochs < 0:
             raise ValueError("data.low_res_size and data.low_res_epochs must be >= 0 (0 disables)")
+        if self.shrink_size < 0 or self.shrink_epochs < 0:
+            raise ValueError("data.shrink_size and data.shrink_epochs must be >= 0 (0 disables)")
 
 
 @dataclass
@@ -102,14 +110,24 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
     eval_every: int = 1  # epochs between validation passes (the last epoch always evaluates)
     eval_flip: bool = False  # average the softmax of each image and its mirror when validating
+    # views per image when validating, softmax averaged (evaluate.CROPS): 0: 2 with eval_flip, else 1;
+    # 4: CIFAR-10's whole image and its centre training window, each with its mirror
+    eval_crops: int = 0
     progress: bool = True  # progress bar on stderr
     checkpoint_every_steps: int = 0  # >0: also checkpoint inside epochs, every this many steps (epoch ends always)
     keep_checkpoints: int = 2  # step checkpoints kept besides best.pt (last.pt is the newest)
     on_nonfinite: str = "stop"  # a nan/inf loss: stop (naming the step, last good checkpoint kept) | skip the step
 
+    @property
+    def val_crops(self) -> int:
+        """The views per image of validation and of ``alexnet eval`` by default."""
+        return self.eval_crops or (2 if self.eval_flip else 1)
+
     def __post_init__(self):
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be stop or skip; got {self.on_nonfinite!r}")
+        if self.eval_crops not in (0, 1, 2, 4, 10):
+            raise ValueError(f"train.eval_crops must be 0 (from eval_flip), 1, 2, 4 or 10; got {self.eval_crops}")
         if self.keep_checkpoints < 1 or self.checkpoint_every_steps < 0:
             raise ValueError("train.keep_checkpoints must be >= 1 and train.checkpoint_every_steps >= 0")
 

@@ -58,16 +58,20 @@ def evaluate_views(models, images, labels: torch.Tensor, *, batch_size: int, dev
             "top_class_share": max(predicted) / n}
 
 
-def ensemble_probs(models: Sequence[torch.nn.Module], x: torch.Tensor, n: int, device: torch.device,
-                   precision: str) -> torch.Tensor:
-    """Softmax of each model on the ``n * k`` views ``x``, averaged over each image's k views and the models."""
+def ensemble_probs(models: Sequence[torch.nn.Module], x: torch.Tensor | tuple[torch.Tensor, ...], n: int,
+                   device: torch.device, precision: str) -> torch.Tensor:
+    """Softmax of each model on the ``n * k`` views ``x``, averaged over each image's k views and the models.
+    ``x`` may be a tuple of view batches of different sizes (one forward pass each), each image-major."""
+    parts = x if isinstance(x, tuple) else (x,)
+    views = sum(len(part) for part in parts) // n
     total = None
     with autocast(device, precision):
         for model in models:
-            probs = model(x).float().softmax(1)
-            probs = probs.view(n, -1, probs.shape[1]).mean(1)
-            total = probs if total is None else total + probs
-    return total / len(models)
+            for part in parts:
+                probs = model(part).float().softmax(1)
+                probs = probs.view(n, -1, probs.shape[1]).sum(1)
+                total = probs if total is None else total + probs
+    return total / (len(models) * views)
 
 
 def topk_hits(probs: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:

@@ -64,6 +64,7 @@ class ModelConfig:
     init: str = "paper"  # paper: N(0, 0.01), bias 1 in conv2/4/5, fc6/7 | kaiming: He init (fast CIFAR runs)
     lrn_k: float = 2.0  # LRN's k (section 3.3: 2); BVLC's Caffe bvlc_alexnet uses 1 (alexnet import caffe)
     conv1_padding: int = -1  # -1: the variant's (paper 2, so 224 gives 55x55); Caffe's deploy net: 0 at 227
+    conv2_kernel: int = 0  # 0: the variant's (5, section 3.5); odd, padded to keep the map size
     # "": the towers as groups=2 convolutions on one device. "cuda:0,cuda:1": the paper's two-GPU split
     # (section 3.2, model parallel; see towers.py), same parameters and outputs. Not for scaling: use DDP.
     tower_devices: str = ""
@@ -78,6 +79,8 @@ class ModelConfig:
             raise ValueError("model.one_gpu is the one-tower comparison net: set model.towers=false with it")
         if self.num_classes < 0 or self.width <= 0:
             raise ValueError("model.num_classes must be >= 1 (or 0: from the data) and model.width > 0")
+        if self.conv2_kernel < 0 or (self.conv2_kernel and self.conv2_kernel % 2 == 0):
+            raise ValueError(f"model.conv2_kernel must be odd (or 0: the variant's 5); got {self.conv2_kernel}")
         if self.lrn_k <= 0 or self.conv1_padding < -1:
             raise ValueError("model.lrn_k must be > 0 and model.conv1_padding >= 0 (or -1: the variant's)")
         if self.tower_devices:
@@ -139,7 +142,8 @@ class AlexNet(nn.Module):
         k1, s1, p1 = layout.conv1
         p1 = p1 if config.conv1_padding < 0 else config.conv1_padding
         self.conv1 = nn.Conv2d(3, c1, k1, stride=s1, padding=p1)
-        self.conv2 = nn.Conv2d(c1, c2, layout.conv2_kernel, padding=layout.conv2_kernel // 2, groups=towers)
+        k2 = config.conv2_kernel or layout.conv2_kernel
+        self.conv2 = nn.Conv2d(c1, c2, k2, padding=k2 // 2, groups=towers)
         self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)  # crosses the towers
         self.conv4 = nn.Conv2d(c3, c4, 3, padding=1, groups=towers)
         self.conv5 = nn.Conv2d(c4, c5, 3, padding=1, groups=towers)
@@ -152,6 +156,7 @@ class AlexNet(nn.Module):
         pad = layout.pool_padding if config.overlap_pool else 0
         self.pool = nn.MaxPool2d(size, stride=2, padding=pad)
         self.pool5_avg = nn.AdaptiveAvgPool2d(6) if config.variant == "torchvision" else nn.Identity()
+        self.pool5_side = layout.pool5_size
         self.fc6 = nn.Linear(c5 * layout.pool5_size**2, hidden)
         self.fc7 = nn.Linear(hidden, hidden)
         self.fc8 = nn.Linear(hidden, config.num_classes)
@@ -186,7 +191,15 @@ class AlexNet(nn.Module):
         x = self.pool(self.act_lrn(self.conv2(x), self.lrn2))
         x = self.act(self.conv3(x))
         x = self.act(self.conv4(x))
-        x = self.pool(self.act(self.conv5(x)))
+        return self.pool5(self.act(self.conv5(x)))
+
+    def pool5(self, x: torch.Tensor) -> torch.Tensor:
+        """pool5 and flatten: fc6's input."""
+        x = self.pool(x)
+        if self.training and x.shape[-1] != self.pool5_side:  # progressive resizing's small inputs
+            # (data.shrink_size): pool5's smaller map averaged up to the size fc6 is built for, as
+            # torchvision's AdaptiveAvgPool2d does for every input; at model.input_size it is not used.
+            x = nn.functional.adaptive_avg_pool2d(x, self.pool5_side)
         return torch.flatten(self.pool5_avg(x), 1)
 
     def act_lrn(self, x: torch.Tensor, lrn: nn.Module) -> torch.Tensor:

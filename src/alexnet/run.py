@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from . import phases
 from .checkpoint import load_checkpoint, load_weights
 from .config import RunConfig, build_config
 from .data.pipeline import Pipeline, pipeline_for
@@ -41,7 +42,9 @@ class LoadedRun:
         learned): the stored one, or for checkpoints written before they stored one, the one the
         config builds from ``data``'s statistics."""
         self.check_classes(data)
-        return self.pipeline if self.pipeline is not None else pipeline_for(self.config, data, training=False)
+        if self.pipeline is not None:
+            return self.pipeline
+        return phases.eval_pipeline(pipeline_for(self.config, data, training=False), self.config)
 
     def check_classes(self, data) -> None:
         """Refuse, in one line, to use this network on ``data`` whose classes it did not learn."""
@@ -107,9 +110,9 @@ def stored_pipeline(ckpt: dict[str, Any], config: RunConfig) -> Pipeline | None:
     """The evaluation pipeline the checkpoint stored; for older checkpoints, CIFAR-10's (it needs no
     statistics of the data), else None (built from the data by ``LoadedRun.pipeline_for``)."""
     if ckpt.get("pipeline") is not None:
-        return Pipeline.from_state(ckpt["pipeline"], config.train.channels_last)
+        return phases.eval_pipeline(Pipeline.from_state(ckpt["pipeline"], config.train.channels_last), config)
     if config.data.dataset == "cifar10":
-        return pipeline_for(config, None, training=False)
+        return phases.eval_pipeline(pipeline_for(config, None, training=False), config)
     return None
 
 

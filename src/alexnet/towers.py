@@ -136,7 +136,7 @@ def features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     xs = [model.pool(y) for y in act_lrn(model, model.conv2(xs), model.lrn2)]
     xs = [model.act(y) for y in model.conv3(exchange(xs, devices))]  # sees both towers
     xs = [model.act(y) for y in model.conv4(xs)]
-    return [torch.flatten(model.pool(model.act(y)), 1) for y in model.conv5(xs)]
+    return [model.pool5(model.act(y)) for y in model.conv5(xs)]
 
 
 def fc7_features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

@@ -170,10 +170,12 @@ def wrap(model: torch.nn.Module, ddp: Dist, device: torch.device) -> torch.nn.Mo
 
 
 def validate(run: Run, data) -> dict:
-    """The per-epoch validation pass: the whole image (CIFAR) or the centre crop (ImageNet), mirrored too if eval_flip."""
-    config, crops = run.config, 2 if run.config.train.eval_flip else 1
+    """The per-epoch validation pass: the whole image (CIFAR) or the centre crop (ImageNet), mirrored too if eval_flip
+    (``train.eval_crops``: other views)."""
+    config, crops = run.config, run.config.train.val_crops
+    pipeline = phases.eval_pipeline(run.pipeline, config)
     return evaluate_views([run.model], data.val_images, data.val_labels, batch_size=config.data.eval_batch_size,
-                          device=run.device, crops=crops, inputs=lambda x: run.pipeline.evaluate(x, crops),
+                          device=run.device, crops=crops, inputs=lambda x: pipeline.evaluate(x, crops),
                           precision=config.train.precision, ddp=run.ddp)
 
 
@@ -470,7 +472,7 @@ def _save(run: Run, best: bool, order: torch.Tensor | None = None, generator: to
         state = {"optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
                  "scaler": run.scaler.state_dict(), "progress": vars(run.progress), "ranks": ranks,
                  "data": {"order": order.to(torch.int32) if order is not None else None},
-                 "classes": run.classes, "pipeline": run.pipeline.state_dict()}
+                 "classes": run.classes, "pipeline": phases.eval_pipeline(run.pipeline, run.config).state_dict()}
         try:
             run.checkpoints.save(run.model, cfgmod.to_dict(run.config), state, run.progress.step, best)
         except UsageError as err:

@@ -71,6 +71,7 @@ class Pipeline:
     stored: int = 0  # the side images are stored at (prepared 256, CIFAR-10 32); 0: the mean image's, else size
     resize: str = "center"  # how an image file becomes stored x stored: center (the centre square, as
     #   prepare does) | squash (the whole image, aspect ignored: Caffe's ImageNet data)
+    shrink: int = 0  # training only: each window shrunk to shrink x shrink after the float steps; 0 off
 
     def __post_init__(self):
         if not self.stored:  # frozen: set through object.__setattr__
@@ -118,7 +119,13 @@ class Pipeline:
         flip = random_flips(n, generator) if self.flip else None
         if flip is not None:
             images = flip_where(images, flip)
-        return self._to_float(images, self._train_mean(dy, dx, flip), generator)
+        x = self._to_float(images, self._train_mean(dy, dx, flip), generator)
+        return self._shrunk(x) if self.shrink and self.shrink != self.size else x
+
+    def _shrunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Progressive resizing's small inputs: the whole window, antialiased down to ``shrink``."""
+        x = F.interpolate(x, size=(self.shrink, self.shrink), mode="bilinear", antialias=True, align_corners=False)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
     def _train_mean(self, dy, dx, flip) -> torch.Tensor:
         """The mean to subtract from each crop: per channel, or each crop's own window of the mean
@@ -148,13 +155,28 @@ class Pipeline:
             images = F.pad(images, (self.padding,) * 4)
         return views(images, crops, self.eval_size(crops))
 
-    def evaluate(self, images: torch.Tensor, crops: int) -> torch.Tensor:
-        """uint8 (N, 3, H, W) stored images -> float (N * crops, 3, size, size) network input."""
-        x = self.views(images, crops)
+    def evaluate(self, images: torch.Tensor, crops: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (N, 3, H, W) stored images -> float (N * crops, 3, size, size) network input.
+
+        ``crops=4`` (CIFAR-10, where the network takes both sizes: 28 and 32 give the same pool5 map):
+        a tuple of two batches, the whole images and their mirrors, then the centre ``size`` windows
+        (the training window) and their mirrors. Two scales of one image: on the 10-epoch demo network
+        0.7-0.9 points below the whole image and its mirror, for 1.8x that pass's work (README).
+        """
+        if crops == 4:
+            if self.kind != "cifar10":
+                raise ValueError(f"crops=4 (whole image and centre window) is for CIFAR-10 networks, which take both "
+                                 f"sizes; this is a {self.kind} pipeline: use 1, 2 or 10")
+            whole = self._views(images, 2, None)  # a window as large as the image: the same two views
+            return whole if self.size >= self.stored else (whole, self._views(images, 2, self.size))
+        return self._views(images, crops, self.eval_size(crops))
+
+    def _views(self, images: torch.Tensor, crops: int, size: int | None) -> torch.Tensor:
+        x = self.views(images, crops) if size == self.eval_size(crops) else views(images, crops, size)
         mean = self.mean
         if mean.shape[-1] != 1:  # each view minus its own window of the mean image
             k = len(x) // len(images)
-            mean = views(mean[None], crops, self.eval_size(crops))
+            mean = views(mean[None], crops, size)
             mean = mean.expand(len(images), *mean.shape).flatten(0, 1) if k > 1 else mean
         return self._to_float(x, mean, None)
 
