@@ -51,8 +51,9 @@ def test_ten_crops_feed_ten_views_per_image_and_average_their_softmax():
     table = torch.randn(5, 6)
     model = TableModel(table, view_weight=0.1)
     out = evaluate_views([model], imgs, labels, batch_size=2, device=CPU, crops=10, inputs=as_float(10, 5))
-    assert [len(x) for x in model.calls] == [20, 20, 10]
-    assert torch.equal(torch.cat(model.calls), ten_crop(imgs, 5).float())
+    assert [len(x) for x in model.calls] == [20, 20, 20]  # the last batch topped up to one shape
+    assert torch.equal(torch.cat(model.calls)[:50], ten_crop(imgs, 5).float())
+    assert torch.equal(model.calls[-1][10:], ten_crop(imgs[4:], 5).float())  # with its first image
     probs = torch.stack([torch.stack([(table[i] + 0.1 * v[0].flatten()[:6]).softmax(0)
                                       for v in ten_crop(imgs[i:i + 1], 5).float()]).mean(0) for i in range(5)])
     assert math.isclose(out["val_top1_err"], 1 - (probs.argmax(1) == labels).sum().item() / 5)
@@ -64,7 +65,8 @@ def test_every_example_counted_once_with_a_short_last_batch():
     model = TableModel(-torch.arange(10.0).repeat(7, 1)).train()  # class 0 first, class 8 ninth
     out = evaluate_views(model, imgs, labels, batch_size=3, device=CPU, crops=2, inputs=as_float(2, 6))
     seen = torch.cat(model.calls)[:, 1, 0, 0].long()
-    assert out["examples"] == 7 and torch.equal(seen, torch.arange(7).repeat_interleave(2))
+    padded = torch.tensor([0, 1, 2, 3, 4, 5, 6, 6, 6])  # the short last batch topped up with its first image, not counted
+    assert out["examples"] == 7 and torch.equal(seen, padded.repeat_interleave(2))
     assert math.isclose(out["val_top1_err"], 3 / 7) and math.isclose(out["val_top5_err"], 3 / 7)
     assert out["top_class_share"] == 1.0  # class 0 for every image
     assert model.training  # mode restored
