@@ -69,6 +69,8 @@ def test_ten_crop_eval_from_the_checkpoint(paper_run, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["crops"] == 10 and result["examples"] == 7 * VAL
     assert 0 <= result["val_top5_err"] <= result["val_top1_err"] <= 1
+    assert main(["eval", "--checkpoint", str(paper_run / "checkpoints" / "last.pt"), "--crops", "4"]) == 2
+    assert "--crops 4" in capsys.readouterr().err
 
 
 @pytest.mark.slow
