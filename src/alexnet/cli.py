@@ -216,6 +216,7 @@ def _torchrun_restart(args) -> bool:
 
 def cmd_eval(args) -> int:
     from .data.datasets import load_dataset
+    from .data.pipeline import views_refusal
     from .evaluate import evaluate_views
     from .run import load_run
     from .runtime import init_distributed, main_first, pick_device, shutdown_distributed
@@ -231,9 +232,8 @@ def cmd_eval(args) -> int:
     for member in members:  # the same classes and the same input as the first network
         member.same_input(pipeline, data)
     crops = args.crops or config.train.val_crops
-    if crops == 4 and pipeline.kind != "cifar10":
-        raise UsageError(f"--crops 4 (whole image and centre window) is for CIFAR-10 networks; {args.checkpoint} is "
-                         f"a {pipeline.kind} network, which cannot take its whole stored image: use 1, 2 or 10")
+    if views_refusal(pipeline.kind, crops):
+        raise UsageError(f"--crops {crops} for {args.checkpoint}: {views_refusal(pipeline.kind, crops)}")
     pipeline = pipeline.to(device)
     models = [loaded.model.to(device) for loaded in (first, *members)]
     result = evaluate_views(models, data.val_images, data.val_labels, device=device, crops=crops,

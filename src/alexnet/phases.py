@@ -28,7 +28,7 @@ from dataclasses import replace
 
 import torch
 
-from .data.pipeline import Pipeline
+from .data.pipeline import Pipeline, views_refusal
 from .errors import UsageError
 from .model import ModelConfig, pool5_side
 
@@ -44,9 +44,9 @@ def check(config) -> None:
         hint = f"choose one of {fits[0]}..{fits[-1]}" if fits else "set data.low_res_size=0"
         raise UsageError(f"data.low_res_size={size} gives the {model.variant} network another pool5 map than "
                          f"model.input_size={model.input_size}, so fc6 cannot take it; {hint}")
-    if config.train.val_crops == 4 and config.data.dataset != "cifar10":
-        raise UsageError("train.eval_crops=4 (whole image and centre window) is for CIFAR-10 networks; "
-                         f"data.dataset is {config.data.dataset}: use 1, 2 or 10")
+    crops = config.train.val_crops
+    if views_refusal(config.data.dataset, crops):
+        raise UsageError(f"train.eval_crops={crops}: {views_refusal(config.data.dataset, crops)}")
     shrink = config.data.shrink_size
     if shrink and config.data.shrink_epochs and not (shrink <= model.input_size and pool5_side(model, shrink) >= 1):
         raise UsageError(f"data.shrink_size={shrink} leaves the {model.variant} network no pool5 map or is larger "

@@ -42,9 +42,7 @@ class LoadedRun:
         learned): the stored one, or for checkpoints written before they stored one, the one the
         config builds from ``data``'s statistics."""
         self.check_classes(data)
-        if self.pipeline is not None:
-            return self.pipeline
-        return phases.eval_pipeline(pipeline_for(self.config, data, training=False), self.config)
+        return self.pipeline if self.pipeline is not None else _built_pipeline(self.config, data)
 
     def check_classes(self, data) -> None:
         """Refuse, in one line, to use this network on ``data`` whose classes it did not learn."""
@@ -112,8 +110,14 @@ def stored_pipeline(ckpt: dict[str, Any], config: RunConfig) -> Pipeline | None:
     if ckpt.get("pipeline") is not None:
         return phases.eval_pipeline(Pipeline.from_state(ckpt["pipeline"], config.train.channels_last), config)
     if config.data.dataset == "cifar10":
-        return phases.eval_pipeline(pipeline_for(config, None, training=False), config)
+        return _built_pipeline(config, None)
     return None
+
+
+def _built_pipeline(config: RunConfig, data) -> Pipeline:
+    """The evaluation pipeline ``config`` builds (from ``data``'s statistics), seen through the last
+    epochs' training windows."""
+    return phases.eval_pipeline(pipeline_for(config, data, training=False), config)
 
 
 def _same_state(a: dict, b: dict) -> bool:

@@ -164,9 +164,8 @@ class Pipeline:
         0.7-0.9 points below the whole image and its mirror, for 1.8x that pass's work (README).
         """
         if crops == 4:
-            if self.kind != "cifar10":
-                raise ValueError(f"crops=4 (whole image and centre window) is for CIFAR-10 networks, which take both "
-                                 f"sizes; this is a {self.kind} pipeline: use 1, 2 or 10")
+            if views_refusal(self.kind, crops):
+                raise ValueError(f"crops=4: {views_refusal(self.kind, crops)}")
             whole = self._views(images, 2, None)  # a window as large as the image: the same two views
             return whole if self.size >= self.stored else (whole, self._views(images, 2, self.size))
         return self._views(images, crops, self.eval_size(crops))
@@ -179,6 +178,15 @@ class Pipeline:
             mean = views(mean[None], crops, size)
             mean = mean.expand(len(images), *mean.shape).flatten(0, 1) if k > 1 else mean
         return self._to_float(x, mean, None)
+
+
+def views_refusal(kind: str, crops: int) -> str | None:
+    """Why ``crops`` test views cannot be cut for a ``kind`` network, or None (the one rule for eval,
+    validation and the check before training)."""
+    if crops == 4 and kind != "cifar10":
+        return (f"the whole image and its centre window are for CIFAR-10 networks, which take both sizes; "
+                f"a {kind} network cannot take its whole stored image: use 1, 2 or 10 views")
+    return None
 
 
 def pipeline_for(config, data, training: bool = True) -> Pipeline:
