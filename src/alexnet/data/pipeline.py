@@ -185,7 +185,7 @@ def views_refusal(kind: str, crops: int) -> str | None:
     validation and the check before training)."""
     if crops == 4 and kind != "cifar10":
         return (f"the whole image and its centre window are for CIFAR-10 networks, which take both sizes; "
-                f"a {kind} network cannot take its whole stored image: use 1, 2 or 10 views")
+                f"{kind} networks cannot take their whole stored image: use 1, 2 or 10 views")
     return None
 
 
