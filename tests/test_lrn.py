@@ -90,3 +90,32 @@ def test_a_failing_compiler_falls_back_to_the_same_eager_numbers(monkeypatch, ca
     a = torch.relu(torch.randn(2, 8, 4, 4)) * 20
     torch.testing.assert_close(LocalResponseNorm()(a), lrn_formula(a), atol=1e-5, rtol=1e-5)
     assert lrn._compile["on"] is False and "using eager LRN" in capsys.readouterr().err
+
+
+def test_bfloat16_gradient_keeps_to_bfloat16_precision():
+    """In bf16 the padded tensors of both passes are bf16 (half the memory traffic), the sums fp32:
+    the gradient stays within bf16's rounding of the exact one."""
+    a = (torch.relu(torch.randn(*SHAPE)) * 30).bfloat16().contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(*SHAPE).bfloat16()
+    x = a.clone().requires_grad_()
+    LocalResponseNorm()(x).backward(grad)
+    exact = a.double().requires_grad_()
+    lrn_formula(exact).backward(grad.double())
+    assert x.grad.dtype == torch.bfloat16 and x.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x.grad.double(), exact.grad, atol=0.02, rtol=0.02)
+
+
+def test_inductor_takes_the_vector_extensions_from_the_cpu_flags(monkeypatch):
+    """The cold-cache check that compiles a test program per vector extension (9.6 s) is skipped,
+    unless TORCHINDUCTOR_VEC_ISA_OK says what to do."""
+    import torch._inductor.config as inductor
+
+    from alexnet import lrn
+
+    monkeypatch.setattr(inductor.cpp, "vec_isa_ok", None)
+    monkeypatch.setenv("TORCHINDUCTOR_VEC_ISA_OK", "0")
+    lrn._trust_cpu_flags()
+    assert inductor.cpp.vec_isa_ok is None
+    monkeypatch.delenv("TORCHINDUCTOR_VEC_ISA_OK")
+    lrn._trust_cpu_flags()
+    assert inductor.cpp.vec_isa_ok is True
