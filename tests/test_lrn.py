@@ -119,3 +119,21 @@ def test_inductor_takes_the_vector_extensions_from_the_cpu_flags(monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_VEC_ISA_OK")
     lrn._trust_cpu_flags()
     assert inductor.cpp.vec_isa_ok is True
+
+
+def test_float16_activities_above_256_keep_their_window_sum_finite(monkeypatch):
+    """fp16 squares overflow above 256 (65504): the padded tensors and the saved window sum are fp32 for
+    fp16 input, so the output and the gradient stay those of the formula. (Eager kernels, same code.)"""
+    from alexnet import lrn
+
+    monkeypatch.setitem(lrn._compile, "on", False)
+    a = (torch.relu(torch.randn(*SHAPE)) * 400 + 300 * (torch.rand(*SHAPE) > 0.5)).half()
+    grad = torch.randn(*SHAPE).half()
+    x = a.clone().requires_grad_()
+    out = LocalResponseNorm()(x)
+    out.backward(grad)
+    exact = a.double().requires_grad_()
+    lrn_formula(exact).backward(grad.double())
+    assert out.dtype == torch.float16 and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(out.double(), lrn_formula(a.double()), atol=0.05, rtol=0.01)
+    torch.testing.assert_close(x.grad.double(), exact.grad, atol=0.02, rtol=0.02)

@@ -60,15 +60,21 @@ def _neg_pow(d: torch.Tensor, beta: float) -> torch.Tensor:
 # shifted loads and does the rest. One fused pass with the padding inside it (masked loads at the
 # ends of the channel axis) is what inductor makes of a single function, and on a CPU that did not
 # vectorise along the channels: in inference at the paper's two shapes the two passes took 10 and
-# 6 ms where the single pass took 24 and 21 ms. The padded tensor is in the input's dtype (bf16 in
-# training) and the sums and powers in fp32: once the padded tensor outgrows the last-level cache,
+# 6 ms where the single pass took 24 and 21 ms. The padded tensor is bf16 for bf16 input (training),
+# fp32 for any other, and the sums and powers are fp32: once the padded tensor outgrows the last-level cache,
 # its memory traffic is the kernel's cost. Measured on a 2-core AMD EPYC (32 MB L3), forward (and
 # forward + backward) in ms, fp32 -> bf16 padded tensor: paper LRN2 batch 64: 23-27 -> 7-12
 # (52-57 -> 21-34); CIFAR LRN1 at 32x32, batch 128: 17.3 -> 5.0; at 28x28: 4.3 -> 4.4 (13.8 -> 13.9).
 # The squares of bf16 activities rounded to bf16 change the window sum by at most 2^-9 of itself.
+def _kept_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the padded tensors and the saved window sum are kept in for input of ``dtype``: bf16
+    for bf16 (fp32's range in half the bytes), else fp32 (fp16's squares overflow above 256)."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+
+
 def squares(z, size: int, relu: bool):
     """Forward pass 1: the padded squares of the activity (ReLU first with ``relu``)."""
-    x = torch.relu(z) if relu else z
+    x = (torch.relu(z) if relu else z).to(_kept_dtype(z.dtype))
     return padded(x * x, size)
 
 
@@ -81,14 +87,14 @@ def lrn_forward(z, sq, k: float, alpha: float, beta: float, size: int, relu: boo
     x = torch.relu(z) if relu else z
     s = window_sum(sq.float(), z.shape[1], size)
     d = k + (alpha / size) * s
-    return (x.float() * _neg_pow(d, beta)).to(x.dtype), (s.to(x.dtype) if keep_sum else None)
+    return (x.float() * _neg_pow(d, beta)).to(x.dtype), (s.to(_kept_dtype(x.dtype)) if keep_sum else None)
 
 
 def spread_terms(z, s, grad, k: float, alpha: float, beta: float, size: int, relu: bool):
     """Backward pass 1: grad * a * d^(-beta-1), padded; each channel's window spreads it back."""
     x = torch.relu(z) if relu else z
     d = k + (alpha / size) * s.float()
-    return padded((grad.float() * x.float() * _neg_pow(d, beta) / d).to(x.dtype), size)
+    return padded((grad.float() * x.float() * _neg_pow(d, beta) / d).to(_kept_dtype(x.dtype)), size)
 
 
 def lrn_backward(z, s, grad, spread, k: float, alpha: float, beta: float, size: int, relu: bool):
