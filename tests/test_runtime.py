@@ -3,8 +3,10 @@ import sys
 
 import pytest
 
-# Allocates and fills a 64 MB tensor seven times and prints the page faults of the last four: with
-# glibc's default each one is a fresh mmap (16,384 faults of 4 kB); kept memory is reused (~0).
+# Allocates and fills a 64 MB tensor fifteen times and prints the page faults of the last twelve: with
+# glibc's default each one is a fresh mmap (16,384 faults of 4 kB); kept memory is reused. Not always
+# all of it: a small block the reduction allocates can land inside a freed 64 MB one, and the next
+# 64 MB then grows the heap (seen: 0-3 of 7 blocks faulted again), so the test asks for half.
 FAULTS = """
 import resource, sys, torch
 from alexnet.runtime import keep_freed_memory
@@ -12,7 +14,7 @@ applied = keep_freed_memory()
 for _ in range(3):  # the heap settles after a block or two
     torch.ones(16 * 2**20).sum()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+for _ in range(12):
     torch.ones(16 * 2**20).sum()
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -30,5 +32,5 @@ def test_keep_freed_memory_stops_refaulting_large_blocks():
     applied, kept = _faults("1")
     default_applied, default = _faults("0")
     assert (applied, default_applied) == ("True", "False")
-    assert default > 4 * 10_000  # four fresh 64 MB mappings
-    assert kept < 1_000
+    assert default > 12 * 16_000  # twelve fresh 64 MB mappings
+    assert kept < default / 2
