@@ -96,13 +96,21 @@ def test_bfloat16_gradient_keeps_to_bfloat16_precision():
     """In bf16 the padded tensors of both passes are bf16 (half the memory traffic), the sums fp32:
     the gradient stays within bf16's rounding of the exact one."""
     a = (torch.relu(torch.randn(*SHAPE)) * 30).bfloat16().contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(*SHAPE).bfloat16()
+    _, grad, exact = _gradient_and_formulas(a)
+    assert grad.dtype == torch.bfloat16 and grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(grad.double(), exact, atol=0.02, rtol=0.02)
+
+
+def _gradient_and_formulas(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LRN of ``a`` (in its dtype) and its gradient for a random upstream gradient, with the float64
+    formula's gradient for the same upstream one."""
+    upstream = torch.randn(*a.shape).to(a.dtype)
     x = a.clone().requires_grad_()
-    LocalResponseNorm()(x).backward(grad)
+    out = LocalResponseNorm()(x)
+    out.backward(upstream)
     exact = a.double().requires_grad_()
-    lrn_formula(exact).backward(grad.double())
-    assert x.grad.dtype == torch.bfloat16 and x.grad.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(x.grad.double(), exact.grad, atol=0.02, rtol=0.02)
+    lrn_formula(exact).backward(upstream.double())
+    return out, x.grad, exact.grad
 
 
 def test_inductor_takes_the_vector_extensions_from_the_cpu_flags(monkeypatch):
@@ -128,12 +136,7 @@ def test_float16_activities_above_256_keep_their_window_sum_finite(monkeypatch):
 
     monkeypatch.setitem(lrn._compile, "on", False)
     a = (torch.relu(torch.randn(*SHAPE)) * 400 + 300 * (torch.rand(*SHAPE) > 0.5)).half()
-    grad = torch.randn(*SHAPE).half()
-    x = a.clone().requires_grad_()
-    out = LocalResponseNorm()(x)
-    out.backward(grad)
-    exact = a.double().requires_grad_()
-    lrn_formula(exact).backward(grad.double())
-    assert out.dtype == torch.float16 and torch.isfinite(x.grad).all()
+    out, grad, exact = _gradient_and_formulas(a)
+    assert out.dtype == torch.float16 and torch.isfinite(grad).all()
     torch.testing.assert_close(out.double(), lrn_formula(a.double()), atol=0.05, rtol=0.01)
-    torch.testing.assert_close(x.grad.double(), exact.grad, atol=0.02, rtol=0.02)
+    torch.testing.assert_close(grad.double(), exact, atol=0.02, rtol=0.02)

@@ -232,8 +232,8 @@ def cmd_eval(args) -> int:
     for member in members:  # the same classes and the same input as the first network
         member.same_input(pipeline, data)
     crops = args.crops or config.train.val_crops
-    if views_refusal(pipeline.kind, crops):
-        raise UsageError(f"--crops {crops} for {args.checkpoint}: {views_refusal(pipeline.kind, crops)}")
+    if why := views_refusal(pipeline.kind, crops):
+        raise UsageError(f"--crops {crops} for {args.checkpoint}: {why}")
     pipeline = pipeline.to(device)
     models = [loaded.model.to(device) for loaded in (first, *members)]
     result = evaluate_views(models, data.val_images, data.val_labels, device=device, crops=crops,

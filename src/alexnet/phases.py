@@ -45,8 +45,8 @@ def check(config) -> None:
         raise UsageError(f"data.low_res_size={size} gives the {model.variant} network another pool5 map than "
                          f"model.input_size={model.input_size}, so fc6 cannot take it; {hint}")
     crops = config.train.val_crops
-    if views_refusal(config.data.dataset, crops):
-        raise UsageError(f"train.eval_crops={crops}: {views_refusal(config.data.dataset, crops)}")
+    if why := views_refusal(config.data.dataset, crops):
+        raise UsageError(f"train.eval_crops={crops}: {why}")
     shrink = config.data.shrink_size
     if shrink and config.data.shrink_epochs and not (shrink <= model.input_size and pool5_side(model, shrink) >= 1):
         raise UsageError(f"data.shrink_size={shrink} leaves the {model.variant} network no pool5 map or is larger "

@@ -164,8 +164,8 @@ class Pipeline:
         0.7-0.9 points below the whole image and its mirror, for 1.8x that pass's work (README).
         """
         if crops == 4:
-            if views_refusal(self.kind, crops):
-                raise ValueError(f"crops=4: {views_refusal(self.kind, crops)}")
+            if why := views_refusal(self.kind, crops):
+                raise ValueError(f"crops=4: {why}")
             whole = self._views(images, 2, None)  # a window as large as the image: the same two views
             return whole if self.size >= self.stored else (whole, self._views(images, 2, self.size))
         return self._views(images, crops, self.eval_size(crops))
