@@ -33,6 +33,8 @@ def test_the_warning_names_the_recipe_and_the_switch():
     assert "--recipe imagenet" in many and "optim.lr" not in many
     unscaled = build_config(read_recipe("imagenet"), ["data.standardize=false"])
     assert "data.standardize=true" in stall_warning(2, 2.3030, 10, 0.2, None, unscaled, 4096)
+    already = stall_warning(2, 2.3030, 10, 0.2, None, build_config(read_recipe("imagenet")), 4096)
+    assert "--recipe" not in already and "optim.lr=0.001" in already  # not the recipe it runs
     assert stall_warning(1, 1.5, 10, 0.2, 0.3, paper, 4096) is None
 
 

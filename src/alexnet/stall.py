@@ -61,7 +61,8 @@ def advice(config, classes: int, fc7_units: int) -> str:
                 "epochs to leave this plateau (docs/paper-recipe.md): try --recipe imagenet")
     if config.data.dataset == "imagenet" and not config.data.standardize:
         return "He init on unscaled 0..255 inputs explodes: try --recipe imagenet, or data.standardize=true"
-    return f"try --recipe imagenet, or a lower learning rate (optim.lr={config.optim.lr / 10:g})"
+    lower = f"a lower learning rate (optim.lr={config.optim.lr / 10:g})"
+    return f"try {lower}" if config.recipe == "imagenet" else f"try --recipe imagenet, or {lower}"
 
 
 def stall_warning(epoch: int, train_loss: float, classes: int, train_mode_share: float,
