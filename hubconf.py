@@ -20,9 +20,8 @@ def alexnet(checkpoint=None, **config):
     """The network of an ``alexnet train`` checkpoint (read through ``load_run``, eval mode, CPU), or
     without one the paper's untrained ``AlexNet(ModelConfig(**config))`` (``ModelConfig()`` by default,
     training mode like any new nn.Module)."""
+    from alexnet import AlexNet, ModelConfig, load_run
     from alexnet.errors import UsageError
-    from alexnet.model import AlexNet, ModelConfig
-    from alexnet.run import load_run
 
     if checkpoint is None:
         return AlexNet(ModelConfig(**config))

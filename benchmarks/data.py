@@ -1,4 +1,4 @@
-"""Data-path speed per core against the baselines run side by side (see alexnet.bench).
+"""Data-path speed per core against the baselines run side by side (see alexnet.bench.data).
 
     python benchmarks/data.py [--src DIR] [--images N] [--seconds S]
 
@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from alexnet.bench import bench_data
+from alexnet.bench.data import bench_data
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 GOALS = {"speedup_per_core_vs_torchvision": 6.0, "prepare_speedup_vs_pil": 1.5}

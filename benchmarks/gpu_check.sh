@@ -7,7 +7,7 @@
 #
 # Steps (each under its own time limit; a step that fails or runs out leaves nulls and the rest goes on):
 #   1. data          synthetic ImageNet-sized prepared shards in a temporary folder: 256x256 JPEG q90
-#                    records (alexnet.data.shards.encode / write_shard), 1000 classes, classes.tsv,
+#                    records (alexnet.data.imagenet.shards.encode / write_shard), 1000 classes, classes.tsv,
 #                    manifests, stats.safetensors, prepared.json; 20,480 train + 1,000 val images
 #   2. model         alexnet bench model: the paper net alone (eager, torch.compile, CUDA graphs) vs torchvision
 #   3. train_cpu     alexnet bench train --recipe paper: end to end, JPEG decoded by CPU workers
@@ -67,8 +67,8 @@ import torch
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from alexnet.data.prepare import PREPARED_VERSION
-from alexnet.data.shards import SIZE, encode, write_shard
+from alexnet.data.imagenet.prepare import PREPARED_VERSION
+from alexnet.data.imagenet.shards import SIZE, encode, write_shard
 
 out, train, val, classes = Path(sys.argv[1]), *map(int, sys.argv[2:5])
 SHARD = 1024

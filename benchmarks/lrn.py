@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from alexnet.lrn import LocalResponseNorm
+from alexnet.nn.lrn import LocalResponseNorm
 from alexnet.runtime import keep_freed_memory
 
 
@@ -34,7 +34,7 @@ def main():
     args = parser.parse_args()
     keep_freed_memory()  # as the alexnet command does
     torch.set_num_threads(args.threads)
-    reference, ours = torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0), LocalResponseNorm()
+    reference, ours = torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0), LocalResponseNorm(compiled=True)
     result = {"threads": args.threads}
     for name, shape in (("paper_conv1", (64, 96, 55, 55)), ("cifar_conv1", (256, 64, 32, 32))):
         x = (torch.relu(torch.randn(shape)) * 3).contiguous(memory_format=torch.channels_last)

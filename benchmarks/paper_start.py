@@ -24,7 +24,7 @@ import torch
 from alexnet.config import build_config, read_recipe
 from alexnet.data.datasets import load_dataset
 from alexnet.data.pipeline import pipeline_for
-from alexnet.model import AlexNet
+from alexnet.nn.model import AlexNet
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 

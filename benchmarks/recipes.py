@@ -22,7 +22,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from alexnet.data.cifar import cache_root
+from alexnet.files import cache_root
 
 TARBALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 GOAL = 0.8
@@ -49,7 +49,7 @@ def train(recipe: str, folder: Path, out: Path, epochs: int, limit: int) -> dict
 
 def draw(result: dict, chance: float, path: Path) -> None:
     """Training loss and validation top-1 error per epoch for each recipe, ln(10) marked."""
-    from alexnet.plotting import pyplot
+    from alexnet.paper.plotting import pyplot
 
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))

@@ -28,16 +28,16 @@ from pathlib import Path
 import httpx
 import torch
 
-from alexnet.checkpoint import save_checkpoint
+from alexnet.runs.checkpoint import save_checkpoint
 from alexnet.data.pipeline import Pipeline
-from alexnet.model import AlexNet, ModelConfig
+from alexnet.nn.model import AlexNet, ModelConfig
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 
 
 def paper_checkpoint(folder: Path) -> Path:
     classes = [{"index": i, "wnid": f"n{i:08d}", "name": f"class {i}"} for i in range(1000)]
-    pipeline = Pipeline("imagenet", 224, 0, False, torch.zeros(3, 256, 256), None, None)
+    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.zeros(3, 256, 256), mean_kind="image")
     return save_checkpoint(folder / "paper.pt", AlexNet(ModelConfig()).eval(), classes=classes,
                            pipeline=pipeline.state_dict())
 

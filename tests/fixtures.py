@@ -35,7 +35,8 @@ def tiny_checkpoint(path, seed=0):
 
     torch.manual_seed(seed)
     model = AlexNet(ModelConfig(variant="paper", num_classes=3, width=0.25, init="kaiming")).eval()
-    pipeline = Pipeline("imagenet", 224, 0, False, torch.full((3, 256, 256), 115.0), torch.full((3, 1, 1), 60.0), None)
+    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 256, 256), 115.0), mean_kind="image",
+                        std=torch.full((3, 1, 1), 60.0))
     return save_checkpoint(path, model, classes=TINY_CLASSES, pipeline=pipeline.state_dict())
 
 

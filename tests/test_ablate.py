@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from alexnet.ablate import (ARMS, BASELINE, REGIMES, arm_overrides, config_differences, markdown, mean_std, run_one,
+from alexnet.paper.ablate import (ARMS, BASELINE, REGIMES, arm_overrides, config_differences, markdown, mean_std, run_one,
                             select_arms, table_rows, verdict)
 from alexnet.cli import main
 from alexnet.config import build_config, read_recipe, to_toml
@@ -95,7 +95,7 @@ def test_statistics_deltas_and_verdicts_on_fixed_numbers():
     assert pca["delta_top1"] == pytest.approx(1.0) and pca["verdict"] == "within noise"  # noise is 2
     assert dropout["delta_top1"] == pytest.approx(-4.0) and dropout["verdict"] == "disagrees"
     record = {"recipe": "cifar10", "seeds": [0, 1, 2], "rows": rows, "wall_seconds": 60, "train_seconds_total": 50,
-              "budget": {"epochs": 2, "limit": 0, "batch_size": 128, "overrides": [], "user_overrides": []},
+              "budget": {"epochs": 2, "limit": 0, "val_size": 0, "batch_size": 128, "overrides": [], "user_overrides": []},
               "machine": {"device": "cpu", "cpu_count": 2, "torch_version": "x"},
               "arms": {a: {"parameters": 1} for a in runs}}
     text = markdown(record, [BASELINE, ARMS["lrn"], ARMS["pca"], ARMS["dropout"]])
@@ -114,7 +114,6 @@ def test_statistics_deltas_and_verdicts_on_fixed_numbers():
 
 @pytest.mark.slow
 def test_tiny_ablation_writes_outputs_and_resumes(tmp_path, capsys, data_cache, monkeypatch):
-    monkeypatch.setitem(__import__("alexnet.lrn").lrn._compile, "on", False)  # eager LRN: no compile wait per shape
     out = tmp_path / "abl"
     assert main(["ablate", "--study", "lrn", "--out", str(out), *TINY]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -154,9 +153,9 @@ def test_tiny_ablation_writes_outputs_and_resumes(tmp_path, capsys, data_cache, 
 
 
 def test_a_signal_during_a_run_stops_the_ablation(tmp_path, monkeypatch):
-    import alexnet.train
+    import alexnet.train.loop
 
-    monkeypatch.setattr(alexnet.train, "train", lambda config, out, resume=None: {"stopped": "SIGTERM"})
+    monkeypatch.setattr(alexnet.train.loop, "train", lambda config, out, resume=None: {"stopped": "SIGTERM"})
     config = build_config(read_recipe("cifar10"), ["optim.epochs=1"])
     with pytest.raises(SystemExit, match="stopped by SIGTERM in baseline/seed0; run the same command again"):
         run_one(config, tmp_path / "baseline" / "seed0", "baseline/seed0")
@@ -183,9 +182,13 @@ def test_bad_usage_exits_2(tmp_path, capsys):
 
 def test_a_run_that_took_its_class_count_from_the_data_is_reused(tmp_path):
     config = build_config(read_recipe("imagenet"), ["optim.epochs=1"])
-    assert config.model.num_classes == 0  # left to the data
+    assert config.model.num_classes is None  # left to the data
     path = tmp_path / "config.toml"
-    path.write_text(to_toml(config).replace("num_classes = 0", "num_classes = 7"))  # as train stores it
+    import dataclasses
+
+    stored = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=7))  # as train stores it
+    assert "num_classes" not in to_toml(config) and "num_classes = 7" in to_toml(stored)
+    path.write_text(to_toml(stored))
     assert config_differences(path, config) == []
     assert config_differences(path, build_config(read_recipe("imagenet"), ["optim.epochs=1", "model.num_classes=5"])) == [
         "model.num_classes"]

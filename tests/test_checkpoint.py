@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from alexnet import AlexNet, ModelConfig, load_model, save_checkpoint
-from alexnet.checkpoint import load_checkpoint
+from alexnet.runs.checkpoint import load_checkpoint
 from alexnet.errors import UsageError
 
 

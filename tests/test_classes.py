@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.checkpoint import load_checkpoint
+from alexnet.runs.checkpoint import load_checkpoint
 from alexnet.cli import main
 from fixtures import SAMPLES
 
@@ -125,7 +125,7 @@ def test_an_ensemble_member_trained_on_other_inputs_is_refused(paper_run, tmp_pa
 @pytest.mark.slow
 def test_a_class_list_shorter_than_the_data_is_refused_in_one_line(paper_run):
     from alexnet.errors import UsageError
-    from alexnet.run import load_run
+    from alexnet.runs.load import load_run
 
     loaded = load_run(paper_run / "checkpoints" / "last.pt")
     loaded.classes = loaded.classes[:6]

@@ -12,10 +12,10 @@ import onnxruntime
 import pytest
 import torch
 
-from alexnet import AlexNet, ModelConfig, lrn, save_checkpoint
+from alexnet import AlexNet, ModelConfig, save_checkpoint
 from alexnet.cli import main
 from alexnet.data.pipeline import Pipeline
-from alexnet.export import load_safetensors, quiet_jit, read_info
+from alexnet.use.export import load_safetensors, quiet_jit, read_info
 
 pytestmark = pytest.mark.slow  # end to end: exports of whole networks
 
@@ -27,15 +27,6 @@ VARIANTS = {"paper": ModelConfig(width=0.25, init="kaiming", num_classes=10),
             "cifar": ModelConfig(variant="cifar", input_size=32, init="kaiming", num_classes=2),
             "torchvision": ModelConfig(variant="torchvision", width=0.25, init="kaiming", num_classes=10)}
 CLASSES = [{"index": 0, "wnid": "n01", "name": "tench"}, {"index": 1, "wnid": "n02", "name": "goldfish"}]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def eager_lrn():
-    """The eager LRN (the tests of lrn.py check it equals the compiled one): compiling per shape
-    would cost more than the exports."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(lrn._compile, "on", False)
-        yield
 
 
 def export(ckpt: Path, fmt: str, out: Path) -> dict:
@@ -58,7 +49,8 @@ def checkpoint(folder: Path, variant: str) -> tuple[Path, AlexNet, dict]:
     if variant != "cifar":
         return save_checkpoint(folder / "m.pt", model), model, {}
     mean = torch.rand(3, 40, 40) * 255
-    pipeline = Pipeline("imagenet", 32, 0, True, mean, torch.full((3, 1, 1), 60.0), None, stored=40, resize="squash")
+    pipeline = Pipeline(kind="imagenet", size=32, stored=40, flip=True, mean=mean, mean_kind="image",
+                        std=torch.full((3, 1, 1), 60.0), resize="squash")
     config = {"model": dataclasses.asdict(model.config), "data": {"dataset": "imagenet"}}
     path = save_checkpoint(folder / "m.pt", model, config, classes=CLASSES, pipeline=pipeline.state_dict())
     return path, model, pipeline.state_dict()

@@ -9,9 +9,9 @@ import torch
 
 from alexnet.cli import main
 from alexnet.errors import UsageError
-from alexnet.figure1 import (FourLayerNet, Inputs, Run, Store, epochs_to_threshold, parse_chosen, parse_lrs, ratio_of,
-                             sweep, train_to)
-from alexnet.figure1_plot import crossings, table_markdown
+from alexnet.commands.figure1 import parse_chosen, parse_lrs
+from alexnet.paper.figure1 import FourLayerNet, Inputs, Store, Trial, sweep, train_to
+from alexnet.paper.figure1_results import crossings, epochs_to_threshold, ratio_of, table_markdown
 from fixtures import TARBALL
 
 
@@ -65,18 +65,18 @@ def test_a_stopped_run_continues_exactly_where_it_stopped(tmp_path):
     labels = torch.arange(128) % 10
     inputs = Inputs("paper", images)
     store = Store(tmp_path, {"setup": "paper", "batch_size": 32}, log=lambda _: None)
-    whole = train_to(Run("relu", 0.01, 1, inputs), 3, images, labels, 32, Store(tmp_path / "other", {}, lambda _: None))
-    train_to(store.restore(Run("relu", 0.01, 1, inputs)), 2, images, labels, 32, store)  # stopped after 2 epochs
-    resumed = store.restore(Run("relu", 0.01, 1, inputs))
+    whole = train_to(Trial("relu", 0.01, 1, inputs), 3, images, labels, 32, Store(tmp_path / "other", {}, lambda _: None))
+    train_to(store.restore(Trial("relu", 0.01, 1, inputs)), 2, images, labels, 32, store)  # stopped after 2 epochs
+    resumed = store.restore(Trial("relu", 0.01, 1, inputs))
     assert len(resumed.errors) == 2
     train_to(resumed, 3, images, labels, 32, store)
     assert resumed.errors == whole.errors and resumed.losses == whole.losses
     other = Store(tmp_path, {"setup": "paper", "batch_size": 64}, log=lambda _: None)  # other settings: not reused
-    assert other.restore(Run("relu", 0.01, 1, inputs)).errors == []
+    assert other.restore(Trial("relu", 0.01, 1, inputs)).errors == []
     (tmp_path / f"{resumed.name}.pt").unlink()  # the curve alone (JSON) is reused where it is long enough
-    kept = train_to(store.restore(Run("relu", 0.01, 1, inputs)), 3, images, labels, 32, store)
+    kept = train_to(store.restore(Trial("relu", 0.01, 1, inputs)), 3, images, labels, 32, store)
     assert kept.curve_only and kept.errors == whole.errors
-    longer = train_to(store.restore(Run("relu", 0.01, 1, inputs)), 4, images, labels, 32, store)  # trained again
+    longer = train_to(store.restore(Trial("relu", 0.01, 1, inputs)), 4, images, labels, 32, store)  # trained again
     assert not longer.curve_only and longer.errors[:3] == whole.errors and len(longer.errors) == 4
 
 
@@ -107,7 +107,7 @@ def test_training_is_deterministic_and_the_sweep_picks_the_lowest_error():
     images = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(128) % 10
     inputs = Inputs("modern", images)
-    a, b = Run("tanh", 0.01, 3, inputs), Run("tanh", 0.01, 3, inputs)
+    a, b = Trial("tanh", 0.01, 3, inputs), Trial("tanh", 0.01, 3, inputs)
     a.train_epoch(images, labels, 32)
     b.train_epoch(images, labels, 32)
     assert a.errors == b.errors and a.losses == b.losses

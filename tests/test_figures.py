@@ -11,17 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet import AlexNet, lrn, save_checkpoint
+from alexnet import AlexNet, save_checkpoint
 from alexnet.cli import main
 from alexnet.config import build_config, read_recipe, to_dict
-from alexnet.data.cifar import CLASSES
-from alexnet.figures import default_out, nearest_neighbours, true_class
-
-
-@pytest.fixture(autouse=True)
-def _eager_lrn(monkeypatch):
-    """Compiling the LRN kernel for every batch shape would take longer than these forward passes."""
-    monkeypatch.setitem(lrn._compile, "on", False)
+from alexnet.data.cifar.load import CLASSES
+from alexnet.paper.figures import default_out, nearest_neighbours, true_class
 
 
 def make_checkpoint(run_dir, recipe="cifar10", overrides=()):
@@ -222,7 +216,7 @@ def test_bad_input_exits_2_with_a_message(folders, tmp_path, capsys):
 
 
 def test_default_queries_take_one_image_per_class_first():
-    from alexnet.figures import one_per_class
+    from alexnet.paper.figures import one_per_class
 
     labels = torch.tensor([0, 0, 0, 1, 1, 2])  # stored class by class, as CIFAR-10's test tarball
     assert one_per_class(labels, 3).tolist() == [0, 3, 5]
@@ -234,7 +228,7 @@ def test_folder_images_stand_upright_as_predict_reads_them(tmp_path):
     """A phone's portrait shot is stored landscape with an EXIF orientation: figures applies it."""
     from types import SimpleNamespace
 
-    from alexnet.figures import FolderImages
+    from alexnet.paper.figures import FolderImages
 
     pixels = np.zeros((30, 60, 3), dtype=np.uint8)
     pixels[:, :30, 0] = 255  # stored left half red, right half blue

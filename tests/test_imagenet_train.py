@@ -59,7 +59,7 @@ def test_paper_pipeline_crops_the_mean_with_the_image(prepared):
     assert pipeline.kind == "imagenet" and pipeline.std is None and pipeline.lighting is None  # the paper's
     images = ShardImages(prepared / "train")[torch.arange(4)]
     mean = torch.rand(3, 256, 256) * 255
-    pipeline = Pipeline("imagenet", 224, 0, True, mean, None, None)
+    pipeline = Pipeline(kind="imagenet", size=224, stored=256, flip=True, mean=mean, mean_kind="image")
     x = pipeline.train(images, torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)  # replay the same random numbers
     from alexnet.data.augment import random_crop_offsets, random_flips

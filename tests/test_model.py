@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from alexnet import AlexNet, ModelConfig
-from alexnet.model import count_parameters
+from alexnet.nn.model import count_parameters
 
 
 def test_paper_parameter_counts():
@@ -16,7 +16,7 @@ def test_paper_shapes(size, conv1_map):
     model = AlexNet(ModelConfig()).eval()
     x = torch.zeros(2, 3, size, size)
     assert model.conv1(x).shape[-1] == conv1_map
-    assert model.features(x).shape == (2, 256 * 6 * 6)
+    assert model.features(x, "pool5").shape == (2, 256 * 6 * 6)
     assert model(x).shape == (2, 1000)
 
 
@@ -76,7 +76,7 @@ def test_cifar_variant_is_alexnet_shaped():
 
 def test_fc7_features_are_the_last_hidden_layer():
     model = AlexNet(ModelConfig(variant="cifar", num_classes=10, input_size=32)).eval()
-    feats = model.fc7_features(torch.randn(3, 3, 32, 32))
+    feats = model.features(torch.randn(3, 3, 32, 32), "fc7")
     assert feats.shape == (3, model.fc7.out_features) and (feats >= 0).all()
 
 

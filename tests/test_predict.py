@@ -13,8 +13,9 @@ from PIL import Image
 from alexnet.cli import main
 from alexnet.data.decode import BadImage
 from alexnet.data.pipeline import Pipeline
-from alexnet.predict import Predictor, decode_file
-from alexnet.run import load_run
+from alexnet.data.images import decode_file
+from alexnet.use.predictor import Predictor
+from alexnet.runs.load import load_run
 from fixtures import SAMPLES, TINY_CLASSES, tiny_checkpoint
 
 CLASSES = TINY_CLASSES
@@ -168,13 +169,13 @@ def test_missing_file_is_an_error_record(checkpoint, tmp_path, capsys):
     (b"%PDF-1.4 hello", "not an image Pillow can read (text)"),
 ])
 def test_decode_file_reasons(data, reason):
-    pipeline = Pipeline("imagenet", 224, 0, False, torch.zeros(3, 256, 256), None, None)
+    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.zeros(3, 256, 256), mean_kind="image")
     with pytest.raises(BadImage, match="^" + reason.replace("(", r"\(").replace(")", r"\)")):
         decode_file(data, pipeline)
 
 
 def test_decode_file_shapes_for_odd_images():
-    pipeline = Pipeline("imagenet", 224, 0, False, torch.zeros(3, 256, 256), None, None)
+    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.zeros(3, 256, 256), mean_kind="image")
     for make in GOOD.values():
         image = decode_file(make(), pipeline)
         assert image.dtype == torch.uint8 and image.shape == (3, 256, 256)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from alexnet.cli import main
-from alexnet.report import series
+from alexnet.paper.report import series
 
 ROWS = [  # validation every second epoch, as the cifar10 recipe does: null in between
     {"epoch": 1, "train_loss": 2.1, "train_top1_err": 0.78, "images_per_s": 410.0, "val_top1_err": None,

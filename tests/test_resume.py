@@ -156,7 +156,7 @@ def test_nan_loss_is_skipped_when_asked(tmp_path, nan_at_step_3, capsys, data_ca
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys, data_cache):
-    import alexnet.checkpoint as checkpoint_module
+    import alexnet.runs.checkpoint as checkpoint_module
 
     real, saves = checkpoint_module.torch.save, []
 
@@ -191,7 +191,7 @@ def test_every_command_refuses_a_malicious_checkpoint(tmp_path, monkeypatch, cap
         pickle.dump({"model": Boom()}, f, protocol=2)
     good = tmp_path / "good.pt"
     from alexnet import AlexNet, ModelConfig
-    from alexnet.checkpoint import save_checkpoint
+    from alexnet.runs.checkpoint import save_checkpoint
 
     save_checkpoint(good, AlexNet(ModelConfig(variant="cifar", num_classes=10, input_size=32, width=0.125)))
     args = {"train": ["train", "--out", str(run), "--resume"],

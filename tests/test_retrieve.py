@@ -8,11 +8,11 @@ import torch
 from fixtures import SAMPLES, tiny_checkpoint
 
 import alexnet
-from alexnet import retrieve
+from alexnet.use import retrieve
 from alexnet.cli import main
-from alexnet.model import AlexNet, ModelConfig
-from alexnet.predict import Predictor
-from alexnet.run import load_run
+from alexnet.nn.model import AlexNet, ModelConfig
+from alexnet.use.predictor import Predictor
+from alexnet.runs.load import load_run
 
 PHOTOS = sorted(SAMPLES.glob("*.JPEG"))[::100][:8]  # eight real photos of different classes
 
@@ -113,21 +113,48 @@ def test_bad_query_and_usage(checkpoint, gallery, tmp_path, capsys):
     assert "--gallery" in capsys.readouterr().err
 
 
+def reference(model: AlexNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The network's stages walked by hand in float64 with torch's own layers (nn.functional's LRN and
+    pools, grouped convolutions), as in evaluation: the activations at every tap."""
+    from torch.nn import functional as F
+
+    c, w = model.config, {k: v.double() for k, v in model.state_dict().items()}
+    paper, groups = c.variant != "torchvision", (2 if c.towers and c.variant != "torchvision" else 1)
+    taps, x = {}, x.double()
+
+    def conv(name, x, stride=1, padding=1, groups=1):
+        return torch.relu(F.conv2d(x, w[f"{name}.weight"], w[f"{name}.bias"], stride, padding, groups=groups))
+
+    x = conv("conv1", x, 4, 2)
+    taps["conv1"] = x = F.local_response_norm(x, 5, 1e-4, 0.75, c.lrn_k) if paper else x
+    taps["pool1"] = x = F.max_pool2d(x, 3, 2)
+    x = conv("conv2", x, 1, 2, groups)
+    taps["conv2"] = x = F.local_response_norm(x, 5, 1e-4, 0.75, c.lrn_k) if paper else x
+    taps["pool2"] = x = F.max_pool2d(x, 3, 2)
+    taps["conv3"] = x = conv("conv3", x)
+    taps["conv4"] = x = conv("conv4", x, groups=groups)
+    taps["conv5"] = x = conv("conv5", x, groups=groups)
+    x = F.max_pool2d(x, 3, 2)
+    taps["pool5"] = x = (x if paper else F.adaptive_avg_pool2d(x, 6)).flatten(1)
+    for name in ("fc6", "fc7", "fc8"):
+        x = F.linear(x, w[f"{name}.weight"], w[f"{name}.bias"])
+        taps[name] = x = x if name == "fc8" else torch.relu(x)
+    return taps
+
+
 @pytest.mark.parametrize("variant", ["paper", "torchvision"])
 def test_features_are_evaluation_activations(variant):
     model = AlexNet(ModelConfig(variant=variant, num_classes=5, width=0.25, init="kaiming"))
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(2, 3, 224, 224) * 40
+    expected = reference(model, x)
     model.train()  # dropout on: features must not use it, and must leave the mode as it was
-    fc7 = alexnet.features(model, x)
+    for layer, want in expected.items():
+        got = alexnet.features(model, x, layer)
+        scale = want.abs().max().item()  # float32 against float64: rounding of the largest activations
+        torch.testing.assert_close(got.double(), want, atol=1e-5 * scale, rtol=0, msg=layer)
+        assert not got.requires_grad
     assert model.training
-    model.eval()
-    with torch.no_grad():
-        assert torch.allclose(fc7, model.fc7_features(x))
-        assert torch.allclose(alexnet.features(model, x, "fc8"), model(x))
-        pool5 = alexnet.features(model, x, "pool5")
-        assert torch.allclose(pool5, model.features(x))
-        assert torch.allclose(alexnet.features(model, x, "fc6"), torch.relu(model.fc6(pool5)))
-    assert pool5.shape == (2, model.fc6.in_features) and fc7.shape == (2, model.fc7.out_features)
-    assert fc7.min() >= 0 and not fc7.requires_grad
-    with pytest.raises(ValueError, match="pool5, fc6, fc7, fc8"):
+    fc7 = alexnet.features(model, x, "fc7")
+    assert fc7.shape == (2, model.fc7.out_features) and fc7.min() >= 0 and fc7.abs().sum() > 0
+    with pytest.raises(ValueError, match="one of conv1, pool1"):
         alexnet.features(model, x, "conv9")

@@ -2,7 +2,7 @@ import pytest
 
 from alexnet.config import OptimConfig
 from alexnet.errors import UsageError
-from alexnet.schedule import Schedule
+from alexnet.train.schedule import Schedule
 
 
 def test_plateau_divides_by_ten_at_most_three_times():

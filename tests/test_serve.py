@@ -24,13 +24,13 @@ import torch
 import uvicorn
 from PIL import Image
 
-from alexnet import lrn
-from alexnet.checkpoint import save_checkpoint
+from alexnet.runs.checkpoint import save_checkpoint
 from alexnet.data.pipeline import Pipeline
-from alexnet.model import AlexNet, ModelConfig
-from alexnet.predict import Predictor, decode_file
-from alexnet.run import load_run
-from alexnet.serve import ServeConfig, build_app, uvicorn_config
+from alexnet.nn.model import AlexNet, ModelConfig
+from alexnet.data.images import decode_file
+from alexnet.use.predictor import Predictor
+from alexnet.runs.load import load_run
+from alexnet.use.serve.app import ServeConfig, build_app, uvicorn_config
 from fixtures import SAMPLES, headless
 
 pytestmark = pytest.mark.slow  # end to end: servers, a browser
@@ -43,17 +43,15 @@ def checkpoint(tmp_path_factory):
     """A small network (10 classes, quarter width) with the paper's pipeline: stored 256, crops 224."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("serve") / "small.pt"
-    pipeline = Pipeline("imagenet", 224, 0, False, torch.full((3, 1, 1), 120.0), torch.full((3, 1, 1), 60.0), None,
-                        stored=256)
+    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 1, 1), 120.0), mean_kind="channel",
+                        std=torch.full((3, 1, 1), 60.0))
     model = AlexNet(ModelConfig(num_classes=10, width=0.25)).eval()
     return save_checkpoint(path, model, classes=CLASSES, pipeline=pipeline.state_dict())
 
 
 @pytest.fixture(scope="module")
 def predictor(checkpoint):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(lrn._compile, "on", False)  # as `alexnet serve` runs it: batches of any size, eager LRN
-        yield Predictor.from_run(load_run(checkpoint), "cpu", batch_size=32)
+    return Predictor.from_run(load_run(checkpoint), "cpu", batch_size=32)  # eager LRN, as `alexnet serve` runs it
 
 
 class Running:

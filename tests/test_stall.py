@@ -7,7 +7,7 @@ import pytest
 
 from alexnet.cli import main
 from alexnet.config import build_config, read_recipe
-from alexnet.stall import stall_warning, stuck_reason
+from alexnet.train.stall import stall_warning, stuck_reason
 from fixtures import TARBALL
 
 
@@ -39,7 +39,7 @@ def test_the_warning_names_the_recipe_and_the_switch():
 
 
 def test_the_stable_rate_is_measured_on_the_paper_init():
-    from alexnet.stall import stable_lr
+    from alexnet.train.stall import stable_lr
 
     assert 0.004 < stable_lr(10, 4096, 0.9) < 0.006  # benchmarks/paper_start.py measured 0.0049
     assert stable_lr(1000, 4096, 0.9) > 0.4

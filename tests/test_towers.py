@@ -103,7 +103,7 @@ def test_each_towers_layers_live_on_its_device():
 
 
 def test_fc_features_of_a_split_network():
-    from alexnet.predict import features
+    from alexnet import features
 
     plain, split = pair(CIFAR, "cpu,cpu", dropout=0.5)
     x = torch.randn(2, 3, 32, 32)
@@ -139,7 +139,7 @@ def test_towers_on_cuda(monkeypatch):
 def test_a_split_run_trains_resumes_and_its_checkpoint_loads_into_the_grouped_network(tmp_path, data_cache):
     """train with tower_devices (freeze phase included), resume it, and read its checkpoint as groups=2."""
     from alexnet.cli import main
-    from alexnet.run import load_run
+    from alexnet.runs.load import load_run
     from fixtures import TARBALL
 
     out = tmp_path / "run"

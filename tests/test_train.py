@@ -72,24 +72,18 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 def test_one_step_in_each_precision_moves_the_weights(precision):
     import torch
 
-    from types import SimpleNamespace
-
     from alexnet import AlexNet
-    from alexnet.resume import Progress
-    from alexnet.runtime import Dist
-    from alexnet.train import make_optimizer, train_step
     from alexnet.config import build_config, read_recipe
+    from alexnet.train.step import TrainStep
 
     config = build_config(read_recipe("cifar10"), ["model.width=0.25", f"train.precision={json.dumps(precision)}"])
     model = AlexNet(config.model)
-    optimizer = make_optimizer(model, config.optim)
-    scaler = torch.amp.GradScaler("cpu", enabled=precision == "fp16")
+    step = TrainStep.build(model, model, config)
+    assert step.scaler.is_enabled() == (precision == "fp16") and step.precision == precision
     before = model.conv1.weight.detach().clone()
     x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
-    run = SimpleNamespace(config=config, device=torch.device("cpu"), net=model, model=model, optimizer=optimizer,
-                          scaler=scaler, ddp=Dist(), progress=Progress())
     for _ in range(20):  # fp16 skips steps while the grad scaler backs off from 2**16
-        loss, logits, _ = train_step(run, x, y)
+        loss, logits, _ = step(x, y)
         if not torch.equal(before, model.conv1.weight):
             break
     assert torch.isfinite(loss) and logits.shape == (8, 10)
@@ -121,7 +115,7 @@ def test_eval_ten_crops_and_an_ensemble(smoke_run, capsys):
 def test_the_reported_loss_is_the_cross_entropy_with_the_labels_not_the_smoothed_objective():
     import torch
 
-    from alexnet.train import _step_sums
+    from alexnet.train.loop import _step_sums
 
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
     y = torch.tensor([0, 1])

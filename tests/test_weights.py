@@ -11,8 +11,8 @@ import torchvision
 from torch.nn import functional as F
 
 from alexnet.cli import main
-from alexnet.run import load_run
-from alexnet.weights import caffe_messages
+from alexnet.runs.load import load_run
+from alexnet.use.pretrained import caffe_messages
 
 # ------------------------------------------------------------------------------ torchvision
 
@@ -39,7 +39,7 @@ def test_torchvision_import_reproduces_torchvision(ram_path, capsys):
 
     loaded = load_run(tmp_path / "tv.pt")  # as alexnet eval / predict load it
     images = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
-    ours = loaded.model(loaded.pipeline.evaluate(images, crops=1))
+    ours = loaded.model(loaded.pipeline.eval_input(images))
     # torchvision's own preprocessing: centre 224 of the 256 image, x/255, normalised
     crop = torchvision.transforms.functional.center_crop(images, [224, 224]).float() / 255
     x = torchvision.transforms.functional.normalize(crop, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -129,7 +129,7 @@ def caffe_input(images, mean_bgr):
 def ours(checkpoint, images):
     loaded = load_run(checkpoint)
     with torch.no_grad():
-        return F.softmax(loaded.model(loaded.pipeline.evaluate(images, crops=1)), dim=1).double(), loaded
+        return F.softmax(loaded.model(loaded.pipeline.eval_input(images)), dim=1).double(), loaded
 
 
 @pytest.mark.parametrize("layout,legacy", [("v1", True), ("new", False)])

@@ -9,6 +9,7 @@ lists the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -18,9 +19,10 @@ from typing import Any
 
 import tomli_w
 
+from .data import views
 from .data.pipeline import CIFAR10_MEAN, CIFAR10_STD, PCA_SCALES
 from .errors import UsageError
-from .model import ModelConfig
+from .nn.model import ModelConfig, pool5_side
 
 
 @dataclass
@@ -51,7 +53,7 @@ class DataConfig:
     # Progressive resizing by scale (Howard's fast.ai DAWNBench runs; Touvron et al. 2019 on training
     # small and testing large): the first shrink_epochs epochs shrink each training window to
     # shrink_size x shrink_size (antialiased) before the network; 0 disables. pool5's smaller map is
-    # average-pooled up to fc6's size in those epochs (model.AlexNet.features).
+    # average-pooled up to fc6's size in those epochs (nn.model.AlexNet._pool5).
     shrink_size: int = 0
     shrink_epochs: int = 0
 
@@ -109,33 +111,28 @@ class TrainConfig:
     channels_last: bool = True
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
     eval_every: int = 1  # epochs between validation passes (the last epoch always evaluates)
-    eval_flip: bool = False  # average the softmax of each image and its mirror when validating
-    # views per image when validating, softmax averaged (evaluate.CROPS): 0: 2 with eval_flip, else 1;
-    # 4: CIFAR-10's whole image and its centre training window, each with its mirror
-    eval_crops: int = 0
+    # views per image when validating, softmax averaged (data/views.py): 1 the centre, 2 and its mirror,
+    # 4 CIFAR-10's whole image and its centre training window, each mirrored, 10 the paper's patches
+    eval_crops: int = 1
+    compile_lrn: bool = True  # the LRN's kernels compiled by torch.compile (one per shape: training's few)
     progress: bool = True  # progress bar on stderr
     checkpoint_every_steps: int = 0  # >0: also checkpoint inside epochs, every this many steps (epoch ends always)
     keep_checkpoints: int = 2  # step checkpoints kept besides best.pt (last.pt is the newest)
     on_nonfinite: str = "stop"  # a nan/inf loss: stop (naming the step, last good checkpoint kept) | skip the step
 
-    @property
-    def val_crops(self) -> int:
-        """The views per image of validation and of ``alexnet eval`` by default."""
-        return self.eval_crops or (2 if self.eval_flip else 1)
-
     def __post_init__(self):
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be stop or skip; got {self.on_nonfinite!r}")
-        if self.eval_crops not in (0, 1, 2, 4, 10):
-            raise ValueError(f"train.eval_crops must be 0 (from eval_flip), 1, 2, 4 or 10; got {self.eval_crops}")
+        if self.eval_crops not in views.COUNTS:
+            raise ValueError(f"train.eval_crops must be one of {', '.join(map(str, views.COUNTS))}; got {self.eval_crops}")
         if self.keep_checkpoints < 1 or self.checkpoint_every_steps < 0:
             raise ValueError("train.keep_checkpoints must be >= 1 and train.checkpoint_every_steps >= 0")
 
 
 def _model_from_data() -> ModelConfig:
-    """A run's model: fc8 gets as many outputs as the training data has classes (resolved by
-    ``train``) unless ``model.num_classes`` is given."""
-    return ModelConfig(num_classes=0)
+    """A run's model: fc8 gets as many outputs as the training data has classes (``num_classes``
+    None until the run has read its data) unless ``model.num_classes`` is given."""
+    return ModelConfig(num_classes=None)
 
 
 @dataclass
@@ -146,6 +143,33 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        _check_run(self)
+
+
+def _check_run(config: RunConfig) -> None:
+    """What no one section can check alone: a low-resolution or shrink size the network cannot take
+    (fc6 is built for model.input_size), and validation views the dataset cannot give."""
+    size, model, d = config.data.low_res_size, config.model, config.data
+    if size and d.low_res_epochs and not _fits(model, size):
+        fits = [s for s in range(8, model.input_size + 1) if _fits(model, s)]
+        hint = f"choose one of {fits[0]}..{fits[-1]}" if fits else "set data.low_res_size=0"
+        raise ValueError(f"data.low_res_size={size} gives the {model.variant} network another pool5 map than "
+                         f"model.input_size={model.input_size}, so fc6 cannot take it; {hint}")
+    if why := views.refusal(d.dataset, config.train.eval_crops):
+        raise ValueError(f"train.eval_crops={config.train.eval_crops}: {why}")
+    shrink = d.shrink_size
+    if shrink and d.shrink_epochs and not (shrink <= model.input_size and pool5_side(model, shrink) >= 1):
+        raise ValueError(f"data.shrink_size={shrink} leaves the {model.variant} network no pool5 map or is larger "
+                         f"than model.input_size={model.input_size}; choose a size between the two, or 0")
+
+
+def _fits(model: ModelConfig, size: int) -> bool:
+    if size > model.input_size:
+        return False
+    side = pool5_side(model, size)
+    return side >= 1 if model.variant == "torchvision" else side == pool5_side(model, model.input_size)
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
@@ -201,7 +225,9 @@ def build_config(recipe: dict[str, Any], overrides: list[str] = (), data_path: s
         flat["data.path"] = str(data_path)
     unknown = sorted(k for k in flat if k not in valid_keys())
     if unknown:
-        raise UsageError(f"unknown config key {unknown[0]!r}; valid keys: {' '.join(valid_keys())}")
+        near = difflib.get_close_matches(unknown[0], valid_keys(), n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise UsageError(f"unknown config key {unknown[0]!r}; {hint}valid keys: {' '.join(valid_keys())}")
     return from_flat(flat)
 
 
@@ -211,16 +237,19 @@ def from_flat(flat: dict[str, Any]) -> RunConfig:
     for name, cls in SECTIONS.items():
         values = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(name + ".")}
         sections[name] = _make(cls, name, values)
-    if sections["model"].num_classes == 0 and sections["data"].dataset == "cifar10":
-        from .data.cifar import CLASSES  # CIFAR-10's class count is known without reading the data
+    if sections["model"].num_classes is None and sections["data"].dataset == "cifar10":
+        from .data.cifar.decode import CLASSES  # CIFAR-10's class count is known without reading the data
 
         sections["model"] = dataclasses.replace(sections["model"], num_classes=len(CLASSES))
-    return RunConfig(**top, **sections)
+    try:
+        return RunConfig(**top, **sections)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _make(cls, section: str, values: dict[str, Any]):
     if cls is ModelConfig:
-        values.setdefault("num_classes", 0)  # 0: from the data, see _model_from_data
+        values.setdefault("num_classes", None)  # from the data, see _model_from_data
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     for key, value in values.items():
         expected = str(types[key])
@@ -239,6 +268,8 @@ def _make(cls, section: str, values: dict[str, Any]):
 def _type_ok(expected: str, value: Any) -> bool:
     checks = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool), "float": lambda v: isinstance(v, float),
               "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}
+    if expected.endswith(" | None"):  # left out: None; given: the type before it
+        return value is None or _type_ok(expected.removesuffix(" | None"), value)
     return checks.get(expected, lambda v: True)(value)
 
 
@@ -259,5 +290,7 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def to_toml(config: RunConfig) -> str:
-    tree = to_dict(config)
-    return tomli_w.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in tree.items()})
+    """The config as TOML; a value left out (None: fc8's classes before the data is read) is not written."""
+    tree = {section: {k: v for k, v in values.items() if v is not None} if isinstance(values, dict) else values
+            for section, values in to_dict(config).items()}
+    return tomli_w.dumps(tree)

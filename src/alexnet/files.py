@@ -1,4 +1,4 @@
-"""Writing files so that a reader never sees half of one: the one atomic-write helper.
+"""Writing files so that a reader never sees half of one (the one atomic-write helper), and the cache.
 
 Everything this package writes for later (checkpoints, prepared shards and their indexes, the
 CIFAR-10 cache, manifests, statistics) goes through ``atomic_write``: a temporary file beside
@@ -13,6 +13,12 @@ import os
 import shutil
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+
+def cache_root() -> Path:
+    """Where this package caches what it can make again (decoded CIFAR-10, prepared folders, feature
+    galleries): ``$ALEXNET_DATA``, default ``~/.cache/alexnet``."""
+    return Path(os.environ.get("ALEXNET_DATA") or "~/.cache/alexnet").expanduser()
 
 
 def temp_path(path: Path) -> Path:

@@ -1,8 +1,10 @@
-"""Where and how a run executes: device choice, autocast, threads, seeds, git commit."""
+"""Where and how a process runs: its place in a torchrun job, its device, autocast, threads, seeds,
+memory, and the one start-up sequence of every command that runs a network from a run's config."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import subprocess
@@ -83,6 +85,15 @@ def main_first(ddp: Dist):
             dist.barrier()
 
 
+def start(seed: int, threads: int, device_name: str) -> tuple[Dist, torch.device]:
+    """What every command that runs a network from a run's config does first (train, eval, bench train):
+    the thread count, the seeds, the torchrun process group, this process's device."""
+    set_threads(threads)
+    seed_everything(seed)
+    ddp = init_distributed(device_name)
+    return ddp, pick_device(device_name, ddp.local_rank)
+
+
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -154,6 +165,19 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def configure_process() -> None:
+    """The process-wide settings of an ``alexnet`` command, made once where it starts (``cli.main``),
+    never by library code: glibc keeps freed memory (``keep_freed_memory``), inductor takes the CPU's
+    vector extensions from its flags (``TORCHINDUCTOR_VEC_ISA_OK=1`` unless set: compiling and loading a
+    test program for each of AMX, AVX-512 and AVX2 cost 9.6 s of the first LRN compile on a cold cache
+    on a 2-core CPU, to learn what /proc/cpuinfo already says; a compiler that cannot build for a flagged
+    extension makes the LRN fall back to its eager kernels, same numbers), and the C++ extension
+    loader's "no CUDA runtime" notes are not printed."""
+    keep_freed_memory()
+    os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def usable_cpus() -> int:
     """The cores this process may run on: its affinity mask (a container's or Slurm's share), else
     every core of the machine."""
@@ -185,6 +209,15 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside DDP and torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
 
 
 def log(message: str) -> None:

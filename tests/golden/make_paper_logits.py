@@ -4,7 +4,7 @@ hardly depend on the image, so the features pin conv1-pool5 more tightly).
 
 Run it only when the network is meant to change (and say why in the commit):
     .venv/bin/python tests/golden/make_paper_logits.py
-The logits were first written by the network of commit 927f476 (before the issue 10 refactor).
+The logits were first written by the network of commit 927f476.
 """
 
 from pathlib import Path
@@ -29,7 +29,7 @@ def paper_outputs() -> dict[str, torch.Tensor]:
     model = AlexNet(ModelConfig()).eval()  # the paper's network and init; no dropout at test time
     x = golden_input()
     with torch.no_grad():
-        return {"logits": model(x).contiguous(), "pool5": model.features(x)[:, :1024].contiguous()}
+        return {"logits": model(x).contiguous(), "pool5": model.features(x, "pool5")[:, :1024].contiguous()}
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ cropping the mean-subtracted 256x256 image, as the paper does::
     x = subtract_mean_image(x, flip_where(crop_at(mean_image, dy, dx, 224), flip))  # float, 0..255
     x = pca_lighting(x, magnitude, eigvec, generator)                              # float
 
-At test time ``views(x, crops, 224)``: the centre window, it and its mirror, or ``ten_crop``.
+At test time ``views(x, count, 224)``: the centre window, it and its mirror, or ``ten_crop``.
 
 Random numbers come from an explicit ``torch.Generator`` on the CPU, so a seed gives the
 same crops, flips and lighting on every device.
@@ -104,27 +104,27 @@ def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([five, five.flip(-1)], dim=1).flatten(0, 1)
 
 
-CROPS = (1, 2, 10)  # centre | centre and its mirror | four corners, centre and their mirrors
+CUTS = (1, 2, 10)  # the view counts cut in one piece (views.COUNTS' 4 is two of these: Pipeline.eval_inputs)
 
 
-def views(images: torch.Tensor, crops: int, size: int | None) -> torch.Tensor:
-    """The test views of each image, image-major: (N, C, H, W) -> (N * crops, C, size, size).
+def views(images: torch.Tensor, count: int, size: int | None) -> torch.Tensor:
+    """The test views of each image, image-major: (N, C, H, W) -> (N * count, C, size, size).
 
-    ``crops=1`` the centre window, ``2`` the centre and its mirror, ``10`` ``ten_crop`` (four
+    ``count=1`` the centre window, ``2`` the centre and its mirror, ``10`` ``ten_crop`` (four
     corners, centre, then the same five mirrored). ``size=None`` keeps the whole image (not
-    with ``crops=10``, whose corners need a smaller window).
+    with ``count=10``, whose corners need a smaller window).
     """
-    if crops not in CROPS:
-        raise ValueError(f"crops must be one of {CROPS}; got {crops}")
+    if count not in CUTS:
+        raise ValueError(f"views are cut {', '.join(map(str, CUTS))} at a time; got {count}")
     h, w = images.shape[-2:]
     if size is not None and (size > h or size > w):
         raise ValueError(f"crop size {size} is larger than the {h}x{w} images")
-    if crops == 10:
+    if count == 10:
         if size is None:
-            raise ValueError("crops=10 needs a crop size smaller than the images (the paper: 224 of 256)")
+            raise ValueError("10 views need a crop size smaller than the images (the paper: 224 of 256)")
         return ten_crop(images, size)
     centre = images if size is None else center_crop(images, size)
-    if crops == 1:
+    if count == 1:
         return centre
     return torch.stack([centre, centre.flip(-1)], dim=1).flatten(0, 1)
 

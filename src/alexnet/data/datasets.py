@@ -16,10 +16,9 @@ from typing import Iterator
 
 import torch
 
-from ..config import DataConfig
 from ..errors import UsageError
-from ..runtime import Dist, worker_count
-from .shards import decode_on_device
+from ..runtime import Dist, main_first, worker_count
+from .imagenet.shards import decode_on_device
 from .subset import balanced_indices
 
 
@@ -44,7 +43,7 @@ class ShardImages:
     """A split of prepared shards that slices like a uint8 tensor: ``images[idx]`` decodes those records."""
 
     def __init__(self, folder: Path):
-        from .shards import ShardReader
+        from .imagenet.shards import ShardReader
 
         self.reader = ShardReader(folder)
         self.indices = torch.arange(len(self.reader))
@@ -124,18 +123,20 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def load_dataset(cfg: DataConfig, seed: int, ddp: Dist = Dist()) -> Dataset:
-    """The run's dataset. Under torchrun only rank 0 prepares an ImageFolder given as ``data.path``
-    (the others read what it wrote: call this inside ``main_first``)."""
-    if cfg.dataset == "cifar10":
-        from .cifar import CLASSES, load_cifar10
+def load_dataset(cfg, seed: int, ddp: Dist = Dist()) -> Dataset:
+    """The run's dataset for ``cfg`` (a ``config.DataConfig``). Under torchrun rank 0 loads it first
+    (filling the CIFAR-10 cache, or preparing an ImageFolder given as ``data.path``) and the others
+    then read what it wrote."""
+    with main_first(ddp):
+        if cfg.dataset == "cifar10":
+            from .cifar.load import CLASSES, load_cifar10
 
-        train, test = load_cifar10(cfg.path or None, limit=cfg.limit or None, seed=seed, val_limit=cfg.val_size)
-        return Dataset(train.images, train.labels, test.images, test.labels, CLASSES)
-    return load_prepared(cfg, seed, ddp)
+            train, test = load_cifar10(cfg.path or None, limit=cfg.limit or None, seed=seed, val_limit=cfg.val_size)
+            return Dataset(train.images, train.labels, test.images, test.labels, CLASSES)
+        return load_prepared(cfg, seed, ddp)
 
 
-def load_prepared(cfg: DataConfig, seed: int, ddp: Dist = Dist()) -> Dataset:
+def load_prepared(cfg, seed: int, ddp: Dist = Dist()) -> Dataset:
     """A folder written by ``alexnet prepare imagenet`` (shards, classes.tsv, stats.safetensors),
     or an image source that prepare takes (an ImageFolder, the ILSVRC-2012 files): that is
     prepared once into the cache and read from there."""
@@ -173,8 +174,8 @@ def prepared_copy(src: Path, ddp: Dist = Dist()) -> Path:
     prepared beforehand."""
     import hashlib
 
-    from .cifar_source import cache_root
-    from .prepare import prepare_imagenet
+    from ..files import cache_root
+    from .imagenet.prepare import prepare_imagenet
 
     if not src.is_dir():
         raise UsageError(f"--data {src}: no such folder; give a folder written by `alexnet prepare imagenet` or "

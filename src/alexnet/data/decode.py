@@ -129,7 +129,7 @@ _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8
                (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
 
-def _signature(data: bytes) -> str | None:
+def signature(data: bytes) -> str | None:
     """The image format that ``data``'s first bytes announce, or ``None``."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
@@ -140,13 +140,13 @@ def _decode_with_pil(data: bytes, first_error: Exception) -> torch.Tensor:
     """Decode with PIL after torchvision failed; raise BadImage with the best reason."""
     from PIL import Image, UnidentifiedImageError
 
-    kind = _signature(data)
+    kind = signature(data)
     try:
         with Image.open(io.BytesIO(data)) as image:
             array = np.asarray(image.convert("RGB"))
     except UnidentifiedImageError:
         if kind is None:
-            raise BadImage(f"not an image ({_describe_content(data)})") from None
+            raise BadImage(f"not an image ({describe_content(data)})") from None
         raise BadImage(f"corrupt {kind} data ({reason(first_error)})") from None
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError ... for damaged data
         said = f"{first_error} {error}".lower()
@@ -156,7 +156,7 @@ def _decode_with_pil(data: bytes, first_error: Exception) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
-def _describe_content(data: bytes) -> str:
+def describe_content(data: bytes) -> str:
     """``text`` for printable data, else the first bytes in hex."""
     head = data[:512]
     try:

@@ -8,8 +8,8 @@ never inferred from which statistics happen to exist.
 
     train: zero-pad by data.crop_padding, random input_size window, mirror     uint8
            float, PCA lighting if data.pca_std > 0, (x - mean) / std per channel  on the device
-    eval:  the whole image (1 crop) and its mirror (2); 10: the four corners, centre and their
-           mirrors of the image padded as in training
+    eval:  the whole image (1 view) and its mirror (2); 4: also the centre training window and its
+           mirror; 10: the four corners, centre and their mirrors of the training windows
 
 ``imagenet`` (256x256 prepared images; the paper's sections 2 and 4.1)::
 
@@ -31,16 +31,19 @@ from dataclasses import dataclass, replace
 import torch
 from torch.nn import functional as F
 
+from . import views as test_views
 from .augment import crop_at, flip_where, pca_lighting, random_crop_offsets, random_flips, rgb_eigen, views
 
 KINDS = ("cifar10", "imagenet")
 RESIZE = ("center", "squash")
+MEAN_KINDS = ("channel", "image")
 # Per-channel statistics on the 0..1 scale: CIFAR-10's training pixels (the cifar10 recipe's
 # data.mean / data.std, figure1's modern setup) and torchvision's ImageNet normalisation.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_SIDE = 32  # CIFAR-10's images are stored as they come
 
 
 PCA_SCALES = ("sqrt", "fb")  # data.pca_scale: see lighting_magnitude
@@ -56,34 +59,34 @@ class Lighting:
     sigma: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Pipeline:
     """What a batch of stored uint8 images goes through to become the network's input."""
 
     kind: str  # cifar10 | imagenet
     size: int  # the network's input side (model.input_size)
-    padding: int  # zero padding before the random crop (cifar10; 0 for imagenet)
-    flip: bool  # random mirror images in training
-    mean: torch.Tensor  # float, 0..255: (3, 1, 1) per channel, or (3, S, S) the mean image
-    std: torch.Tensor | None  # float, 0..255, (3, 1, 1); None: no division (the paper)
-    lighting: Lighting | None
+    stored: int  # the side images are stored at (prepared ImageNet 256, CIFAR-10 32): image files are
+    #   brought to it (``resize``) before the pipeline sees them
+    padding: int = 0  # zero padding before the random crop (cifar10; 0 for imagenet)
+    flip: bool = False  # random mirror images in training
+    mean: torch.Tensor  # float, 0..255: (3, 1, 1) per channel, or (3, stored, stored) the mean image
+    mean_kind: str  # channel | image: which of the two ``mean`` is
+    std: torch.Tensor | None = None  # float, 0..255, (3, 1, 1); None: no division (the paper)
+    lighting: Lighting | None = None
     channels_last: bool = True
-    stored: int = 0  # the side images are stored at (prepared 256, CIFAR-10 32); 0: the mean image's, else size
     resize: str = "center"  # how an image file becomes stored x stored: center (the centre square, as
     #   prepare does) | squash (the whole image, aspect ignored: Caffe's ImageNet data)
     shrink: int = 0  # training only: each window shrunk to shrink x shrink after the float steps; 0 off
 
     def __post_init__(self):
-        if not self.stored:  # frozen: set through object.__setattr__
-            object.__setattr__(self, "stored", int(self.mean.shape[-1]) if self.mean.shape[-1] > 1 else self.size)
+        if self.kind not in KINDS:
+            raise ValueError(f"pipeline kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
         if self.resize not in RESIZE:
             raise ValueError(f"pipeline resize must be one of {', '.join(RESIZE)}; got {self.resize!r}")
-
-    @property
-    def stored_size(self) -> int:
-        """The side of the images as stored (prepared ImageNet 256, CIFAR-10 32): image files are
-        brought to it (``resize``) before the pipeline sees them."""
-        return self.stored
+        expected = {"channel": (3, 1, 1), "image": (3, self.stored, self.stored)}.get(self.mean_kind)
+        if expected is None or tuple(self.mean.shape) != expected:
+            raise ValueError(f"a {self.mean_kind!r} mean must be {expected or 'channel or image'}; got "
+                             f"{tuple(self.mean.shape)} (mean_kind is one of {', '.join(MEAN_KINDS)})")
 
     def to(self, device: torch.device) -> Pipeline:
         """The same pipeline with its statistics on ``device`` (moved once, not per batch)."""
@@ -92,16 +95,37 @@ class Pipeline:
 
     def state_dict(self) -> dict:
         """What evaluation needs, for checkpoints (tensors, numbers and strings only)."""
-        return {"kind": self.kind, "size": self.size, "padding": self.padding, "flip": self.flip,
-                "mean": self.mean.cpu(), "std": None if self.std is None else self.std.cpu(),
-                "stored": self.stored, "resize": self.resize}
+        return {"kind": self.kind, "size": self.size, "stored": self.stored, "padding": self.padding,
+                "flip": self.flip, "mean": self.mean.cpu(), "mean_kind": self.mean_kind,
+                "std": None if self.std is None else self.std.cpu(), "resize": self.resize}
 
     @classmethod
     def from_state(cls, state: dict, channels_last: bool = True) -> Pipeline:
         """The evaluation side of a checkpoint's pipeline (no lighting: that is training's)."""
-        return cls(state["kind"], int(state["size"]), int(state["padding"]), bool(state["flip"]),
-                   state["mean"].float(), None if state["std"] is None else state["std"].float(), None, channels_last,
-                   int(state.get("stored", 0)), state.get("resize", "center"))
+        return cls(kind=state["kind"], size=int(state["size"]), stored=int(state["stored"]),
+                   padding=int(state["padding"]), flip=bool(state["flip"]), mean=state["mean"].float(),
+                   mean_kind=state["mean_kind"], std=None if state["std"] is None else state["std"].float(),
+                   channels_last=channels_last, resize=state["resize"])
+
+    # ------------------------------------------------------------------ the windows of each epoch
+
+    def for_epoch(self, data, epoch: int) -> Pipeline:
+        """The training pipeline of epoch ``epoch`` (0-based) of a run with data config ``data``:
+        progressive resizing's low-resolution windows, no padding, early on (``data.low_res_*``),
+        and windows shrunk before the network (``data.shrink_*``)."""
+        pipeline = self
+        if data.low_res_size and epoch < data.low_res_epochs:
+            pipeline = replace(pipeline, size=data.low_res_size, padding=0)
+        if data.shrink_size and epoch < data.shrink_epochs:
+            pipeline = replace(pipeline, shrink=data.shrink_size)
+        return pipeline
+
+    def as_tested(self, data, epochs: int) -> Pipeline:
+        """The pipeline a network trained ``epochs`` epochs is tested through: the windows of its last
+        training epoch (the paper's ten patches are windows of the training size: 224 of 256, or 28 of
+        the 32x32 CIFAR images when the run trained on 28x28 windows, not on padded 32x32 crops),
+        never shrunk."""
+        return replace(self.for_epoch(data, epochs - 1), shrink=0)
 
     # ------------------------------------------------------------------ training
 
@@ -130,7 +154,7 @@ class Pipeline:
     def _train_mean(self, dy, dx, flip) -> torch.Tensor:
         """The mean to subtract from each crop: per channel, or each crop's own window of the mean
         image, mirrored with it (so the result equals cropping the mean-subtracted image)."""
-        if self.mean.shape[-1] == 1:
+        if self.mean_kind == "channel":
             return self.mean
         mean = self.mean if dy is None else crop_at(self.mean, dy, dx, self.size)
         return mean if flip is None else flip_where(mean.expand(len(flip), *mean.shape[-3:]), flip)
@@ -145,48 +169,46 @@ class Pipeline:
 
     # ------------------------------------------------------------------ evaluation
 
-    def eval_size(self, crops: int) -> int | None:
-        """The side of the test views: cifar10 shows the whole image (None) except for 10 crops."""
-        return None if self.kind == "cifar10" and crops != 10 else self.size
+    def window(self, images: torch.Tensor) -> torch.Tensor:
+        """The uint8 centre window of each image that the network sees in evaluation (what figures show)."""
+        return views(images, 1, self._eval_size(1))
 
-    def views(self, images: torch.Tensor, crops: int) -> torch.Tensor:
-        """The uint8 test views of each image (``crops`` per image, image-major)."""
-        if self.kind == "cifar10" and crops == 10 and self.padding:
-            images = F.pad(images, (self.padding,) * 4)
-        return views(images, crops, self.eval_size(crops))
+    def eval_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) stored images -> float (N, 3, size, size): the one-view network input."""
+        return self.eval_inputs(images, 1)[0]
 
-    def evaluate(self, images: torch.Tensor, crops: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (N, 3, H, W) stored images -> float (N * crops, 3, size, size) network input.
+    def eval_inputs(self, images: torch.Tensor, count: int) -> tuple[torch.Tensor, ...]:
+        """uint8 (N, 3, H, W) stored images -> ``count`` float views of each (``views.COUNTS``) as
+        batches for the network, each image-major (image i's views are rows i*k ... i*k + k - 1 of a
+        batch of k views per image); every count but 4 is one batch.
 
-        ``crops=4`` (CIFAR-10, where the network takes both sizes: 28 and 32 give the same pool5 map):
-        a tuple of two batches, the whole images and their mirrors, then the centre ``size`` windows
-        (the training window) and their mirrors. Two scales of one image: on the 10-epoch demo network
-        0.7-0.9 points below the whole image and its mirror, for 1.8x that pass's work (README).
+        ``count=4`` (CIFAR-10, where the network takes both sizes: 28 and 32 give the same pool5 map):
+        two batches, the whole images and their mirrors, then the centre ``size`` windows (the
+        training window) and their mirrors. Two scales of one image: on the 10-epoch demo network
+        0.7-0.9 points below the whole image and its mirror, for 1.8x that pass's work.
         """
-        if crops == 4:
-            if why := views_refusal(self.kind, crops):
-                raise ValueError(f"crops=4: {why}")
-            whole = self._views(images, 2, None)  # a window as large as the image: the same two views
-            return whole if self.size >= self.stored else (whole, self._views(images, 2, self.size))
-        return self._views(images, crops, self.eval_size(crops))
+        if why := test_views.refusal(self.kind, count):
+            raise ValueError(f"{count} views: {why}")
+        if count == 4:
+            whole = self._float_views(images, 2, None)  # a window as large as the image: the same two views
+            return (whole,) if self.size >= self.stored else (whole, self._float_views(images, 2, self.size))
+        return (self._float_views(images, count, self._eval_size(count)),)
 
-    def _views(self, images: torch.Tensor, crops: int, size: int | None) -> torch.Tensor:
-        x = self.views(images, crops) if size == self.eval_size(crops) else views(images, crops, size)
+    def _eval_size(self, count: int) -> int | None:
+        """The side of the test views: cifar10 shows the whole image (None) except for the ten patches."""
+        return None if self.kind == "cifar10" and count != 10 else self.size
+
+    def _float_views(self, images: torch.Tensor, count: int, size: int | None) -> torch.Tensor:
+        """``count`` views of each image at ``size`` (None: the whole image), minus the mean, as floats.
+        The ten patches of a network trained on padded crops are cut from the image padded the same way."""
+        if count == 10 and self.padding:
+            images = F.pad(images, (self.padding,) * 4)
+        x = views(images, count, size)
         mean = self.mean
-        if mean.shape[-1] != 1:  # each view minus its own window of the mean image
-            k = len(x) // len(images)
-            mean = views(mean[None], crops, size)
-            mean = mean.expand(len(images), *mean.shape).flatten(0, 1) if k > 1 else mean
+        if self.mean_kind == "image":  # each view minus its own window of the mean image
+            mean = views(mean[None], count, size)
+            mean = mean.expand(len(images), *mean.shape).flatten(0, 1) if count > 1 else mean
         return self._to_float(x, mean, None)
-
-
-def views_refusal(kind: str, crops: int) -> str | None:
-    """Why ``crops`` test views cannot be cut for a ``kind`` network, or None (the one rule for eval,
-    validation and the check before training)."""
-    if crops == 4 and kind != "cifar10":
-        return (f"the whole image and its centre window are for CIFAR-10 networks, which take both sizes; "
-                f"{kind} networks cannot take their whole stored image: use 1, 2 or 10 views")
-    return None
 
 
 def pipeline_for(config, data, training: bool = True) -> Pipeline:
@@ -203,13 +225,19 @@ def pipeline_for(config, data, training: bool = True) -> Pipeline:
         if d.pca_std and training:  # no prepared statistics: the RGB covariance of the training pixels
             eigval, eigvec = rgb_eigen(data.train_images)
             lighting = Lighting(lighting_magnitude(eigval, d.pca_scale), eigvec, d.pca_std)
-        return Pipeline(kind, size, d.crop_padding, d.flip, mean, std, lighting, channels_last)
+        # CIFAR-10's images are 32x32; a network with a larger input (the paper's network saved without a
+        # pipeline, whose config says nothing of its data) sees image files brought to its input size.
+        stored = max(CIFAR_SIDE, size)
+        return Pipeline(kind=kind, size=size, stored=stored, padding=d.crop_padding, flip=d.flip, mean=mean,
+                        mean_kind="channel", std=std, lighting=lighting, channels_last=channels_last)
     stats = data.stats
     lighting = None
     if d.pca_std and training:
         lighting = Lighting(lighting_magnitude(stats["eigval"], d.pca_scale), stats["eigvec"], d.pca_std)
     std = channel_std(stats).view(3, 1, 1) if d.standardize else None
-    return Pipeline(kind, size, 0, d.flip, stats["mean_image"].float(), std, lighting, channels_last)
+    mean = stats["mean_image"].float()
+    return Pipeline(kind=kind, size=size, stored=mean.shape[-1], flip=d.flip, mean=mean, mean_kind="image", std=std,
+                    lighting=lighting, channels_last=channels_last)
 
 
 def lighting_magnitude(eigval: torch.Tensor, scale: str) -> torch.Tensor:

@@ -1,0 +1,27 @@
+"""What several commands' parsers share."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..data import views
+
+FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def add_parser(commands, name: str, help: str, examples: str, description: str | None = None):
+    """A sub-command's parser with its one-line help, its description and its examples as the epilog."""
+    return commands.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".",
+                               epilog=examples, formatter_class=FORMATTER)
+
+
+def add_views(p, default: int | None, also: str = "") -> None:
+    """``--crops``: views per image, one of ``data.views.COUNTS``."""
+    p.add_argument("--crops", type=int, choices=views.COUNTS, default=default, metavar="|".join(map(str, views.COUNTS)),
+                   help=views.HELP + (f" ({also})" if also else ""))
+
+
+def add_run_options(p) -> None:
+    """--batch-size and --device, for the commands that run a network on image files."""
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images decoded and run at once (default 64)")
+    p.add_argument("--device", default="auto", help="auto (default: the GPU if there is one), cpu, cuda or cuda:N")

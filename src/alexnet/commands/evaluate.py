@@ -1,0 +1,59 @@
+"""``alexnet eval``: top-1/top-5 error of a checkpoint (or an ensemble) on its dataset's validation split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..data import views
+from ..errors import UsageError
+from .common import add_parser as _parser
+from .common import add_views
+
+EXAMPLES = """examples:
+  alexnet eval --checkpoint runs/demo/checkpoints/best.pt
+  alexnet eval --checkpoint runs/demo/checkpoints/last.pt --data ../shared/data/cifar10-jpeg.tar.gz data.limit=1000
+  alexnet eval --checkpoint runs/demo/checkpoints/last.pt --crops 10          # the paper's ten patches
+  alexnet eval --checkpoint runs/a/checkpoints/best.pt --ensemble runs/b/checkpoints/best.pt
+
+Prints one JSON line: val_top1_err, val_top5_err, val_loss, examples, top_class_share, crops, models.
+"""
+
+
+def add_parser(commands) -> None:
+    p = _parser(commands, "eval", "top-1/top-5 error of a checkpoint", EXAMPLES)
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--data", help="dataset location (default: the one in the checkpoint's config)")
+    add_views(p, None, "default: the run's train.eval_crops")
+    p.add_argument("--ensemble", nargs="+", type=Path, default=[], metavar="CKPT",
+                   help="more checkpoints whose softmax is averaged with --checkpoint's (the paper's '5 CNNs')")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.limit=1000")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..data.datasets import load_dataset
+    from ..runs.load import load_run
+    from ..runtime import shutdown_distributed, start
+    from ..use.evaluate import evaluate_views
+
+    first = load_run(args.checkpoint, args.overrides, args.data)
+    members = [load_run(path) for path in args.ensemble]  # a bad file fails before the data is read
+    config = first.config
+    ddp, device = start(config.seed, config.train.threads, config.train.device)  # torchrun: a share each
+    data = load_dataset(config.data, config.seed, ddp)
+    pipeline = first.pipeline_for(data)
+    for member in members:  # the same classes and the same input as the first network
+        member.same_input(pipeline, data)
+    count = args.crops or config.train.eval_crops
+    if why := views.refusal(pipeline.kind, count):
+        raise UsageError(f"--crops {count} for {args.checkpoint}: {why}")
+    pipeline = pipeline.to(device)
+    models = [loaded.model.to(device) for loaded in (first, *members)]
+    result = evaluate_views(models, data.val_images, data.val_labels, device=device, views=count,
+                            batch_size=config.data.eval_batch_size, inputs=lambda x: pipeline.eval_inputs(x, count),
+                            precision=config.train.precision, ddp=ddp)
+    if ddp.main:
+        print(json.dumps({**result, "crops": count, "models": len(models), "checkpoint": str(args.checkpoint)}))
+    shutdown_distributed()
+    return 0

@@ -1,0 +1,71 @@
+"""``alexnet train``: train a network from a recipe, or continue a stopped run."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .. import config as cfgmod
+from ..errors import UsageError
+from ..runs.folder import RunFolder
+from .common import add_parser as _parser
+
+EXAMPLES = """examples:
+  alexnet train                                   # CIFAR-10 default recipe into runs/cifar10-<time>
+  alexnet train --recipe cifar10 --out runs/demo optim.epochs=2 model.lrn=false
+  alexnet train --recipe imagenet --data my_photos/ optim.epochs=30   # any ImageFolder: train/<class>/, val/<class>/
+  alexnet train --recipe paper --data /data/imagenet-256 --out runs/paper   # the 2012 recipe on prepared ILSVRC-2012
+  alexnet train --recipe my_recipe.toml seed=1 data.batch_size=64 train.precision=fp32
+  alexnet train --out runs/demo --resume          # continue a stopped run
+
+recipes: cifar10 (the default main job), imagenet (the paper's network trained the modern way: learns
+from the first epoch on any ImageNet-style set), paper (the 2012 recipe as published; with fewer than
+about 50 classes it sits flat, see docs/recipes.md). fc8 gets as many outputs as the training data
+has classes; an explicit model.num_classes that disagrees exits 2 before anything is written. An epoch
+that did not learn (loss at ln(classes), or one class predicted for every image) prints a warning: line.
+"""
+
+
+def add_parser(commands) -> None:
+    p = _parser(commands, "train", "train a network", EXAMPLES)
+    p.add_argument("--recipe", default="cifar10", help=f"recipe name ({', '.join(cfgmod.recipe_names())}) or a .toml file")
+    p.add_argument("--data", help="dataset location (data.path)")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<recipe>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.02")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..runs.load import load_run
+    from ..train.loop import train
+
+    resume = args.resume or _torchrun_restart(args)
+    if resume:
+        if args.out is None:
+            raise UsageError("--resume needs --out RUN_DIR (the run folder to continue)")
+        folder = RunFolder(args.out)
+        if not folder.holds_run():
+            raise UsageError(f"--resume: no checkpoint at {folder.last}; start without --resume")
+        loaded = load_run(folder.last, args.overrides, args.data, keep_towers=True)  # read once: train restores from it
+        config = loaded.config
+    else:
+        loaded = None
+        config = cfgmod.build_config(cfgmod.read_recipe(args.recipe), args.overrides, args.data)
+    out = args.out or Path("runs") / f"{config.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = train(config, out, resume=loaded)
+    print(json.dumps(summary))
+    return 0
+
+
+def _torchrun_restart(args) -> bool:
+    """Under torchrun, every process and every restart must use one run folder; a restart after a
+    failure (``--max-restarts``) continues from its last checkpoint by itself."""
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return False
+    if args.out is None:
+        raise UsageError("under torchrun pass --out RUN_DIR, so that every process and every restart use the same run folder")
+    restarted = int(os.environ["TORCHELASTIC_RESTART_COUNT"]) > 0
+    return restarted and RunFolder(args.out).holds_run()

@@ -1,0 +1,101 @@
+"""Checkpoints: one self-describing dict, written atomically, read without unpickling code.
+
+A checkpoint holds ``format`` (``FORMAT``), ``config`` (the resolved run config as plain data),
+``model`` (state_dict of the unwrapped model) and, from training or an import, ``classes`` and
+``pipeline`` (the evaluation input, ``Pipeline.state_dict``); training adds ``optimizer``,
+``schedule``, ``scaler``, ``progress``, ``data`` and ``ranks`` (``train/state.py``). Everything is
+tensors, numbers, strings, lists and dicts, so ``torch.load(..., weights_only=True)`` reads it.
+Checkpoints of the older format are read through ``upgrade``, the one place that knows it.
+``runs.load.load_run`` turns a checkpoint into a ready network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UsageError
+from ..files import atomic_write
+from ..nn.model import AlexNet
+from ..runtime import unwrap
+
+FORMAT = "alexnet-checkpoint-v2"
+V1 = "alexnet-checkpoint-v1"  # read through ``upgrade``
+
+
+def save_checkpoint(path: str | os.PathLike, model: AlexNet, config: dict[str, Any] | None = None, **state) -> Path:
+    """Write ``model`` (and any training ``state``) to ``path`` atomically: temp file, fsync, rename."""
+    path = Path(path)
+    config = dict(config or {})
+    config.setdefault("model", dataclasses.asdict(unwrap(model).config))
+    payload = {"format": FORMAT, "config": config, "model": unwrap(model).state_dict(), **state}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; anything else is refused with a clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} not found; pass the .pt file a training run wrote (RUN_DIR/checkpoints/last.pt)")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (or, long ago, a pickle)
+        raise UsageError(f"{path} is not a PyTorch checkpoint (it starts with bytes {head.hex() or 'none'}); pass a "
+                         ".pt file written by alexnet train or alexnet import")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"checkpoint {path} refused: it needs arbitrary unpickling, which could run code ({first})") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise UsageError(f"checkpoint {path} is unreadable or truncated ({type(err).__name__}); use another checkpoint") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UsageError(f"checkpoint {path} is not an alexnet checkpoint (no 'model' entry)")
+    return upgrade(ckpt, path)
+
+
+def upgrade(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """``ckpt`` in this format (``FORMAT``). The older one, v1, differs in three places: validation views
+    were ``train.eval_flip`` with ``train.eval_crops`` 0 meaning "1, or 2 with eval_flip"; fc8's classes
+    left to the data were ``model.num_classes`` 0; a pipeline's mean kind was read from the mean's shape,
+    and its ``stored`` side and ``resize`` could be missing (the mean image's side or the input size;
+    the centre square)."""
+    found = ckpt.get("format")
+    if found == FORMAT:
+        return ckpt
+    if found != V1:
+        raise UsageError(f"checkpoint {path} has format {found!r}, which this version does not read (it reads "
+                         f"{FORMAT} and {V1}); use the alexnet version that wrote it")
+    config = ckpt.get("config", {})
+    train = config.get("train", {})
+    flip = train.pop("eval_flip", False)
+    if not train.get("eval_crops"):
+        train["eval_crops"] = 2 if flip else 1
+    if config.get("model", {}).get("num_classes") == 0:
+        del config["model"]["num_classes"]
+    pipeline = ckpt.get("pipeline")
+    if pipeline is not None:
+        image = pipeline["mean"].shape[-1] > 1
+        pipeline["mean_kind"] = "image" if image else "channel"
+        pipeline["stored"] = int(pipeline.get("stored") or (pipeline["mean"].shape[-1] if image else pipeline["size"]))
+        pipeline.setdefault("resize", "center")
+    return {**ckpt, "format": FORMAT}
+
+
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Load ``ckpt``'s weights into ``model``, or refuse naming the first layer whose shape differs."""
+    own = unwrap(model).state_dict()
+    for key, value in ckpt["model"].items():
+        if key in own and own[key].shape != value.shape:
+            raise UsageError(f"checkpoint {path} does not fit the requested model: {key} is {tuple(value.shape)} "
+                             f"in the checkpoint but {tuple(own[key].shape)} here (check model.num_classes / model.*)")
+    try:
+        unwrap(model).load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise UsageError(f"checkpoint {path} does not fit the requested model: {str(err).splitlines()[0]}") from None

@@ -1,0 +1,229 @@
+"""Export a checkpoint's network as ONNX, TorchScript or safetensors, with its preprocessing.
+
+Every format carries the same JSON (``FORMAT``): the model config, the class list and
+the evaluation preprocessing (input side, stored side, resize mode, per-channel mean and std on
+the 0..255 scale, or the training set's mean image). It sits in the file's own metadata (ONNX
+``metadata_props["alexnet"]``, TorchScript extra file ``alexnet.json``, safetensors metadata
+``alexnet``) and in ``<out>.json`` beside the file. A 3x256x256 mean image (ImageNet runs) is
+too large for a metadata string: ONNX and safetensors metadata name the sidecar instead, which
+holds it as nested lists; TorchScript's extra file holds everything.
+
+Each export is checked before the command returns: the written file is run (onnxruntime,
+``torch.jit.load``, ``load_safetensors``) on a batch whose size differs from the traced one, and
+the largest softmax difference to PyTorch is printed in the command's JSON line.
+
+ONNX uses ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript): the default and the
+supported exporter since torch 2.9; the TorchScript-based one is deprecated there. LRN leaves the
+network as one custom op (``nn.lrn.export_op``) written as ONNX's ``LRN`` node, after its ReLU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import UsageError
+from ..nn.lrn import export_op
+from ..nn.model import AlexNet, ModelConfig
+from ..runs.load import LoadedRun, load_run
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+FORMAT = "alexnet-export-v2"  # v1: no "mean_kind" (read_info tells it from the mean)
+OPSET = 18  # ONNX opset (LRN is in every opset; 18 is torch 2.9-2.14's default for dynamo export)
+TRACE_BATCH, CHECK_BATCH = 2, 3  # the check runs another batch size than the export saw (dynamic axis)
+TOLERANCE = 1e-4  # largest softmax difference to PyTorch the check accepts
+
+
+def export(checkpoint: Path, fmt: str, out: Path) -> dict:
+    """Write ``checkpoint``'s network to ``out`` in ``fmt`` plus ``<out>.json``, run the written
+    file against PyTorch and return what the command prints."""
+    if fmt not in FORMATS:
+        raise UsageError(f"export format {fmt!r} is unknown; choose one of: {', '.join(FORMATS)}")
+    loaded = load_run(checkpoint)
+    info = export_info(loaded)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    WRITERS[fmt](loaded.model, out, info, sidecar(out))
+    seconds = time.perf_counter() - start
+    sidecar(out).write_text(json.dumps(info))
+    x = check_input(loaded, CHECK_BATCH)
+    with torch.no_grad():
+        diff = (softmax(RUNNERS[fmt](out, x)) - softmax(loaded.model(x))).abs().max().item()
+    return {"format": fmt, "out": str(out), "sidecar": str(sidecar(out)), "seconds": round(seconds, 2),
+            "check": CHECKS[fmt], "batch": CHECK_BATCH, "max_abs_diff": diff}
+
+
+def sidecar(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(logits).float().softmax(1)
+
+
+# ---------------------------------------------------------------------------- what travels with the file
+
+
+def export_info(loaded: LoadedRun) -> dict:
+    """The JSON every format carries: model config, classes and preprocessing (None where an old
+    ImageNet checkpoint did not store it)."""
+    p = loaded.pipeline
+    pre = None
+    if p is not None:
+        pre = {"kind": p.kind, "size": p.size, "stored": p.stored, "resize": p.resize,
+               "crop": "none" if p.kind == "cifar10" else "center", "mean_kind": p.mean_kind,
+               "mean": p.mean.flatten().tolist() if p.mean_kind == "channel" else p.mean.tolist(),
+               "std": None if p.std is None else p.std.flatten().tolist(),
+               "steps": "resize the image file to stored x stored (center: its centre square; squash: the whole "
+                        "image), take the centre size x size window (crop), RGB floats 0..255, subtract mean (per "
+                        "channel, or the same window of the 3 x stored x stored mean image), divide by std if given"}
+    return {"format": FORMAT, "input": "float32 (batch, 3, size, size) RGB, preprocessed", "output": "logits",
+            "model": dataclasses.asdict(loaded.model.config), "classes": loaded.classes, "preprocessing": pre}
+
+
+def metadata_text(info: dict, side: Path) -> str:
+    """``info`` as one JSON string for a file's metadata; a mean image is replaced by where it is."""
+    pre = info["preprocessing"]
+    if pre is not None and pre["mean_kind"] == "image":
+        shape = [len(pre["mean"]), len(pre["mean"][0]), len(pre["mean"][0][0])]
+        info = {**info, "preprocessing": {**pre, "mean": f"mean image {shape}: see {side.name}"}}
+    return json.dumps(info)
+
+
+def read_info(path: Path) -> dict:
+    """The JSON an exported file carries (mean image from ``<path>.json`` where the metadata names it)."""
+    path = Path(path)
+    text = _read_metadata(path)
+    if text is None:
+        raise UsageError(f"{path} carries no alexnet export metadata; give a file `alexnet export` wrote")
+    info = json.loads(text)
+    pre = info.get("preprocessing")
+    if pre is not None and "mean_kind" not in pre:  # alexnet-export-v1
+        pre["mean_kind"] = "image" if isinstance(pre["mean"], str) or isinstance(pre["mean"][0], list) else "channel"
+    if pre is not None and isinstance(pre["mean"], str):
+        if not sidecar(path).is_file():
+            raise UsageError(f"{path}: its mean image is in {sidecar(path).name}, which is missing; keep the two together")
+        info["preprocessing"]["mean"] = json.loads(sidecar(path).read_text())["preprocessing"]["mean"]
+    return info
+
+
+def _read_metadata(path: Path) -> str | None:
+    if path.suffix == ".onnx":
+        import onnx
+
+        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}.get("alexnet")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("alexnet")
+    import zipfile  # TorchScript: a zip whose extra files lie under <archive>/extra/
+
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as z:
+        name = next((n for n in z.namelist() if n.endswith("/extra/alexnet.json")), None)
+        return None if name is None else z.read(name).decode()
+
+
+def check_input(loaded: LoadedRun, n: int) -> torch.Tensor:
+    """``n`` seeded random stored images through the checkpoint's evaluation pipeline (so the check
+    sees inputs of the real range); random normal ones where the checkpoint has no pipeline."""
+    g = torch.Generator().manual_seed(0)
+    p, size = loaded.pipeline, loaded.config.model.input_size
+    if p is None:
+        return torch.randn(n, 3, size, size, generator=g)
+    images = torch.randint(0, 256, (n, 3, p.stored, p.stored), dtype=torch.uint8, generator=g)
+    return p.eval_input(images).contiguous()
+
+
+# ---------------------------------------------------------------------------- ONNX
+
+
+def lrn_to_onnx(x, size: int, alpha: float, beta: float, k: float):
+    """``alexnet::local_response_norm`` as ONNX's LRN: x / (bias + alpha / size * window sum of x^2) ** beta."""
+    from onnxscript import opset18 as op
+
+    return op.LRN(x, size=size, alpha=alpha, beta=beta, bias=k)
+
+
+def write_onnx(model: AlexNet, out: Path, info: dict, side: Path) -> None:
+    example = torch.zeros(TRACE_BATCH, 3, model.config.input_size, model.config.input_size)
+    export_op()  # registers alexnet::local_response_norm
+    program = torch.onnx.export(
+        model, (example,), dynamo=True, opset_version=OPSET, input_names=["image"], output_names=["logits"],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False, verbose=False,
+        custom_translation_table={torch.ops.alexnet.local_response_norm.default: lrn_to_onnx})
+    program.model.metadata_props["alexnet"] = metadata_text(info, side)
+    program.save(str(out))
+
+
+def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+
+
+# ---------------------------------------------------------------------------- TorchScript
+
+
+@contextlib.contextmanager
+def quiet_jit():
+    """torch.jit warns FutureWarning (deprecated) on every call from torch 2.10; it still works, so
+    those warnings and the tracer's about local_response_norm's empty-input branch are hidden here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
+def write_torchscript(model: AlexNet, out: Path, info: dict, side: Path) -> None:
+    # trace, not script: the forward pass walks its stages by name, which script rejects.
+    example = torch.zeros(TRACE_BATCH, 3, model.config.input_size, model.config.input_size)
+    with quiet_jit(), torch.no_grad():
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(out), _extra_files={"alexnet.json": json.dumps(info)})
+
+
+def run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
+    with quiet_jit(), torch.no_grad():
+        return torch.jit.load(str(path), map_location="cpu")(x)
+
+
+# ---------------------------------------------------------------------------- safetensors
+
+
+def write_safetensors(model: AlexNet, out: Path, info: dict, side: Path) -> None:
+    tensors = {name: t.contiguous() for name, t in model.state_dict().items()}
+    metadata = {"alexnet_model_config": json.dumps(info["model"]), "alexnet": metadata_text(info, side)}
+    save_file(tensors, str(out), metadata=metadata)
+
+
+def load_safetensors(path: Path) -> AlexNet:
+    """The network from an exported .safetensors file (no pickle involved at all)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        config = json.loads((f.metadata() or {}).get("alexnet_model_config", "{}"))
+    model = AlexNet(ModelConfig(**config))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def run_safetensors(path: Path, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return load_safetensors(path)(x)
+
+
+WRITERS = {"onnx": write_onnx, "torchscript": write_torchscript, "safetensors": write_safetensors}
+RUNNERS = {"onnx": run_onnx, "torchscript": run_torchscript, "safetensors": run_safetensors}
+CHECKS = {"onnx": "onnxruntime", "torchscript": "torch.jit.load", "safetensors": "load_safetensors"}

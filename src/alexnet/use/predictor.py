@@ -1,0 +1,93 @@
+"""A trained network ready for images: class probabilities, features and top-k records.
+
+``Predictor`` holds a checkpoint's network, pipeline and class list on a device and turns batches
+of stored uint8 images (``data.images.decode_file`` makes them from files) into probabilities
+averaged over any number of views (``data/views.py``), features at any tap, and top-k records
+``{"index", "wnid", "name", "prob"}``. ``alexnet predict``, ``retrieve``, ``figures`` and ``serve``
+all go through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import views as test_views
+from ..data.pipeline import Pipeline
+from ..errors import UsageError
+from ..runs.load import LoadedRun, load_run
+from ..runtime import autocast, pick_device
+from .evaluate import mean_softmax
+
+
+@dataclass
+class Predictor:
+    """A checkpoint's network ready for images: ``probabilities`` of uint8 stored images, batched."""
+
+    model: torch.nn.Module  # eval mode, on ``device``
+    pipeline: Pipeline  # on ``device``
+    classes: list[dict]  # [{"index", "wnid", "name"}], one per output
+    device: torch.device
+    precision: str = "fp32"
+    batch_size: int = 64  # images per forward pass (x views)
+
+    @classmethod
+    def from_run(cls, loaded: LoadedRun, device: torch.device | str = "cpu", batch_size: int = 64) -> Predictor:
+        """A ``LoadedRun`` made ready on ``device``: its class list or, where the checkpoint has none, the
+        outputs' indices. The LRN runs its eager kernels: batches here have any size, and compiling
+        for each new one would cost seconds. bf16 on a GPU (the run's precision), fp32 on a CPU."""
+        device = torch.device(device)
+        if loaded.pipeline is None:
+            raise UsageError(f"checkpoint {loaded.path} stores no input pipeline and its network needs the training "
+                             "data's mean image; evaluate it with alexnet eval --data, or save it with its pipeline")
+        outputs = loaded.config.model.num_classes
+        classes = loaded.classes or [{"index": i, "wnid": str(i), "name": str(i)} for i in range(outputs)]
+        precision = loaded.config.train.precision if device.type == "cuda" else "fp32"
+        model = loaded.model.set_lrn_compiled(False).to(device).eval()
+        return cls(model, loaded.pipeline.to(device), classes, device, precision, batch_size)
+
+    def refusal(self, views: int) -> str | None:
+        """Why this network cannot be tested on ``views`` views of each image, or None."""
+        return test_views.refusal(self.pipeline.kind, views)
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, views: int = 1) -> torch.Tensor:
+        """uint8 (N, 3, S, S) stored images -> float (N, classes) softmax on the CPU, averaged over
+        ``views`` views of each image (``data/views.py``)."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size].to(self.device)
+            batches = self.pipeline.eval_inputs(chunk, views)
+            out.append(mean_softmax([self.model], batches, len(chunk), self.device, self.precision).cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
+        """uint8 (N, 3, S, S) stored images -> float32 (N, D) activations at ``layer`` on the CPU, of the
+        centre view as in evaluation (``AlexNet.features``), flattened."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            x = self.pipeline.eval_input(images[start:start + self.batch_size].to(self.device))
+            with autocast(self.device, self.precision):
+                out.append(self.model.features(x, layer).float().flatten(1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, 0)
+
+    def top(self, probs: torch.Tensor, k: int = 5) -> list[list[dict]]:
+        """The ``k`` most probable classes of each row of ``probs``, most probable first."""
+        values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+        return [[{"index": i, "wnid": self.classes[i]["wnid"], "name": self.classes[i]["name"], "prob": round(p, 6)}
+                 for i, p in zip(row_i, row_p)] for row_i, row_p in zip(indices.tolist(), values.tolist())]
+
+
+def load_predictor(checkpoint: Path, device: str = "auto", batch_size: int = 64) -> Predictor:
+    """The checkpoint's network on ``device`` (auto: the GPU if there is one), batched by ``batch_size``."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1; got {batch_size}")
+    try:
+        where = pick_device(device)
+    except (UsageError, RuntimeError):
+        raise UsageError(f"--device {device}: not a usable device here; use auto, cpu, or cuda where a GPU "
+                         "is visible") from None
+    return Predictor.from_run(load_run(checkpoint), where, batch_size)

@@ -1,0 +1,261 @@
+"""The HTTP service of ``alexnet serve``: a checkpoint behind HTTP -- ``POST /predict``, ``GET /healthz``, ``GET /metrics``
+and ``GET /``, a page to drop an image on.
+
+What happens to a request, top to bottom:
+
+1. Admission: more than ``queue`` requests held at once (reading, decoding, waiting for or in the
+   network) are answered 503 with ``Retry-After`` before their body is read.
+2. The body is read into memory, never to disk: a ``Content-Length`` over ``max_upload_bytes`` is
+   answered 413 before any of it is read, and the bytes are counted while they stream (chunked
+   uploads); a body that has not arrived within ``body_timeout_s`` is answered 408.
+3. The image is a multipart/form-data field ``file`` (what a browser form sends) or a raw body with
+   an ``image/*`` content type; ``topk`` and ``crops`` come from the query or the form.
+4. ``data.images.decode_file`` turns it into the stored uint8 image in a thread pool (off the event
+   loop); images over ``max_pixels`` are refused before they are decoded (bombs). A bad file is
+   answered 422 ``{"error": "<the reason>"}``.
+5. One batching task takes what has arrived, up to ``max_batch`` images, waiting at most
+   ``max_wait_ms`` after the first for company, and runs the network on one thread, so requests
+   that arrive together share a forward pass.
+
+The answer is ``{"top": [{"index", "wnid", "name", "prob"}, ...], "model": ..., "ms": ...}``, the
+records of ``alexnet predict --json``. Every error is JSON ``{"error": "..."}`` naming the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import importlib.resources
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...data.decode import BadImage
+from ...data.images import MAX_PIXELS, decode_file
+from ...errors import UsageError
+from ...runs.folder import RunFolder
+from ..predictor import Predictor
+from .batcher import Batcher
+from .uploads import Refused, parse_options, read_body, upload
+
+PATHS = ("/", "/predict", "/healthz", "/metrics")  # metric labels; anything else counts as "other"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    max_batch: int = 32  # images per forward pass at most
+    max_wait_ms: float = 5.0  # how long a batch's first image waits for more to arrive
+    queue: int = 64  # requests held at once; more are answered 503 with Retry-After
+    max_upload_bytes: int = 32 << 20  # one request's body (32 MiB); more is answered 413
+    max_pixels: int = MAX_PIXELS  # width x height of an upload before decoding; more is answered 422
+    body_timeout_s: float = 30.0  # time to receive one request's body; more is answered 408
+    decode_threads: int = 2  # threads decoding uploads
+
+
+class Metrics:
+    """The service's Prometheus metrics in a registry of its own (two apps in one process do not mix)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("alexnet_requests", "HTTP requests answered", ["path", "status"], registry=r)
+        self.latency = Histogram("alexnet_request_seconds", "time from a request's arrival to its answer", ["path"],
+                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30), registry=r)
+        self.batch = Histogram("alexnet_batch_size", "images per forward pass",
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.forward = Histogram("alexnet_forward_seconds", "time of one forward pass", registry=r,
+                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.errors = Counter("alexnet_errors", "requests refused or failed, by reason", ["reason"], registry=r)
+        self.held = Gauge("alexnet_requests_held", "requests being read, decoded or predicted now", registry=r)
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class Measured:
+    """ASGI middleware: counts every HTTP answer by path and status, and times it."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            path = scope["path"] if scope["path"] in PATHS else "other"
+            self.metrics.requests.labels(path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+
+
+def error(status: int, message: str, headers: dict | None = None):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status, headers=headers)
+
+
+class Service:
+    """The state one app serves from: the network, its batcher, the decoding threads and the metrics."""
+
+    def __init__(self, predictor: Predictor, model_name: str, config: ServeConfig):
+        self.predictor, self.model_name, self.config = predictor, model_name, config
+        self.metrics = Metrics()
+        self.held = 0  # requests admitted and not yet answered (one event loop: no lock needed)
+        self.decoders: ThreadPoolExecutor | None = None
+        self.batcher: Batcher | None = None
+
+    @asynccontextmanager
+    async def lifespan(self, app):
+        self.decoders = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="alexnet-decode")
+        self.batcher = Batcher(self.predictor, self.config.max_batch, self.config.max_wait_ms / 1000, self.metrics)
+        await self.batcher.start()
+        try:
+            yield
+        finally:
+            await self.batcher.stop()
+            self.decoders.shutdown(wait=False, cancel_futures=True)
+
+    async def predict(self, request):
+        if self.held >= self.config.queue:
+            self.metrics.errors.labels("queue_full").inc()
+            return error(503, f"busy: {self.held} requests are waiting (alexnet serve --queue {self.config.queue}); "
+                         "retry in a second", {"Retry-After": "1"})
+        self.held += 1
+        self.metrics.held.inc()
+        try:
+            return await self._predict(request)
+        except Refused as refused:
+            self.metrics.errors.labels(refused.reason).inc()
+            return error(refused.status, refused.message, refused.headers)
+        except BadImage as bad:
+            self.metrics.errors.labels("bad_image").inc()
+            return error(422, f"not a usable image: {bad}")
+        except Exception as failure:  # noqa: BLE001 - answered in JSON and counted, the service goes on
+            self.metrics.errors.labels("internal").inc()
+            print(f"alexnet serve: error: {type(failure).__name__}: {failure}", file=sys.stderr)
+            return error(500, f"internal error ({type(failure).__name__}); the server's stderr has the details")
+        finally:
+            self.held -= 1
+            self.metrics.held.dec()
+
+    async def _predict(self, request):
+        from starlette.requests import ClientDisconnect
+        from starlette.responses import JSONResponse
+
+        start = time.perf_counter()
+        try:
+            body = await read_body(request, self.config.max_upload_bytes, self.config.body_timeout_s)
+        except ClientDisconnect:
+            raise Refused(400, "the client went away before its upload arrived", "disconnected") from None
+        data, options = upload(request.headers.get("content-type", ""), body, request.query_params)
+        topk, crops = parse_options(options, len(self.predictor.classes), self.predictor.pipeline.kind)
+        image = await asyncio.get_running_loop().run_in_executor(
+            self.decoders, decode_file, data, self.predictor.pipeline, self.config.max_pixels)
+        probs = await self.batcher.probabilities(image, crops)
+        top = self.predictor.top(probs[None], topk)[0]
+        return JSONResponse({"top": top, "model": self.model_name, "ms": round((time.perf_counter() - start) * 1e3, 2)})
+
+    async def healthz(self, request):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"status": "ok", "model": self.model_name, "classes": len(self.predictor.classes),
+                             "held": self.held})
+
+    async def metrics_text(self, request):
+        from prometheus_client import CONTENT_TYPE_LATEST
+        from starlette.responses import Response
+
+        return Response(self.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+    async def page(self, request):
+        from starlette.responses import HTMLResponse
+
+        return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
+
+
+PAGE = importlib.resources.files("alexnet.use.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+
+def build_app(predictor: Predictor, model_name: str, config: ServeConfig = ServeConfig()):
+    """The ASGI app serving ``predictor`` (see the module docstring); ``app.state.service`` is its state.
+    Plain Starlette (FastAPI's base): the handlers read the raw request themselves, so FastAPI's
+    parameter parsing (and its UploadFile, which spools large uploads to disk) would only be in the way."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.routing import Route
+
+    service = Service(predictor, model_name, config)
+    routes = [Route("/predict", service.predict, methods=["POST"]), Route("/healthz", service.healthz),
+              Route("/metrics", service.metrics_text), Route("/", service.page)]
+    app = Starlette(routes=routes, lifespan=service.lifespan, middleware=[Middleware(Measured, metrics=service.metrics)])
+    app.state.service = service
+    return app
+
+
+def uvicorn_config(app, host: str, port: int, config: ServeConfig):
+    """Uvicorn for the service: idle keep-alive connections closed after 5 s, at most ``queue`` + 32
+    connections (the rest answered 503 by uvicorn), no access log."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=5,
+                          limit_concurrency=config.queue + 32, timeout_graceful_shutdown=5)
+
+
+def model_name(path: Path) -> str:
+    """``<run folder>/<file>`` for a run's checkpoints/<file>, else the file's name."""
+    folder = RunFolder.of_checkpoint(path)
+    return f"{folder.path.name}/{path.name}" if folder else path.name
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here so that a taken port is a one-line error."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        hint = " (try another --port, or --port 0 for any free one)" if error.errno == errno.EADDRINUSE else ""
+        raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error}{hint}") from None
+    return sock
+
+
+async def _serve(server, sock: socket.socket, name: str, classes: int) -> None:
+    """Run ``server`` on ``sock``, printing its address on stderr once it serves."""
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.02)
+    sockets = [sock for listening in server.servers for sock in listening.sockets] if server.started else []
+    if sockets:  # none: stopped (a signal) as soon as it started
+        host, port = sockets[0].getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"alexnet serve: http://{shown}:{port} (model {name}, {classes} classes)", file=sys.stderr, flush=True)
+    await task
+
+
+def serve(predictor: Predictor, name: str, host: str, port: int, config: ServeConfig = ServeConfig()) -> None:
+    """Serve ``predictor`` on ``host``:``port`` until a signal (Ctrl-C, SIGTERM) ends it."""
+    import uvicorn
+
+    sock = listen(host, port)
+    server = uvicorn.Server(uvicorn_config(build_app(predictor, name, config), host, port, config))
+    try:
+        asyncio.run(_serve(server, sock, name, len(predictor.classes)))
+    except KeyboardInterrupt:
+        pass
