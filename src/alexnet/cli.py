@@ -10,8 +10,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import (ablate, bench, evaluate, export, figure1, figures, import_weights, predict, prepare, report,
-                       retrieve, serve, train)
+from .commands import (
+    ablate,
+    bench,
+    evaluate,
+    export,
+    figure1,
+    figures,
+    import_weights,
+    predict,
+    prepare,
+    report,
+    retrieve,
+    serve,
+    train,
+)
 from .errors import UsageError
 
 # Every command, in --help order.
@@ -21,7 +34,8 @@ COMMANDS = (train, evaluate, predict, retrieve, prepare, export, import_weights,
 
 def build_parser() -> argparse.ArgumentParser:
     """``alexnet`` and its sub-commands."""
-    parser = argparse.ArgumentParser(prog="alexnet", description="The AlexNet paper (Krizhevsky et al., 2012) as software.")
+    parser = argparse.ArgumentParser(prog="alexnet",
+                                     description="The AlexNet paper (Krizhevsky et al., 2012) as software.")
     commands = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(commands)

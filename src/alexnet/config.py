@@ -40,11 +40,16 @@ class DataConfig:
     # units (this project's reading of the paper; ~12 levels at sigma 0.1 on ImageNet); fb: lambda_i of
     # 0..1-scale pixels, as fb.resnet.torch and its ports (~5 levels), converted to pixel units
     pca_scale: str = "sqrt"
-    workers: int = -1  # prepared ImageNet: decode processes per training process; -1: the cores / local processes, 0: inline
-    decode: str = "cpu"  # prepared JPEG shards: cpu (in the workers) | device (torchvision decode_jpeg on the training device, nvJPEG on a GPU)
+    # prepared ImageNet: decode processes per training process; -1: the cores / local processes, 0: inline
+    workers: int = -1
+    # prepared JPEG shards: cpu (in the workers) | device (torchvision decode_jpeg on the training device,
+    # nvJPEG on a GPU)
+    decode: str = "cpu"
     mean: tuple[float, float, float] = CIFAR10_MEAN  # cifar10: per-channel mean, 0..1 scale
     std: tuple[float, float, float] = CIFAR10_STD  # cifar10: per-channel std, 0..1 scale
-    standardize: bool = False  # imagenet: after the mean image, divide by the training set's per-channel pixel std (stats.safetensors); False: the paper
+    # imagenet: after the mean image, divide by the training set's per-channel pixel std (stats.safetensors);
+    # False: the paper
+    standardize: bool = False
     # Progressive resizing: the first low_res_epochs epochs train on random low_res_size windows of
     # the stored images (no padding), the rest on the usual input; 0 disables. The size must give
     # the same pool5 map as model.input_size (cifar: 25..32; see model.pool5_side).
@@ -124,7 +129,8 @@ class TrainConfig:
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be stop or skip; got {self.on_nonfinite!r}")
         if self.eval_crops not in views.COUNTS:
-            raise ValueError(f"train.eval_crops must be one of {', '.join(map(str, views.COUNTS))}; got {self.eval_crops}")
+            counts = ", ".join(map(str, views.COUNTS))
+            raise ValueError(f"train.eval_crops must be one of {counts}; got {self.eval_crops}")
         if self.keep_checkpoints < 1 or self.checkpoint_every_steps < 0:
             raise ValueError("train.keep_checkpoints must be >= 1 and train.checkpoint_every_steps >= 0")
 
@@ -189,7 +195,8 @@ def read_recipe(name_or_file: str) -> dict[str, Any]:
         text = path.read_text()
     else:
         if name_or_file not in recipe_names():
-            raise UsageError(f"unknown recipe {name_or_file!r}; choose one of: {', '.join(recipe_names())} or a .toml file")
+            raise UsageError(f"unknown recipe {name_or_file!r}; choose one of: {', '.join(recipe_names())} "
+                             "or a .toml file")
         text = resources.files("alexnet.recipes").joinpath(f"{name_or_file}.toml").read_text()
     try:
         return tomllib.loads(text)
@@ -216,7 +223,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def build_config(recipe: dict[str, Any], overrides: list[str] = (), data_path: str | os.PathLike | None = None) -> RunConfig:
+def build_config(recipe: dict[str, Any], overrides: list[str] = (),
+                 data_path: str | os.PathLike | None = None) -> RunConfig:
     """Recipe values, then ``key=value`` overrides, checked against the dataclasses; ``data_path``
     (a command's ``--data``) is ``data.path``."""
     flat = flatten(recipe)

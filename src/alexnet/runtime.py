@@ -199,7 +199,8 @@ def worker_count(requested: int | None = None, processes: int = 1, cap: int | No
 def git_commit() -> str:
     """The commit of the source tree this package runs from, or "unknown"."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                             timeout=5)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"

@@ -1,0 +1,1 @@
+"""Speed against a baseline measured in the same run: the data path, the model, a recipe end to end."""

@@ -32,7 +32,6 @@ import json
 import math
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable

@@ -204,9 +204,11 @@ def _model_summary(train, infer, compile_s, config, batch, steps, rounds, dev, w
 
 def model_table(r: dict) -> str:
     return "\n".join([
-        f"model alone, images/s (batch {r['batch_size']}, {r['threads']} threads, {r['device']}, median of {r['rounds']}):",
+        f"model alone, images/s (batch {r['batch_size']}, {r['threads']} threads, {r['device']}, "
+        f"median of {r['rounds']}):",
         f"  train      ours ({r['precision']}, {r['train_variant']})  {r['train_images_per_s']:>10.1f}"
-        f"   {r['train_speedup_vs_torchvision']:.2f}x torchvision ({r['torchvision_train_images_per_s']:.1f}, fp32 eager)",
+        f"   {r['train_speedup_vs_torchvision']:.2f}x torchvision "
+        f"({r['torchvision_train_images_per_s']:.1f}, fp32 eager)",
         f"  inference  ours ({r['precision']}, {r['inference_variant']})  {r['inference_images_per_s']:>10.1f}"
         f"   {r['inference_speedup_vs_torchvision']:.2f}x torchvision ({r['torchvision_inference_images_per_s']:.1f})",
         f"  compile seconds: {r['compile_s'] or 'none'}",

@@ -199,7 +199,8 @@ def train_table(r: dict) -> str:
               f"({r['workers_needed']} needed, {r['workers']} used)") if r["decode_images_per_s_per_worker"] \
         else "images in memory: no decode workers"
     return "\n".join([
-        f"{r['recipe']}: {r['images_per_s']:.1f} images/s over {r['steps']} steps of {r['batch_size']} on {r['device']} "
+        f"{r['recipe']}: {r['images_per_s']:.1f} images/s over {r['steps']} steps of {r['batch_size']} "
+        f"on {r['device']} "
         f"({r['processes']} process(es), {r['precision']}, decode {r['decode']})",
         f"  time: {parts}",
         f"  {bound}; {decode}",

@@ -28,8 +28,8 @@ def add_parser(commands) -> None:
     p.add_argument("--study", help=f"one of {', '.join(STUDIES)}, or several comma-separated "
                                    "(default: all; with --regime overfit dropout,augment,pca,pca_fb)")
     p.add_argument("--regime", choices=list(REGIMES), default="short",
-                   help="short: dropout 0.25, the recipe's budget (default); overfit: 5,000 training images, 30 epochs, "
-                        "dropout 0.5 (both: no frozen layers or low-resolution phase; docs/paper.md)")
+                   help="short: dropout 0.25, the recipe's budget (default); overfit: 5,000 training images, "
+                        "30 epochs, dropout 0.5 (both: no frozen layers or low-resolution phase; docs/paper.md)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per arm (default 3)")
     p.add_argument("--epochs", type=int, help="training budget per run: optim.epochs (default: the recipe's)")
     p.add_argument("--limit", type=int, help="data.limit: a class-balanced subset of N images per split "

@@ -33,7 +33,8 @@ def add_parser(commands) -> None:
                             "train: a recipe end to end")
     bench.add_argument("overrides", nargs="*", help="train: config overrides key=value")
     bench.add_argument("--json", action="store_true", help="print only one JSON line to stdout")
-    bench.add_argument("--src", type=Path, help="data: a folder of JPEG images (replicated by links to at least --images)")
+    bench.add_argument("--src", type=Path,
+                       help="data: a folder of JPEG images (replicated by links to at least --images)")
     bench.add_argument("--images", type=int, default=1000, help="data: at least this many images (default 1000)")
     bench.add_argument("--seconds", type=float, default=2.0, help="data: time per data-path measurement per round "
                                                                   "(default 2)")
@@ -58,7 +59,8 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     if args.overrides and args.what != "train":
-        raise UsageError(f"bench {args.what} takes no key=value overrides (got {args.overrides[0]!r}); only bench train does")
+        raise UsageError(f"bench {args.what} takes no key=value overrides (got {args.overrides[0]!r}); "
+                         "only bench train does")
     if args.what == "data":
         if args.src is None or args.images < 1 or args.seconds <= 0:
             raise UsageError(f"bench data needs --src DIR, --images at least 1 and --seconds positive; "

@@ -23,5 +23,6 @@ def add_views(p, default: int | None, also: str = "") -> None:
 
 def add_run_options(p) -> None:
     """--batch-size and --device, for the commands that run a network on image files."""
-    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images decoded and run at once (default 64)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="images decoded and run at once (default 64)")
     p.add_argument("--device", default="auto", help="auto (default: the GPU if there is one), cpu, cuda or cuda:N")

@@ -19,9 +19,9 @@ EXAMPLES = """examples:
 def add_parser(commands) -> None:
     p = _parser(commands, "prepare", "decode a dataset once into the fast prepared format", EXAMPLES)
     p.add_argument("dataset", choices=["imagenet", "cifar10"])
-    p.add_argument("--src", type=Path, help="imagenet: folder with the ILSVRC-2012 tars/devkit, extracted folders or an "
-                                            "ImageFolder; cifar10: archive, batches folder or ImageFolder (default: "
-                                            "cache, mirror, download)")
+    p.add_argument("--src", type=Path,
+                   help="imagenet: folder with the ILSVRC-2012 tars/devkit, extracted folders or an ImageFolder; "
+                        "cifar10: archive, batches folder or ImageFolder (default: cache, mirror, download)")
     p.add_argument("--out", type=Path, help="imagenet: output folder for shards, manifests and statistics")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
     p.add_argument("--format", choices=["jpeg", "raw"], default="jpeg",

@@ -26,7 +26,8 @@ def add_parser(commands) -> None:
     p.add_argument("--workers", type=int, default=d.decode_threads, help="threads decoding uploads (the network "
                    f"runs on one more); default {d.decode_threads}")
     p.add_argument("--threads", type=int, help="torch threads for the network on the CPU (default: torch's)")
-    p.add_argument("--max-batch", type=int, default=d.max_batch, help=f"images per forward pass (default {d.max_batch})")
+    p.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help=f"images per forward pass (default {d.max_batch})")
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
                    help=f"how long a batch waits for more images (default {d.max_wait_ms:g})")
     p.add_argument("--queue", type=int, default=d.queue, help=f"requests held at once, more are answered 503 "

@@ -30,7 +30,8 @@ that did not learn (loss at ln(classes), or one class predicted for every image)
 
 def add_parser(commands) -> None:
     p = _parser(commands, "train", "train a network", EXAMPLES)
-    p.add_argument("--recipe", default="cifar10", help=f"recipe name ({', '.join(cfgmod.recipe_names())}) or a .toml file")
+    p.add_argument("--recipe", default="cifar10",
+                   help=f"recipe name ({', '.join(cfgmod.recipe_names())}) or a .toml file")
     p.add_argument("--data", help="dataset location (data.path)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<recipe>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -66,6 +67,7 @@ def _torchrun_restart(args) -> bool:
     if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
         return False
     if args.out is None:
-        raise UsageError("under torchrun pass --out RUN_DIR, so that every process and every restart use the same run folder")
+        raise UsageError("under torchrun pass --out RUN_DIR, so that every process and every restart use the same "
+                         "run folder")
     restarted = int(os.environ["TORCHELASTIC_RESTART_COUNT"]) > 0
     return restarted and RunFolder(args.out).holds_run()

@@ -193,10 +193,11 @@ def pca_lighting(images: torch.Tensor, magnitude: torch.Tensor, eigvec: torch.Te
 
     Deviation, documented: the paper writes the eigenvalue lambda_i itself. On the 0..255 scale
     that shifts pixels by hundreds of levels (the largest lambda_i of the CIFAR-10 photos prepared
-    at 256 is 10,641, a standard deviation of 103 levels); Krizhevsky's own cuda-convnet2 (``convdata.py``: ``randn * pca_stdevs``)
-    scales by the square root, a shift of a few levels for sigma 0.1. fb.resnet.torch and its ports
-    use lambda_i itself, but of 0..1-scale pixels: on ImageNet about half the square root's shift
-    along the first component and far less along the others (``data.pca_scale="fb"``).
+    at 256 is 10,641, a standard deviation of 103 levels); Krizhevsky's own cuda-convnet2
+    (``convdata.py``: ``randn * pca_stdevs``) scales by the square root, a shift of a few levels for
+    sigma 0.1. fb.resnet.torch and its ports use lambda_i itself, but of 0..1-scale pixels: on ImageNet
+    about half the square root's shift along the first component and far less along the others
+    (``data.pca_scale="fb"``).
     Random numbers come from the CPU ``generator``.
     """
     alpha = torch.randn(images.shape[0], 3, generator=generator, dtype=torch.float64) * sigma

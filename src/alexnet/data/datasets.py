@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -182,9 +182,11 @@ def prepared_copy(src: Path, ddp: Dist = Dist()) -> Path:
                          "an ImageFolder (train/<class>/, val/<class>/)")
     digest = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:12]
     out = cache_root() / "prepared" / f"{src.resolve().name}-{digest}"
-    if not (out / "prepared.json").is_file() and ddp.world > 1:  # hours for ILSVRC while the others wait; other machines have other caches
+    # under torchrun: hours for ILSVRC while the others wait, and other machines have other caches
+    if not (out / "prepared.json").is_file() and ddp.world > 1:
         raise UsageError(f"--data {src} is not prepared: under torchrun prepare it first, once, on a disk every "
-                         f"machine reads (`alexnet prepare imagenet --src {src} --out DIR`), then train with --data DIR")
+                         f"machine reads (`alexnet prepare imagenet --src {src} --out DIR`), then train with "
+                         "--data DIR")
     if ddp.main:
         print(f"preparing {src} into {out} (shorter side 256, centre 256x256, statistics); later runs reuse it, "
               f"and `alexnet prepare imagenet --src {src} --out DIR` does the same into a folder of your choice",

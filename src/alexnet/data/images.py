@@ -29,7 +29,16 @@ from torch.nn import functional as F
 
 from ..errors import UsageError
 from ..runtime import worker_count
-from .decode import IMAGE_SUFFIXES, BadImage, describe_content, is_image_name, quiet_decoders, reason, resize_center_crop, signature
+from .decode import (
+    IMAGE_SUFFIXES,
+    BadImage,
+    describe_content,
+    is_image_name,
+    quiet_decoders,
+    reason,
+    resize_center_crop,
+    signature,
+)
 from .pipeline import Pipeline
 
 MAX_PIXELS = 89_478_485  # Pillow's own warning threshold: about 0.25 GB of RGBA pixels

@@ -77,9 +77,10 @@ class Arm:
 BASELINE = Arm("baseline", "baseline", (), "", None, None, 0)
 ARMS = {arm.name: arm for arm in (
     Arm("lrn", "no LRN", ("model.lrn=false",), "LRN reduces top-1/top-5 by 1.4/1.2 % (3.3)", 1.4, 1.2, +1),
-    Arm("pooling", "2x2/2 pooling", ("model.overlap_pool=false",), "overlapping pooling reduces top-1/top-5 by 0.4/0.3 % (3.4)",
-        0.4, 0.3, +1),
-    Arm("dropout", "no dropout", ("model.dropout=0.0",), "without dropout: substantial overfitting (4.2)", None, None, +1),
+    Arm("pooling", "2x2/2 pooling", ("model.overlap_pool=false",),
+        "overlapping pooling reduces top-1/top-5 by 0.4/0.3 % (3.4)", 0.4, 0.3, +1),
+    Arm("dropout", "no dropout", ("model.dropout=0.0",), "without dropout: substantial overfitting (4.2)",
+        None, None, +1),
     Arm("augment", "no crops or flips", ("data.crop_padding=0", "data.flip=false"),
         "without crops and flips: substantial overfitting (4.1)", None, None, +1),
     Arm("pca", "PCA lighting", ("data.pca_std=0.1",), "PCA lighting reduces top-1 by over 1 % (4.1)", -1.0, None, -1),
@@ -157,8 +158,8 @@ def ablate(recipe: dict, arms: list[Arm], seeds: list[int], budget: list[str], u
               "budget": {"epochs": first.optim.epochs, "limit": first.data.limit, "val_size": first.data.val_size,
                          "batch_size": first.data.batch_size,
                          "overrides": budget, "user_overrides": user, "data_path": first.data.path},
-              "verdict_rule": "top-1 delta vs pooled seed std sqrt((s_arm^2 + s_base^2) / 2): within it 'within noise', "
-                              "else 'agrees' if the sign is the paper's, 'disagrees' if not",
+              "verdict_rule": "top-1 delta vs pooled seed std sqrt((s_arm^2 + s_base^2) / 2): within it "
+                              "'within noise', else 'agrees' if the sign is the paper's, 'disagrees' if not",
               "arms": {arm.name: {"change": list(arm.change), "claim": arm.claim, "paper_top1": arm.paper_top1,
                                   "paper_top5": arm.paper_top5, "parameters": params[arm.name],
                                   "runs": runs[arm.name]} for arm in arms},
@@ -197,7 +198,8 @@ def run_one(config: cfgmod.RunConfig, run_dir: Path, name: str) -> dict:
         log(f"ablate: {name}: continuing the stopped run in {run_dir} from its last checkpoint")
         resume = load_run(last, data_path=config.data.path, keep_towers=True)
     elif run_dir.exists():
-        log(f"ablate: {name}: {run_dir} holds no checkpoint (a run stopped before its first epoch ended): training it again")
+        log(f"ablate: {name}: {run_dir} holds no checkpoint (a run stopped before its first epoch ended): "
+            "training it again")
         shutil.rmtree(run_dir)
     else:
         log(f"ablate: {name}: training into {run_dir}")
@@ -308,8 +310,8 @@ def markdown(record: dict, arms: list[Arm]) -> str:
              "dropout on); gap = top-1 − train, how far the net overfits. Verdict on top-1: |Δ| within the pooled seed "
              "std → within noise, otherwise agrees or "
              "disagrees with the sign of the paper's claim (written as arm − baseline).", "",
-             "| study | arm | change | top-1 err % | top-5 err % | Δ top-1 | Δ top-5 | train % | gap | paper Δ top-1/top-5 "
-             "| verdict |",
+             "| study | arm | change | top-1 err % | top-5 err % | Δ top-1 | Δ top-5 | train % | gap "
+             "| paper Δ top-1/top-5 | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in record["rows"]:
         delta1 = f"{row['delta_top1']:+.2f}" if "delta_top1" in row else "-"
@@ -331,10 +333,12 @@ def markdown(record: dict, arms: list[Arm]) -> str:
         lines += [f"The overfitting claims are about the paper's 90-epoch training. At this budget the baseline's "
                   f"last-epoch training error ({base['train_top1_mean']:.1f} %) is still above its validation error "
                   f"({base['top1_mean']:.1f} %): the net has not begun to overfit, so taking a regulariser away "
-                  "helps instead of hurting. Testing these claims needs a regime where the net overfits: `alexnet ablate --regime overfit`.", ""]
+                  "helps instead of hurting. Testing these claims needs a regime where the net overfits: "
+                  "`alexnet ablate --regime overfit`.", ""]
     if base.get("train_top1_mean") is not None and base["train_top1_mean"] < base["top1_mean"]:
-        lines += [f"In this regime the baseline overfits: its last-epoch training error ({base['train_top1_mean']:.1f} %, "
-                  f"with augmentation and dropout on) is {base['top1_mean'] - base['train_top1_mean']:.1f} points below "
+        gap = base["top1_mean"] - base["train_top1_mean"]
+        lines += [f"In this regime the baseline overfits: its last-epoch training error "
+                  f"({base['train_top1_mean']:.1f} %, with augmentation and dropout on) is {gap:.1f} points below "
                   f"its validation error ({base['top1_mean']:.1f} %).", ""]
         lines += _gap_sentences(record["rows"])
     if "towers" in record["arms"]:

@@ -122,7 +122,8 @@ class FourLayerNet(nn.Module):
     def __init__(self, activation: str, setup: str = "paper"):
         super().__init__()
         if activation not in ACTIVATIONS or setup not in SETUPS:
-            raise ValueError(f"activation must be relu or tanh and setup paper or modern; got {activation!r}, {setup!r}")
+            raise ValueError(f"activation must be relu or tanh and setup paper or modern; "
+                             f"got {activation!r}, {setup!r}")
         self.conv1 = nn.Conv2d(3, 32, 5, padding=2)
         self.conv2 = nn.Conv2d(32, 32, 5, padding=2)
         self.conv3 = nn.Conv2d(32, 64, 5, padding=2)

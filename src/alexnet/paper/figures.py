@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from ..data.images import decode_file
 from ..data.decode import BadImage, is_image_name
+from ..data.images import decode_file
 from ..errors import UsageError
 from ..runs.folder import RunFolder
 from ..runs.load import load_run

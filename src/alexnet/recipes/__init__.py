@@ -1,0 +1,1 @@
+"""The recipes: TOML files of the run config (``alexnet train --recipe NAME``)."""

@@ -50,7 +50,8 @@ class Schedule:
         return False
 
     def state_dict(self) -> dict:
-        return {"factor": self.factor, "drops": self.drops, "best": self.best, "epochs_since_best": self.epochs_since_best}
+        return {"factor": self.factor, "drops": self.drops, "best": self.best,
+                "epochs_since_best": self.epochs_since_best}
 
     def load_state_dict(self, state: dict) -> None:
         self.factor, self.drops = state["factor"], state["drops"]

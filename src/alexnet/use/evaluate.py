@@ -9,7 +9,7 @@ ensemble ("5 CNNs"). Which views and which normalisation is the run's ``Pipeline
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -38,7 +38,8 @@ def evaluate_views(models, images, labels: torch.Tensor, *, batch_size: int, dev
         m.eval()
     top1 = top5 = 0
     loss_sum = 0.0
-    fc8 = getattr(unwrap(models[0]), "fc8", None)  # the counts' length: the same on every process, even one without examples
+    # the counts' length: the same on every process, even one without examples
+    fc8 = getattr(unwrap(models[0]), "fc8", None)
     predicted = torch.zeros(fc8.out_features, dtype=torch.float64) if fc8 is not None else None
     mine = torch.arange(ddp.rank, len(labels), ddp.world)  # every world-th from this rank: no padding
     for start in range(0, len(mine), batch_size):

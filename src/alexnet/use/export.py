@@ -110,7 +110,8 @@ def read_info(path: Path) -> dict:
         pre["mean_kind"] = "image" if isinstance(pre["mean"], str) or isinstance(pre["mean"][0], list) else "channel"
     if pre is not None and isinstance(pre["mean"], str):
         if not sidecar(path).is_file():
-            raise UsageError(f"{path}: its mean image is in {sidecar(path).name}, which is missing; keep the two together")
+            raise UsageError(f"{path}: its mean image is in {sidecar(path).name}, which is missing; "
+                             "keep the two together")
         info["preprocessing"]["mean"] = json.loads(sidecar(path).read_text())["preprocessing"]["mean"]
     return info
 

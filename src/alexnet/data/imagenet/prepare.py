@@ -59,10 +59,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alexnet.data.decode import BadImage, decode_stored, is_image_name, quiet_decoders
+from alexnet.data.decode import reason as _reason
 from alexnet.data.imagenet import shards
-from alexnet.data.decode import BadImage, decode_stored, is_image_name, quiet_decoders, reason as _reason
-from alexnet.data.pool import make_pool
 from alexnet.data.imagenet.sources import OFFICIAL_COUNTS, SHARD_IMAGES, SPLITS, Plan, Unit, make_plan
+from alexnet.data.pool import make_pool
 from alexnet.errors import UsageError
 from alexnet.files import atomic_write
 from alexnet.runtime import worker_count

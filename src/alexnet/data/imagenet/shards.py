@@ -16,9 +16,9 @@ moved into place with ``os.replace``, so a shard whose index exists is whole (a 
 finds an index without its data, or a data file shorter than the index says, reports it).
 
 ``ShardReader`` reads records by global index with ``os.pread`` at the indexed offset, verifies
-the checksum and decodes them into one batch (``read_many``). File descriptors are opened lazily, per process (a reader forked
-into DataLoader workers reopens its files there) and kept in a small LRU cache, so any number
-of shards and workers stays under the open-file limit.
+the checksum and decodes them into one batch (``read_many``). File descriptors are opened lazily,
+per process (a reader forked into DataLoader workers reopens its files there) and kept in a small
+LRU cache, so any number of shards and workers stays under the open-file limit.
 
 JPEG codec: ``simplejpeg`` (libjpeg-turbo; decodes a 256x256 record about 1.2x faster than
 ``torchvision.io.decode_jpeg`` and 1.5x faster than PIL, and decodes straight into a batch
@@ -32,6 +32,7 @@ what a JPEG decoder writes): the values and the shape are those of a contiguous 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import zlib
 from collections.abc import Iterable, Sequence
@@ -280,10 +281,8 @@ class ShardReader:
         self._files = collections.OrderedDict()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet.data.decode import is_image_name, reason as _reason
+from alexnet.data.decode import is_image_name
+from alexnet.data.decode import reason as _reason
 from alexnet.errors import UsageError
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
@@ -91,7 +92,7 @@ def read_devkit(path: Path) -> Devkit:
     if unknown:
         raise UsageError(f"{path}: the validation ground truth uses ILSVRC2012_IDs {unknown[:5]} that "
                          "meta.mat does not list as leaf synsets; the devkit is damaged or not ILSVRC-2012")
-    return Devkit(words={w: t for w, t in leaves.values()},
+    return Devkit(words=dict(leaves.values()),
                   val_wnids=tuple(leaves[i][0] for i in truth_ids), where=str(path))
 
 

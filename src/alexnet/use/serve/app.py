@@ -1,5 +1,5 @@
-"""The HTTP service of ``alexnet serve``: a checkpoint behind HTTP -- ``POST /predict``, ``GET /healthz``, ``GET /metrics``
-and ``GET /``, a page to drop an image on.
+"""The HTTP service of ``alexnet serve``: a checkpoint behind HTTP -- ``POST /predict``, ``GET /healthz``,
+``GET /metrics`` and ``GET /``, a page to drop an image on.
 
 What happens to a request, top to bottom:
 
@@ -24,6 +24,7 @@ records of ``alexnet predict --json``. Every error is JSON ``{"error": "..."}`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import importlib.resources
 import socket
@@ -40,9 +41,8 @@ from ...errors import UsageError
 from ...runs.folder import RunFolder
 from ..predictor import Predictor
 from .batcher import Batcher
+from .metrics import Measured, Metrics
 from .uploads import Refused, parse_options, read_body, upload
-
-PATHS = ("/", "/predict", "/healthz", "/metrics")  # metric labels; anything else counts as "other"
 
 
 @dataclass(frozen=True)
@@ -54,54 +54,6 @@ class ServeConfig:
     max_pixels: int = MAX_PIXELS  # width x height of an upload before decoding; more is answered 422
     body_timeout_s: float = 30.0  # time to receive one request's body; more is answered 408
     decode_threads: int = 2  # threads decoding uploads
-
-
-class Metrics:
-    """The service's Prometheus metrics in a registry of its own (two apps in one process do not mix)."""
-
-    def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = r = CollectorRegistry()
-        self.requests = Counter("alexnet_requests", "HTTP requests answered", ["path", "status"], registry=r)
-        self.latency = Histogram("alexnet_request_seconds", "time from a request's arrival to its answer", ["path"],
-                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30), registry=r)
-        self.batch = Histogram("alexnet_batch_size", "images per forward pass",
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
-        self.forward = Histogram("alexnet_forward_seconds", "time of one forward pass", registry=r,
-                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
-        self.errors = Counter("alexnet_errors", "requests refused or failed, by reason", ["reason"], registry=r)
-        self.held = Gauge("alexnet_requests_held", "requests being read, decoded or predicted now", registry=r)
-
-    def text(self) -> bytes:
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.registry)
-
-
-class Measured:
-    """ASGI middleware: counts every HTTP answer by path and status, and times it."""
-
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500
-
-        async def sending(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            path = scope["path"] if scope["path"] in PATHS else "other"
-            self.metrics.requests.labels(path, str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
 
 
 def error(status: int, message: str, headers: dict | None = None):
@@ -203,7 +155,8 @@ def build_app(predictor: Predictor, model_name: str, config: ServeConfig = Serve
     service = Service(predictor, model_name, config)
     routes = [Route("/predict", service.predict, methods=["POST"]), Route("/healthz", service.healthz),
               Route("/metrics", service.metrics_text), Route("/", service.page)]
-    app = Starlette(routes=routes, lifespan=service.lifespan, middleware=[Middleware(Measured, metrics=service.metrics)])
+    middleware = [Middleware(Measured, metrics=service.metrics)]
+    app = Starlette(routes=routes, lifespan=service.lifespan, middleware=middleware)
     app.state.service = service
     return app
 
@@ -255,7 +208,5 @@ def serve(predictor: Predictor, name: str, host: str, port: int, config: ServeCo
 
     sock = listen(host, port)
     server = uvicorn.Server(uvicorn_config(build_app(predictor, name, config), host, port, config))
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(server, sock, name, len(predictor.classes)))
-    except KeyboardInterrupt:
-        pass

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..predictor import Predictor
+from .metrics import Metrics
 
 
 @dataclass
