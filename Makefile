@@ -28,10 +28,12 @@ demo: $(BIN)/alexnet
 	$(BIN)/alexnet figures --checkpoint runs/demo/checkpoints/last.pt
 	$(BIN)/alexnet report runs/demo
 
-# Two pytest workers (pytest-xdist), one torch thread each on a 2-core machine (tests/conftest.py):
-# the suite's many small ops and subprocess start-ups use both cores. TEST_WORKERS=0: one process.
+# ruff (pyproject.toml's rules), then two pytest workers (pytest-xdist), one torch thread each on a 2-core
+# machine (tests/conftest.py): the suite's many small ops and subprocess start-ups use both cores.
+# TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: $(BIN)/alexnet
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 clean:

@@ -3,9 +3,8 @@ import os
 import pytest
 import torch
 
-from fixtures import TARBALL
-
 from alexnet.runtime import keep_freed_memory
+from fixtures import TARBALL
 
 # Small, deterministic CPU tests: two threads like CI, a fixed seed per test. Under pytest-xdist
 # (make test: -n 2) the cores are shared among the workers, one thread each on a 2-core machine.

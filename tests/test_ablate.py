@@ -5,11 +5,22 @@ import shutil
 
 import pytest
 
-from alexnet.paper.ablate import (ARMS, BASELINE, REGIMES, arm_overrides, config_differences, markdown, mean_std, run_one,
-                            select_arms, table_rows, verdict)
 from alexnet.cli import main
 from alexnet.config import build_config, read_recipe, to_toml
 from alexnet.errors import UsageError
+from alexnet.paper.ablate import (
+    ARMS,
+    BASELINE,
+    REGIMES,
+    arm_overrides,
+    config_differences,
+    markdown,
+    mean_std,
+    run_one,
+    select_arms,
+    table_rows,
+    verdict,
+)
 from fixtures import TARBALL
 
 TINY = ["--seeds", "2", "--data", str(TARBALL), "--epochs", "1", "--limit", "256", "model.width=0.25",
@@ -95,11 +106,14 @@ def test_statistics_deltas_and_verdicts_on_fixed_numbers():
     assert pca["delta_top1"] == pytest.approx(1.0) and pca["verdict"] == "within noise"  # noise is 2
     assert dropout["delta_top1"] == pytest.approx(-4.0) and dropout["verdict"] == "disagrees"
     record = {"recipe": "cifar10", "seeds": [0, 1, 2], "rows": rows, "wall_seconds": 60, "train_seconds_total": 50,
-              "budget": {"epochs": 2, "limit": 0, "val_size": 0, "batch_size": 128, "overrides": [], "user_overrides": []},
+              "budget": {"epochs": 2, "limit": 0, "val_size": 0, "batch_size": 128, "overrides": [],
+                         "user_overrides": []},
               "machine": {"device": "cpu", "cpu_count": 2, "torch_version": "x"},
               "arms": {a: {"parameters": 1} for a in runs}}
     text = markdown(record, [BASELINE, ARMS["lrn"], ARMS["pca"], ARMS["dropout"]])
-    assert "| lrn | no LRN | `model.lrn=false` | 35.00 ± 0.00 | 3.00 ± 0.00 | +3.00 | +1.00 | - | - | +1.4 / +1.2 | agrees |" in text
+    row = ("| lrn | no LRN | `model.lrn=false` | 35.00 ± 0.00 | 3.00 ± 0.00 | +3.00 | +1.00 | - | - | +1.4 / +1.2 "
+           "| agrees |")
+    assert row in text
     assert "| - | baseline | `recipe as is` | 32.00 ± 2.00 | 2.00 ± 0.00 | - | - | 40.0 | -8.0 |" in text
     assert "**no dropout** (`model.dropout=0.0`) changes top-1 error by -4.00 points" in text
     assert "training error (40.0 %) is still above its validation error (32.0 %)" in text
@@ -190,5 +204,5 @@ def test_a_run_that_took_its_class_count_from_the_data_is_reused(tmp_path):
     assert "num_classes" not in to_toml(config) and "num_classes = 7" in to_toml(stored)
     path.write_text(to_toml(stored))
     assert config_differences(path, config) == []
-    assert config_differences(path, build_config(read_recipe("imagenet"), ["optim.epochs=1", "model.num_classes=5"])) == [
-        "model.num_classes"]
+    five = build_config(read_recipe("imagenet"), ["optim.epochs=1", "model.num_classes=5"])
+    assert config_differences(path, five) == ["model.num_classes"]

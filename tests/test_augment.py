@@ -1,7 +1,19 @@
 import torch
 
-from alexnet.data.augment import (TEN_CROP_ORDER, center_crop, crop_at, flip_lr, flip_where, normalize, pca_lighting,
-                                  random_crop, random_crop_offsets, random_flips, subtract_mean_image, ten_crop)
+from alexnet.data.augment import (
+    TEN_CROP_ORDER,
+    center_crop,
+    crop_at,
+    flip_lr,
+    flip_where,
+    normalize,
+    pca_lighting,
+    random_crop,
+    random_crop_offsets,
+    random_flips,
+    subtract_mean_image,
+    ten_crop,
+)
 from fixtures import index_images
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from alexnet import AlexNet, ModelConfig, load_model, save_checkpoint
-from alexnet.runs.checkpoint import load_checkpoint
 from alexnet.errors import UsageError
+from alexnet.runs.checkpoint import load_checkpoint
 
 
 def small_model():
@@ -65,3 +65,31 @@ def test_checkpoint_that_does_not_fit_is_refused_naming_the_layer(tmp_path, caps
     assert main(["eval", "--checkpoint", str(ckpt), "model.num_classes=1000"]) == 2
     err = capsys.readouterr().err
     assert "fc8.weight" in err and "1000" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_of_the_older_format_is_read_through_one_upgrade(tmp_path):
+    """v1: validation views as train.eval_flip (eval_crops 0), fc8's classes from the data as 0, and a
+    pipeline whose mean kind was read from the mean's shape, without stored side or resize."""
+    from alexnet import load_run
+    from alexnet.runs.checkpoint import FORMAT
+
+    model = AlexNet(ModelConfig(num_classes=3, width=0.25)).eval()
+    mean = torch.full((3, 256, 256), 100.0)
+    v1 = {"format": "alexnet-checkpoint-v1", "model": model.state_dict(),
+          "config": {"recipe": "paper", "model": {"num_classes": 3, "width": 0.25}, "data": {"dataset": "imagenet"},
+                     "train": {"eval_flip": True, "eval_crops": 0}},
+          "classes": [{"index": i, "wnid": f"n{i}", "name": str(i)} for i in range(3)],
+          "pipeline": {"kind": "imagenet", "size": 224, "padding": 0, "flip": True, "mean": mean, "std": None}}
+    torch.save(v1, tmp_path / "v1.pt")
+    loaded = load_run(tmp_path / "v1.pt")
+    assert loaded.checkpoint["format"] == FORMAT and loaded.config.train.eval_crops == 2
+    p = loaded.pipeline
+    assert (p.mean_kind, p.stored, p.resize, p.size) == ("image", 256, "center", 224)
+    channel = {**v1, "pipeline": {**v1["pipeline"], "mean": torch.full((3, 1, 1), 100.0)}}
+    channel["config"] = {**v1["config"], "train": {"eval_flip": False}, "model": {"num_classes": 0, "width": 0.25}}
+    torch.save(channel, tmp_path / "channel.pt")
+    loaded = load_run(tmp_path / "channel.pt", ["model.num_classes=3"])
+    assert (loaded.pipeline.mean_kind, loaded.pipeline.stored, loaded.config.train.eval_crops) == ("channel", 224, 1)
+    torch.save({**v1, "format": "alexnet-checkpoint-v9"}, tmp_path / "v9.pt")
+    with pytest.raises(UsageError, match="format 'alexnet-checkpoint-v9'"):
+        load_checkpoint(tmp_path / "v9.pt")

@@ -21,8 +21,8 @@ from PIL import Image
 from alexnet.data.cifar import decode as cifar_decode
 from alexnet.data.cifar import load as cifar
 from alexnet.data.cifar import source as cifar_source
-from alexnet.data.subset import balanced_indices
 from alexnet.data.cifar.load import CLASSES, Split, load_cifar10
+from alexnet.data.subset import balanced_indices
 from alexnet.errors import UsageError
 
 PER_BATCH = 4  # images in each fake official batch

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.runs.checkpoint import load_checkpoint
 from alexnet.cli import main
+from alexnet.runs.checkpoint import load_checkpoint
 from fixtures import SAMPLES
 
 CLASSES = ("apple", "bicycle", "castle", "dolphin", "eagle", "forest", "guitar")

@@ -6,7 +6,8 @@ from alexnet.errors import UsageError
 
 def test_overrides_reach_their_dataclass_with_types():
     cfg = build_config(read_recipe("cifar10"), ["seed=3", "data.batch_size=64", "data.limit=512", "optim.epochs=2",
-                                                "optim.lr=0.5", "model.lrn=false", "model.activation=tanh", "optim.lr=1"])
+                                                "optim.lr=0.5", "model.lrn=false", "model.activation=tanh",
+                                                "optim.lr=1"])
     assert cfg.seed == 3 and cfg.data.batch_size == 64 and cfg.data.limit == 512 and cfg.optim.epochs == 2
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)  # last one wins, int promoted to float
     assert cfg.model.lrn is False and cfg.model.activation == "tanh"

@@ -19,7 +19,8 @@ def _config(*overrides):
 
 
 def test_pool5_side_matches_the_network():
-    for config, sizes in [(ModelConfig(), (224, 227, 200)), (ModelConfig(variant="cifar", input_size=32), (32, 28, 25, 24)),
+    for config, sizes in [(ModelConfig(), (224, 227, 200)),
+                          (ModelConfig(variant="cifar", input_size=32), (32, 28, 25, 24)),
                           (ModelConfig(variant="cifar", overlap_pool=False), (32, 28))]:
         net = AlexNet(config).eval()
         for size in sizes:
@@ -111,7 +112,8 @@ def test_a_run_with_both_phases_resumes_to_the_same_weights(tmp_path, data_cache
     common = ["data.limit=256", "data.batch_size=32", "model.width=0.25", "train.progress=false", "optim.epochs=3",
               "data.low_res_size=28", "data.low_res_epochs=2", "data.shrink_size=16", "data.shrink_epochs=1",
               "optim.freeze_after=[1]", "train.eval_every=3",
-              "optim.schedule=\"step\"", "optim.step_epochs=30", "optim.warmup_epochs=0",  # no dependence on optim.epochs
+              # no dependence on optim.epochs
+              "optim.schedule=\"step\"", "optim.step_epochs=30", "optim.warmup_epochs=0",
               f"data.path={json.dumps(str(TARBALL))}"]
     assert main(["train", "--out", str(tmp_path / "whole"), *common]) == 0
     assert main(["train", "--out", str(tmp_path / "cut"), *common, "optim.epochs=1"]) == 0

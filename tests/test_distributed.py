@@ -14,10 +14,12 @@ from fixtures import TARBALL
 
 pytestmark = pytest.mark.slow  # end to end: subprocesses
 
-# No dropout, no augmentation (no random low-resolution windows either), fp32: the two runs see exactly the same global batches. conv1 stops
-# learning after epoch 1 (optim.freeze_after): DDP is rebuilt for the layers that still learn.
-SAME_BATCHES = ["data.limit=63", "data.batch_size=16", "optim.epochs=2", "optim.freeze_after=[1]", "optim.lr=0.01", "model.width=0.25",
-                "model.dropout=0", "data.crop_padding=0", "data.flip=false", "data.low_res_epochs=0", "train.precision=\"fp32\"",
+# No dropout, no augmentation (no random low-resolution windows either), fp32: the two runs see exactly the same
+# global batches. conv1 stops learning after epoch 1 (optim.freeze_after): DDP is rebuilt for the layers that still
+# learn.
+SAME_BATCHES = ["data.limit=63", "data.batch_size=16", "optim.epochs=2", "optim.freeze_after=[1]", "optim.lr=0.01",
+                "model.width=0.25", "model.dropout=0", "data.crop_padding=0", "data.flip=false",
+                "data.low_res_epochs=0", "train.precision=\"fp32\"",
                 "train.progress=false", "train.threads=1", "data.eval_batch_size=10",
                 f"data.path={json.dumps(str(TARBALL))}"]
 

@@ -65,7 +65,7 @@ def test_every_example_counted_once_with_a_short_last_batch():
     model = TableModel(-torch.arange(10.0).repeat(7, 1)).train()  # class 0 first, class 8 ninth
     out = evaluate_views(model, imgs, labels, batch_size=3, device=CPU, views=2, inputs=as_float(2, 6))
     seen = torch.cat(model.calls)[:, 1, 0, 0].long()
-    padded = torch.tensor([0, 1, 2, 3, 4, 5, 6, 6, 6])  # the short last batch topped up with its first image, not counted
+    padded = torch.tensor([0, 1, 2, 3, 4, 5, 6, 6, 6])  # the short last batch topped up with its first image
     assert out["examples"] == 7 and torch.equal(seen, padded.repeat_interleave(2))
     assert math.isclose(out["val_top1_err"], 3 / 7) and math.isclose(out["val_top5_err"], 3 / 7)
     assert out["top_class_share"] == 1.0  # class 0 for every image
@@ -123,11 +123,13 @@ def test_four_views_are_the_whole_image_and_its_training_window_each_mirrored():
     assert len(four) == len(two) == 1 and torch.equal(four[0], two[0])
     ten, = windows.eval_inputs(imgs, 10)  # the paper's ten patches are training windows, no padding
     assert torch.equal(ten, normalize(ten_crop(imgs, 6), mean, std))
-    raw = replace(windows, mean=torch.zeros(3, 1, 1), std=torch.ones(3, 1, 1), channels_last=False)  # pixels as they are
+    # pixels as they are
+    raw = replace(windows, mean=torch.zeros(3, 1, 1), std=torch.ones(3, 1, 1), channels_last=False)
     big, small = raw.eval_inputs(imgs, 4)
     table = torch.randn(5, 6)
     model = TableModel(table, view_weight=0.1)
-    out = evaluate_views([model], imgs, labels, batch_size=2, device=CPU, views=4, inputs=lambda x: raw.eval_inputs(x, 4))
+    out = evaluate_views([model], imgs, labels, batch_size=2, device=CPU, views=4,
+                         inputs=lambda x: raw.eval_inputs(x, 4))
     assert [tuple(x.shape[-2:]) for x in model.calls[:2]] == [(8, 8), (6, 6)]
     each = [[big[2 * i], big[2 * i + 1], small[2 * i], small[2 * i + 1]] for i in range(5)]
     probs = torch.stack([torch.stack([(table[i] + 0.1 * v[0].flatten()[:6]).softmax(0) for v in each[i]]).mean(0)

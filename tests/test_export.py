@@ -108,7 +108,8 @@ def test_every_format_carries_config_classes_and_preprocessing(exported):
         for info in (read_info(path), json.loads(Path(result["sidecar"]).read_text())):
             pre = info["preprocessing"]
             assert info["model"] == dataclasses.asdict(model.config) and info["classes"] == CLASSES
-            assert (pre["kind"], pre["size"], pre["stored"], pre["resize"], pre["std"]) == ("imagenet", 32, 40, "squash", [60.0] * 3)
+            described = (pre["kind"], pre["size"], pre["stored"], pre["resize"], pre["std"])
+            assert described == ("imagenet", 32, 40, "squash", [60.0] * 3)
             assert torch.equal(torch.tensor(pre["mean"]), pipeline["mean"]), fmt  # float32 survives JSON exactly
     props = {p.key: p.value for p in onnx.load(str(files["onnx"][0])).metadata_props}
     assert "m.onnx.json" in json.loads(props["alexnet"])["preprocessing"]["mean"]  # too large for metadata

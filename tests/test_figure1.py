@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from alexnet.cli import main
-from alexnet.errors import UsageError
 from alexnet.commands.figure1 import parse_chosen, parse_lrs
+from alexnet.errors import UsageError
 from alexnet.paper.figure1 import FourLayerNet, Inputs, Store, Trial, sweep, train_to
 from alexnet.paper.figure1_results import crossings, epochs_to_threshold, ratio_of, table_markdown
 from fixtures import TARBALL
-
 
 
 def test_crossing_is_interpolated_between_epoch_points():
@@ -43,8 +42,10 @@ def test_learning_rate_grid_parsing():
 
 
 def test_threshold_table_over_seeds():
-    curves = {"relu": [{"seed": 0, "train_error": [0.5, 0.3, 0.2, 0.1]}, {"seed": 1, "train_error": [0.5, 0.2, 0.1, 0.1]}],
-              "tanh": [{"seed": 0, "train_error": [0.6, 0.5, 0.4, 0.2]}, {"seed": 1, "train_error": [0.6, 0.5, 0.4, 0.3]}]}
+    curves = {"relu": [{"seed": 0, "train_error": [0.5, 0.3, 0.2, 0.1]},
+                       {"seed": 1, "train_error": [0.5, 0.2, 0.1, 0.1]}],
+              "tanh": [{"seed": 0, "train_error": [0.6, 0.5, 0.4, 0.2]},
+                       {"seed": 1, "train_error": [0.6, 0.5, 0.4, 0.3]}]}
     rows = {r["threshold"]: r for r in crossings(curves, thresholds=(0.25, 0.3))}
     at25 = rows[0.25]
     assert at25["relu"] == [2.5, pytest.approx(1 + 0.25 / 0.3, abs=1e-3)] and at25["relu_reached"]
@@ -65,7 +66,8 @@ def test_a_stopped_run_continues_exactly_where_it_stopped(tmp_path):
     labels = torch.arange(128) % 10
     inputs = Inputs("paper", images)
     store = Store(tmp_path, {"setup": "paper", "batch_size": 32}, log=lambda _: None)
-    whole = train_to(Trial("relu", 0.01, 1, inputs), 3, images, labels, 32, Store(tmp_path / "other", {}, lambda _: None))
+    other = Store(tmp_path / "other", {}, lambda _: None)
+    whole = train_to(Trial("relu", 0.01, 1, inputs), 3, images, labels, 32, other)
     train_to(store.restore(Trial("relu", 0.01, 1, inputs)), 2, images, labels, 32, store)  # stopped after 2 epochs
     resumed = store.restore(Trial("relu", 0.01, 1, inputs))
     assert len(resumed.errors) == 2
@@ -123,7 +125,8 @@ def test_tiny_run_writes_png_json_and_one_line(tmp_path, capsys, data_cache):
     setup, lrs = "paper", (0.001, 0.01)
     out = tmp_path / "f1"
     args = ["figure1", "--out", str(out), "--data", str(TARBALL), "--limit", "512", "--batch-size", "64",
-            "--epochs", "2", "--sweep-epochs", "1", "--lrs", ",".join(map(str, lrs)), "--setup", setup, "--seeds", "0,1"]
+            "--epochs", "2", "--sweep-epochs", "1", "--lrs", ",".join(map(str, lrs)), "--setup", setup,
+            "--seeds", "0,1"]
     assert main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1

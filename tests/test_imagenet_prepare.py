@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from alexnet.data.decode import BadImage
+from alexnet.data.decode import decode_stored as preprocess
 from alexnet.data.imagenet import shards
-from alexnet.data.imagenet.sources import DEVKIT_TAR, TRAIN_TAR, VAL_TAR
-from alexnet.data.decode import BadImage, decode_stored as preprocess
 from alexnet.data.imagenet.prepare import prepare_imagenet
 from alexnet.data.imagenet.shards import ShardReader, encode, write_shard
+from alexnet.data.imagenet.sources import DEVKIT_TAR, TRAIN_TAR, VAL_TAR
 from alexnet.errors import UsageError
 
 WNIDS = ["n00000001", "n00000002", "n00000003"]

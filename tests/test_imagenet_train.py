@@ -9,8 +9,8 @@ from torchvision.io import write_png
 from alexnet.cli import main
 from alexnet.data.augment import crop_at, flip_where
 from alexnet.data.datasets import ShardImages
-from alexnet.data.subset import balanced_indices
 from alexnet.data.pipeline import Pipeline
+from alexnet.data.subset import balanced_indices
 
 WNIDS = ("n00000001", "n00000002", "n00000003")
 

@@ -3,7 +3,6 @@ import torch
 
 from alexnet.nn.lrn import LocalResponseNorm
 
-
 MADE = []  # the compiled layers a test made: each must still be compiled at its end
 
 
@@ -128,7 +127,7 @@ def test_bfloat16_gradient_keeps_to_bfloat16_precision():
     torch.testing.assert_close(grad.double(), exact, atol=0.02, rtol=0.02)
 
 
-def _gradient_and_formulas(a: torch.Tensor, layer: LocalResponseNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _gradient_and_formulas(a: torch.Tensor, layer: LocalResponseNorm) -> tuple[torch.Tensor, ...]:
     """``layer`` on ``a`` (in its dtype) and its gradient for a random upstream gradient, with the float64
     formula's gradient for the same upstream one."""
     upstream = torch.randn(*a.shape).to(a.dtype)
@@ -158,7 +157,8 @@ def test_a_command_lets_inductor_take_the_vector_extensions_from_the_cpu_flags(m
     assert os.environ["TORCHINDUCTOR_VEC_ISA_OK"] == "1"
     probe = "import os, alexnet, alexnet.nn.lrn; print(os.environ.get('TORCHINDUCTOR_VEC_ISA_OK'))"
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_VEC_ISA_OK"}
-    assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout.strip() == "None"
+    seen = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout.strip()
+    assert seen == "None"
 
 
 def test_float16_activities_above_256_keep_their_window_sum_finite():

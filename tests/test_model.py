@@ -40,8 +40,10 @@ def test_paper_init():
 def test_ablation_switches():
     x = torch.randn(1, 3, 224, 224)
     nets = {}  # the switches do not depend on the width: a quarter-width net builds four times faster
-    for name, cfg in (("tanh", ModelConfig(activation="tanh", width=0.25)), ("lrn", ModelConfig(lrn=False, width=0.25)),
-                      ("pool", ModelConfig(overlap_pool=False, width=0.25)), ("dropout", ModelConfig(dropout=0.0, width=0.25)),
+    for name, cfg in (("tanh", ModelConfig(activation="tanh", width=0.25)),
+                      ("lrn", ModelConfig(lrn=False, width=0.25)),
+                      ("pool", ModelConfig(overlap_pool=False, width=0.25)),
+                      ("dropout", ModelConfig(dropout=0.0, width=0.25)),
                       ("classes", ModelConfig(num_classes=10, width=0.25))):
         nets[name] = AlexNet(cfg).eval()
         out = nets[name](x)
@@ -93,9 +95,8 @@ def test_one_gpu_net_is_the_papers_comparison_net():
 def test_golden_output_of_the_paper_network():
     """The paper's network at a fixed seed on fixed input gives the stored logits and pool5 features
     (tests/golden/make_paper_logits.py wrote them; a change here changes the network)."""
-    from safetensors.torch import load_file
-
     from golden.make_paper_logits import GOLDEN, paper_outputs
+    from safetensors.torch import load_file
 
     stored, now = load_file(str(GOLDEN)), paper_outputs()
     for key in ("logits", "pool5"):

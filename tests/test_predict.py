@@ -12,10 +12,10 @@ from PIL import Image
 
 from alexnet.cli import main
 from alexnet.data.decode import BadImage
-from alexnet.data.pipeline import Pipeline
 from alexnet.data.images import decode_file
-from alexnet.use.predictor import Predictor
+from alexnet.data.pipeline import Pipeline
 from alexnet.runs.load import load_run
+from alexnet.use.predictor import Predictor
 from fixtures import SAMPLES, TINY_CLASSES, tiny_checkpoint
 
 CLASSES = TINY_CLASSES
@@ -147,6 +147,31 @@ def test_ten_crops_and_readable_lines(checkpoint, capsys):
     ten, one = predictor.probabilities(image, 10), predictor.probabilities(image, 1)
     assert ten.shape == one.shape == (1, 3) and not torch.allclose(ten, one)
     assert float(ten.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_every_view_count_predict_offers_works_or_is_refused_in_one_line(checkpoint, tmp_path, capsys):
+    """A CIFAR-10 network takes 1, 2, 4 and 10 views (4: its whole image and centre window, each mirrored);
+    an ImageNet-kind network refuses 4 before reading any image."""
+    from alexnet import AlexNet, save_checkpoint
+    from alexnet.config import build_config, read_recipe, to_dict
+    from alexnet.data import views
+
+    torch.manual_seed(0)
+    config = build_config(read_recipe("cifar10"), ["model.width=0.25"])  # trained on 28x28 windows of 32x32 images
+    cifar = save_checkpoint(tmp_path / "cifar.pt", AlexNet(config.model).eval(), to_dict(config))
+    predictor = Predictor.from_run(load_run(cifar), "cpu")
+    image = decode_file(PHOTOS[0].read_bytes(), predictor.pipeline)[None]
+    probs = {n: predictor.probabilities(image, n) for n in views.COUNTS}
+    for n, p in probs.items():
+        assert p.shape == (1, 10) and float(p.sum()) == pytest.approx(1.0, abs=1e-5), n
+    assert not torch.allclose(probs[4], probs[2])  # the centre windows count too
+    for n in views.COUNTS:
+        code, records, _ = predict_json(capsys, "--checkpoint", cifar, PHOTOS[0], "--crops", n)
+        assert code == 0 and records[0]["top"][0]["name"] in ("airplane", "automobile", "bird", "cat", "deer", "dog",
+                                                              "frog", "horse", "ship", "truck")
+    code, records, err = predict_json(capsys, "--checkpoint", checkpoint, PHOTOS[0], "--crops", 4)
+    assert code == 2 and not records and "--crops 4" in err and "use 1, 2 or 10 views" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_bad_usage_exits_2(checkpoint, tmp_path, capsys):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from alexnet.cli import main
 from alexnet.paper.report import series
+from fixtures import headless
 
 ROWS = [  # validation every second epoch, as the cifar10 recipe does: null in between
     {"epoch": 1, "train_loss": 2.1, "train_top1_err": 0.78, "images_per_s": 410.0, "val_top1_err": None,
@@ -28,7 +29,6 @@ SUMMARY = {"val_top1_err": 0.35, "val_top5_err": 0.04, "best_val_top1_err": 0.35
            "train_seconds": 121.9, "images_per_s": 416.1, "device": "cpu (2 threads) <b>&", "torch_version": "2.14.1",
            "git_commit": "bf39e03b", "recipe": "cifar10"}
 CONFIG = 'seed = 0\nrecipe = "<script>alert(1)</script>"\n\n[model]\nvariant = "cifar"\n'
-from fixtures import headless
 
 
 @pytest.fixture

@@ -5,14 +5,14 @@ import shutil
 
 import pytest
 import torch
-from fixtures import SAMPLES, tiny_checkpoint
 
 import alexnet
-from alexnet.use import retrieve
 from alexnet.cli import main
 from alexnet.nn.model import AlexNet, ModelConfig
-from alexnet.use.predictor import Predictor
 from alexnet.runs.load import load_run
+from alexnet.use import retrieve
+from alexnet.use.predictor import Predictor
+from fixtures import SAMPLES, tiny_checkpoint
 
 PHOTOS = sorted(SAMPLES.glob("*.JPEG"))[::100][:8]  # eight real photos of different classes
 
@@ -60,7 +60,7 @@ def test_exact_copy_first_and_second_call_uses_the_cache(checkpoint, gallery, tm
     assert code == 0 and len(records) == 1 and records[0]["query"] == str(query)
     first, *rest = records[0]["neighbours"]
     assert first == {"file": str(gallery / "sub" / PHOTOS[3].name), "distance": 0.0}
-    assert len(rest) == 2 and all(0 < n["distance"] for n in rest)
+    assert len(rest) == 2 and all(n["distance"] > 0 for n in rest)
     assert rest[0]["distance"] <= rest[1]["distance"]
     assert "broken.jpg skipped: truncated JPEG data" in err
     assert calls == [len(PHOTOS), 1]  # the readable gallery images (the broken one is decoded, not run), the query
@@ -107,7 +107,8 @@ def test_read_only_gallery_caches_under_alexnet_data(checkpoint, gallery, tmp_pa
 def test_bad_query_and_usage(checkpoint, gallery, tmp_path, capsys):
     (tmp_path / "bad.jpg").write_text("hello")
     code, records, err = retrieve_json(capsys, checkpoint, gallery, tmp_path / "bad.jpg", PHOTOS[0], k=2)
-    assert code == 1 and records[0] == {"query": str(tmp_path / "bad.jpg"), "error": "not an image Pillow can read (text)"}
+    assert code == 1
+    assert records[0] == {"query": str(tmp_path / "bad.jpg"), "error": "not an image Pillow can read (text)"}
     assert [n["distance"] for n in records[1]["neighbours"]][0] == 0.0
     assert main(["retrieve", "--checkpoint", str(checkpoint), "--gallery", str(tmp_path / "none"), str(PHOTOS[0])]) == 2
     assert "--gallery" in capsys.readouterr().err

@@ -24,12 +24,12 @@ import torch
 import uvicorn
 from PIL import Image
 
-from alexnet.runs.checkpoint import save_checkpoint
+from alexnet.data.images import decode_file
 from alexnet.data.pipeline import Pipeline
 from alexnet.nn.model import AlexNet, ModelConfig
-from alexnet.data.images import decode_file
-from alexnet.use.predictor import Predictor
+from alexnet.runs.checkpoint import save_checkpoint
 from alexnet.runs.load import load_run
+from alexnet.use.predictor import Predictor
 from alexnet.use.serve.app import ServeConfig, build_app, uvicorn_config
 from fixtures import SAMPLES, headless
 
@@ -137,7 +137,8 @@ def png_bomb(width: int, height: int) -> bytes:
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
 
 
 @functools.cache
@@ -279,7 +280,8 @@ def test_stuck_upload_times_out(cli_server):
     assert time.monotonic() - start < 5
     assert httpx.post(f"{url}/predict", files={"file": ("a.jpg", photo(6))}).status_code == 200  # still serving
     metrics = httpx.get(f"{url}/metrics").text
-    assert 'alexnet_errors_total{reason="too_large"}' in metrics and 'alexnet_errors_total{reason="timeout"} 1.0' in metrics
+    assert 'alexnet_errors_total{reason="too_large"}' in metrics
+    assert 'alexnet_errors_total{reason="timeout"} 1.0' in metrics
 
 
 # ------------------------------------------------------------------ the page
@@ -295,7 +297,8 @@ def test_page_is_one_self_contained_file(server):
 
 def test_chromium_shows_five_bars_for_a_chosen_image(server, tmp_path):
     # ?demo makes the page draw a picture and hand it to the same choose(file) as the file field
-    dom = headless(tmp_path, "--virtual-time-budget=20000", "--dump-dom", f"{server.url}/?demo", window="900,700").stdout
+    dom = headless(tmp_path, "--virtual-time-budget=20000", "--dump-dom", f"{server.url}/?demo",
+                   window="900,700").stdout
     assert 'data-state="done"' in dom, dom[-2000:]
     names = re.findall(r'<span class="name"[^>]*>([^<]*)</span>', dom)
     assert len(names) == 5 and all(n.startswith("thing ") for n in names)

@@ -48,7 +48,8 @@ def test_the_stable_rate_is_measured_on_the_paper_init():
 @pytest.mark.slow
 def test_a_run_that_predicts_one_class_prints_the_warning(tmp_path, capsys, data_cache):
     """The paper's init with a frozen network (lr 0): biases of 1 give every image the same logits."""
-    args = ["train", "--recipe", "paper", "--out", str(tmp_path / "stuck"), "data.dataset=cifar10", "model.variant=cifar",
+    args = ["train", "--recipe", "paper", "--out", str(tmp_path / "stuck"), "data.dataset=cifar10",
+            "model.variant=cifar",
             "model.input_size=32", "model.width=0.25", "model.dropout=0", "optim.lr=0", "data.limit=128",
             "data.batch_size=64", "optim.epochs=1", "data.eval_batch_size=128", "train.progress=false",
             f"data.path={json.dumps(str(TARBALL))}"]

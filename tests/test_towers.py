@@ -117,8 +117,8 @@ def test_bad_tower_devices_are_rejected(spec):
         dataclasses.replace(CIFAR, tower_devices=spec)
 
 
-@pytest.mark.parametrize("change", [dict(variant="torchvision", input_size=224), dict(towers=False),
-                                    dict(towers=False, one_gpu=True)])
+@pytest.mark.parametrize("change", [{"variant": "torchvision", "input_size": 224}, {"towers": False},
+                                    {"towers": False, "one_gpu": True}])
 def test_tower_devices_need_the_two_tower_net(change):
     with pytest.raises(ValueError, match="model.towers=true"):
         dataclasses.replace(CIFAR, tower_devices="cpu,cpu", **change)

@@ -151,7 +151,7 @@ def keep_freed_memory() -> bool:
     weight copy and gradients) with a fresh ``mmap`` and returns it with ``munmap`` when freed, so
     every training step page-faults hundreds of megabytes in again: on a 2-core CPU a fused ReLU over
     a 64x96x55x55 bf16 map took 19 ms that way and 3.6 ms with this setting, and the paper net's
-    training step at 224 ran 1.12-1.25x faster (README). Memory then stays at its peak until the
+    training step at 224 ran 1.12-1.25x faster (docs/performance.md). Memory then stays at its peak until the
     process ends, as with PyTorch's own GPU caching allocator. Linux/glibc only (elsewhere it does
     nothing); ``ALEXNET_MALLOC=0`` keeps the system default. Returns whether it was applied."""
     if os.environ.get("ALEXNET_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):

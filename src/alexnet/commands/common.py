@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from ..data import views
 
@@ -26,3 +28,15 @@ def add_run_options(p) -> None:
     p.add_argument("--batch-size", type=int, default=64, metavar="N",
                    help="images decoded and run at once (default 64)")
     p.add_argument("--device", default="auto", help="auto (default: the GPU if there is one), cpu, cuda or cuda:N")
+
+
+def per_file(batches: Iterable, outputs: Callable, command: str) -> Iterator[tuple[Path, str | None, object]]:
+    """``(path, error, output)`` for every file of ``batches`` (``data.images.read_batches``), in order:
+    ``outputs(batch)`` gives one output per readable image of a batch; a file that could not be read
+    has its error instead, also said on stderr as ``alexnet COMMAND: PATH: ERROR``."""
+    for batch in batches:
+        results = iter(outputs(batch))
+        for path, error in zip(batch.files, batch.errors):
+            if error:
+                batch.say(f"alexnet {command}: {path}: {error}")
+            yield path, error, None if error else next(results)

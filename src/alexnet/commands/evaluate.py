@@ -49,7 +49,8 @@ def run(args) -> int:
     if why := views.refusal(pipeline.kind, count):
         raise UsageError(f"--crops {count} for {args.checkpoint}: {why}")
     pipeline = pipeline.to(device)
-    models = [loaded.model.to(device) for loaded in (first, *members)]
+    # One batch shape (the ragged last batch is topped up): the run's compiled LRN kernels, compiled once.
+    models = [loaded.model.set_lrn_compiled(config.train.compile_lrn).to(device) for loaded in (first, *members)]
     result = evaluate_views(models, data.val_images, data.val_labels, device=device, views=count,
                             batch_size=config.data.eval_batch_size, inputs=lambda x: pipeline.eval_inputs(x, count),
                             precision=config.train.precision, ddp=ddp)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from ..errors import UsageError
 from ..paper.figure1 import SETUPS, Figure1Config, figure1
 from ..paper.figure1_results import ACTIVATIONS
+from ..runtime import worker_count
 from .common import add_parser as _parser
 
 EXAMPLES = """examples:
@@ -50,6 +53,7 @@ def run(args) -> int:
                            chosen=parse_chosen(args.lr) if args.lr else (), epochs=args.epochs,
                            sweep_epochs=args.sweep_epochs, batch_size=args.batch_size, limit=args.limit,
                            seeds=parse_seeds(args.seeds), threads=args.threads, data=args.data)
+    torch.set_num_threads(config.threads or worker_count())  # the command's own process
     print(json.dumps(figure1(config, args.out)))
     return 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..runtime import log
 from .common import add_parser as _parser
-from .common import add_run_options, add_views
+from .common import add_run_options, add_views, per_file
 
 EXAMPLES = """examples:
   alexnet predict --checkpoint runs/demo/checkpoints/best.pt cat.jpg dog.png
@@ -45,18 +45,21 @@ def run(args) -> int:
     if why := predictor.refusal(args.crops):
         raise UsageError(f"--crops {args.crops} for {args.checkpoint}: {why}")
     files, folders = image_files(args.inputs)
+    batches = read_batches(files, predictor.pipeline, args.batch_size, progress="predict" if folders else None)
     failed = 0
-    for batch in read_batches(files, predictor.pipeline, args.batch_size, progress="predict" if folders else None):
-        tops = iter(predictor.top(predictor.probabilities(batch.images, args.crops), args.topk))
-        for path, error in zip(batch.files, batch.errors):
-            record = {"file": str(path), "error": error} if error else {"file": str(path), "top": next(tops)}
-            failed += bool(error)
-            if error:
-                batch.say(f"alexnet predict: {path}: {error}")
-            if args.json:
-                print(json.dumps(record), flush=True)
-            elif not error:
-                print(f"{path}  " + ", ".join(f"{t['name']} {t['prob']:.3f}" for t in record["top"]), flush=True)
+    for path, error, top in per_file(batches, lambda batch: tops(predictor, batch.images, args.crops, args.topk),
+                                     "predict"):
+        failed += bool(error)
+        record = {"file": str(path), "error": error} if error else {"file": str(path), "top": top}
+        if args.json:
+            print(json.dumps(record), flush=True)
+        elif not error:
+            print(f"{path}  " + ", ".join(f"{t['name']} {t['prob']:.3f}" for t in top), flush=True)
     if failed:
         log(f"alexnet predict: {failed} of {len(files)} files could not be read")
     return 1 if failed else 0
+
+
+def tops(predictor, images, views: int, k: int) -> list[list[dict]]:
+    """The ``k`` most probable classes of each image, averaged over ``views`` views."""
+    return predictor.top(predictor.probabilities(images, views), k)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .common import add_parser as _parser
-from .common import add_run_options
+from .common import add_run_options, per_file
 
 EXAMPLES = """examples:
   alexnet retrieve --checkpoint best.pt --gallery photos/ query.jpg          # the 6 nearest in photos/
@@ -47,18 +47,16 @@ def run(args) -> int:
         raise UsageError(f"--gallery {args.gallery}: none of its image files could be read")
     files, _ = image_files(args.queries)
     failed = 0
-    for batch in read_batches(files, predictor.pipeline, args.batch_size):
-        feats = iter(query_features(predictor, batch, gallery))
-        for path, error in zip(batch.files, batch.errors):
-            if error:
-                failed += 1
-                batch.say(f"alexnet retrieve: {path}: {error}")
-                record = {"query": str(path), "error": error}
-            else:
-                index, dist = nearest_neighbours(next(feats)[None], gallery.features, args.k)
-                record = {"query": str(path), "neighbours": [{"file": str(gallery.files[g]), "distance": d}
-                                                             for g, d in zip(index[0].tolist(), dist[0].tolist())]}
-            print_record(record, args.json)
+    batches = read_batches(files, predictor.pipeline, args.batch_size)
+    for path, error, feature in per_file(batches, lambda batch: query_features(predictor, batch, gallery), "retrieve"):
+        failed += bool(error)
+        if error:
+            record = {"query": str(path), "error": error}
+        else:
+            index, dist = nearest_neighbours(feature[None], gallery.features, args.k)
+            record = {"query": str(path), "neighbours": [{"file": str(gallery.files[g]), "distance": d}
+                                                         for g, d in zip(index[0].tolist(), dist[0].tolist())]}
+        print_record(record, args.json)
     return 1 if failed else 0
 
 

@@ -84,7 +84,7 @@ ARMS = {arm.name: arm for arm in (
     Arm("augment", "no crops or flips", ("data.crop_padding=0", "data.flip=false"),
         "without crops and flips: substantial overfitting (4.1)", None, None, +1),
     Arm("pca", "PCA lighting", ("data.pca_std=0.1",), "PCA lighting reduces top-1 by over 1 % (4.1)", -1.0, None, -1),
-    # pca with fb.resnet.torch's reading of the eigenvalues (data.pca_scale, issue 14 item 4)
+    # pca with fb.resnet.torch's reading of the eigenvalues (data.pca_scale)
     Arm("pca_fb", "PCA lighting (fb scale)", ("data.pca_std=0.1", "data.pca_scale=fb"),
         "PCA lighting reduces top-1 by over 1 % (4.1), fb.resnet.torch's smaller shift", -1.0, None, -1),
     Arm("towers", "one-GPU net", ("model.towers=false", "model.one_gpu=true"),

@@ -67,7 +67,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UsageError
-from ..runtime import log, worker_count
+from ..runtime import log
 from .figure1_results import ACTIVATIONS, CHANCE, THRESHOLD, THRESHOLDS, crossings, plot, summary_of, table_markdown
 
 SUBSET_SEED = 0  # --limit subsets: the same images for every seed and every process
@@ -95,7 +95,7 @@ class Figure1Config:
     batch_size: int = 128  # images per SGD step
     limit: int = 0  # >0: a class-balanced subset of this many training images (drawn with SUBSET_SEED)
     seeds: tuple[int, ...] = (0, 1, 2)  # the init and the batch order of each curve
-    threads: int = 0  # CPU threads; 0: the cores this process may use
+    threads: int = 0  # CPU threads the command sets; 0: the cores this process may use
     data: str | None = None  # CIFAR-10 location; None: cache, mirror, download
 
     def __post_init__(self):
@@ -297,8 +297,7 @@ def figure1(config: Figure1Config, out: Path) -> dict:
 
     c = config
     started = time.monotonic()
-    threads = c.threads or worker_count()
-    torch.set_num_threads(threads)
+    threads = torch.get_num_threads()  # the command sets it (config.threads or the usable cores)
     train, _ = load_cifar10(c.data, limit=c.limit or None, seed=SUBSET_SEED)
     if len(train) < c.batch_size:
         raise UsageError(f"--batch-size {c.batch_size} is larger than the {len(train)} training images; raise --limit")

@@ -16,7 +16,7 @@ the same steps as an uninterrupted one. The input size of each epoch is the data
   input costs about half a 28x28 one (the CIFAR network's conv3-conv5 run on 4x4 instead of 7x7
   maps); the last epochs at full size teach fc6 the finer map and end on the tested scale. On the
   CIFAR-10 demo (16x16 in epochs 1-6 of 10) it saved 27% of the time and cost 2.7 points, more than
-  fewer epochs cost, so the recipe does not use it (docs/cifar10-recipe.md).
+  fewer epochs cost, so the recipe does not use it (docs/recipes.md).
 - Freezing the first layers (``optim.freeze_after``, after FreezeOut, Brock et al. 2017): conv1's
   kernels settle in the first epochs (figure 3's filters); once it stops learning, no gradient is
   needed below conv2's input, which drops conv1's backward, the LRN and pool1 backward passes and
