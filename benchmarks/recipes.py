@@ -1,6 +1,6 @@
 """Do the ImageNet-path recipes learn on real photos? Both recipes on the same data, in the same run.
 
-    .venv/bin/python benchmarks/recipes.py [--epochs 1] [--limit 10000] [--recipes imagenet,paper]
+    .venv/bin/python benchmarks/recipes.py [--epochs 1] [--limit 10000] [--recipes imagenet,paper] [KEY=VALUE ...]
 
 The data is the shared CIFAR-10 ImageFolder (``../shared/data/cifar10-jpeg.tar.gz``: real, if
 small, photos of ten classes), extracted once into the cache and given to ``alexnet train`` as an
@@ -10,41 +10,68 @@ is validated on as many test images. Prints one JSON line: per recipe the traini
 of epoch 1 (``train_loss_end``, its last tenth of steps) as a ratio to ln(10), the loss of a
 constant prediction, the epoch means and the validation errors. The goal:
 ``imagenet_epoch1_loss_vs_chance`` < 0.8 (the paper recipe, the baseline run beside it, sits at 1.0
-or above on ten classes: see docs/paper-recipe.md). ``--figure`` draws the curves. On a 2-core CPU an epoch of 10,000
-images takes about 5 minutes per recipe.
+or above on ten classes: see docs/paper-recipe.md). ``--figure`` draws the curves. On a 2-core CPU
+an epoch of 10,000 images takes about 5 minutes per recipe.
+
+``KEY=VALUE`` arguments (none by default) are passed on to every ``alexnet train`` after the
+script's own, e.g. ``model.width=0.125 data.batch_size=8 data.eval_batch_size=8`` for a quick
+smoke run (its numbers are then not the benchmark's; the JSON line lists the overrides).
 """
 
 import argparse
+import hashlib
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 from alexnet.files import cache_root
+from alexnet.runs.folder import RunFolder
 
 TARBALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 GOAL = 0.8
 
 
 def image_folder(tarball: Path) -> Path:
-    """The tarball's ImageFolder (cifar10/train, cifar10/test), extracted once into the cache."""
-    root = cache_root() / "benchmarks" / "cifar10-jpeg"
-    if not (root / "cifar10" / "test").is_dir():
-        root.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(tarball) as archive:
-            archive.extractall(root, filter="data")
+    """The tarball's ImageFolder (cifar10/train, cifar10/test), extracted once into the cache: a folder
+    named by the tarball's name, size and modification time (another tarball, or this one changed, is
+    extracted anew, never mistaken for a stale extraction), made whole under a temporary name and then
+    renamed into place (an interrupted extraction is never reused)."""
+    stat = tarball.stat()
+    key = hashlib.sha1(f"{tarball.name}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    root = cache_root() / "benchmarks" / f"{tarball.name.split('.')[0]}-{key}"
+    if not root.is_dir():
+        tmp = root.with_name(f".{root.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            with tarfile.open(tarball) as archive:
+                archive.extractall(tmp, filter="data")
+            try:
+                tmp.rename(root)
+            except OSError:
+                if not root.is_dir():  # else another run extracted it meanwhile
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return root / "cifar10"
 
 
-def train(recipe: str, folder: Path, out: Path, epochs: int, limit: int) -> dict:
-    """One ``alexnet train`` run in its own process; its metrics rows and summary."""
+def train(recipe: str, folder: Path, out: Path, epochs: int, limit: int, overrides: list[str]) -> dict:
+    """One ``alexnet train`` run in its own process (``overrides`` appended); its metrics rows and summary."""
     command = [sys.executable, "-m", "alexnet.cli", "train", "--recipe", recipe, "--data", str(folder),
-               "--out", str(out), f"data.limit={limit}", f"optim.epochs={epochs}", "train.progress=false"]
+               "--out", str(out), f"data.limit={limit}", f"optim.epochs={epochs}", "train.progress=false", *overrides]
     subprocess.run(command, check=True)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"rows": rows, "summary": json.loads((out / "summary.json").read_text())}
+    return finished(RunFolder(out))
+
+
+def finished(folder: RunFolder) -> dict:
+    """A finished run's metrics rows and summary."""
+    return {"rows": folder.metrics(), "summary": folder.summary()}
 
 
 def draw(result: dict, chance: float, path: Path) -> None:
@@ -80,21 +107,25 @@ def main() -> None:
     parser.add_argument("--recipes", default="imagenet,paper")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-recipes"))
     parser.add_argument("--tarball", type=Path, default=TARBALL)
-    parser.add_argument("--figure", type=Path, help="also draw each recipe's curves into this PNG (and the JSON beside it)")
+    parser.add_argument("--figure", type=Path,
+                        help="also draw each recipe's curves into this PNG (and the JSON beside it)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides passed on to every `alexnet train` (default none), "
+                             "e.g. model.width=0.125 data.batch_size=8")
     args = parser.parse_args()
     folder, chance = image_folder(args.tarball), math.log(10)
-    result = {"limit": args.limit, "epochs": args.epochs, "chance_loss": chance}
+    result = {"limit": args.limit, "epochs": args.epochs, "chance_loss": chance, "overrides": args.overrides}
     for recipe in args.recipes.split(","):
         out = args.out / recipe
-        if (out / "summary.json").is_file():
-            run = {"rows": [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()],
-                   "summary": json.loads((out / "summary.json").read_text())}
+        if RunFolder(out).summary_file.is_file():
+            run = finished(RunFolder(out))
         else:
-            run = train(recipe, folder, out, args.epochs, args.limit)
+            run = train(recipe, folder, out, args.epochs, args.limit, args.overrides)
         first = run["rows"][0]
         result[recipe] = {"epoch1_loss": first["train_loss"], "epoch1_loss_end": first["train_loss_end"],
                           "epoch1_loss_end_vs_chance": first["train_loss_end"] / chance,
-                          "val_top1_err": run["summary"]["val_top1_err"], "val_top5_err": run["summary"]["val_top5_err"],
+                          "val_top1_err": run["summary"]["val_top1_err"],
+                          "val_top5_err": run["summary"]["val_top5_err"],
                           "train_seconds": run["summary"]["train_seconds"],
                           "losses": [round(r["train_loss"], 4) for r in run["rows"]],
                           "val_top1_errs": [r.get("val_top1_err") for r in run["rows"]]}

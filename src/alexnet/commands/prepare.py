@@ -25,7 +25,8 @@ def add_parser(commands) -> None:
     p.add_argument("--out", type=Path, help="imagenet: output folder for shards, manifests and statistics")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
     p.add_argument("--format", choices=["jpeg", "raw"], default="jpeg",
-                   help="jpeg: quality-90 JPEG records (about 35 GB for ImageNet); raw: uint8 pixels (about 252 GB)")
+                   help="jpeg: quality-90 JPEG records (about 28 GB for ImageNet); raw: uint8 pixels "
+                        "(about 252 GB)")
     p.set_defaults(run=run)
 
 
