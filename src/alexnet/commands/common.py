@@ -23,8 +23,9 @@ def add_views(p, default: int | None, also: str = "") -> None:
                    help=views.HELP + (f" ({also})" if also else ""))
 
 
-def add_run_options(p) -> None:
-    """--batch-size and --device, for the commands that run a network on image files."""
+def add_run_options(p, each: str) -> None:
+    """--json (one object per ``each``), --batch-size and --device: the commands that run a network on image files."""
+    p.add_argument("--json", action="store_true", help=f"one JSON object per {each} per line (JSON Lines)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N",
                    help="images decoded and run at once (default 64)")
     p.add_argument("--device", default="auto", help="auto (default: the GPU if there is one), cpu, cuda or cuda:N")

@@ -30,8 +30,7 @@ def add_parser(commands) -> None:
     p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE|DIR", help="image files and folders of them")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="classes per image (default 5)")
     add_views(p, 1, "default 1")
-    p.add_argument("--json", action="store_true", help="one JSON object per image per line (JSON Lines)")
-    add_run_options(p)
+    add_run_options(p, "image")
     p.set_defaults(run=run)
 
 

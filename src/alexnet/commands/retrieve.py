@@ -27,8 +27,7 @@ def add_parser(commands) -> None:
     p.add_argument("--gallery", required=True, type=Path, metavar="DIR", help="folder of images searched (recursively)")
     p.add_argument("queries", nargs="+", type=Path, metavar="QUERY", help="image files and folders of them")
     p.add_argument("--k", type=int, default=6, help="neighbours per query (default 6, the paper's)")
-    p.add_argument("--json", action="store_true", help="one JSON object per query per line (JSON Lines)")
-    add_run_options(p)
+    add_run_options(p, "query")
     p.set_defaults(run=run)
 
 
