@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from alexnet.cli import main
 from alexnet.runs.load import load_run
 from alexnet.use.pretrained import caffe_messages
+from fixtures import BGR_MEAN, CLASSES, HIDDEN, KERNELS, caffe_blobs, write_caffemodel
 
 # ------------------------------------------------------------------------------ torchvision
 
@@ -51,52 +52,6 @@ def test_torchvision_import_reproduces_torchvision(ram_path, capsys):
 
 
 # ------------------------------------------------------------------------------------ caffe
-
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
-KERNELS, HIDDEN, CLASSES = (12, 32, 48, 48, 32), 512, 10  # the paper's net at width 0.125
-CONV4, INNER_PRODUCT = 4, 14  # caffe.proto's V1LayerParameter.LayerType values
-BGR_MEAN = (104.007, 116.669, 122.679)
-
-
-def caffe_blobs(seed=0):
-    """Layer -> (weight, bias) in Caffe's layout: conv2/4/5 grouped in two, conv1 on BGR, fc6 on 64x6x6."""
-    rng = np.random.default_rng(seed)
-    c1, c2, c3, c4, c5 = KERNELS
-    shapes = {"conv1": (c1, 3, 11, 11), "conv2": (c2, c1 // 2, 5, 5), "conv3": (c3, c2, 3, 3),
-              "conv4": (c4, c3 // 2, 3, 3), "conv5": (c5, c4 // 2, 3, 3), "fc6": (HIDDEN, c5 * 36),
-              "fc7": (HIDDEN, HIDDEN), "fc8": (CLASSES, HIDDEN)}
-    blobs = {}
-    for name, shape in shapes.items():
-        fan_in = np.prod(shape[1:])
-        scale = np.sqrt(2 / fan_in) * (0.02 if name == "fc8" else 1)  # fc8: logits of a few units, no saturation
-        weight = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
-        blobs[name] = (weight, rng.standard_normal(shape[0], dtype=np.float32) * np.float32(0.1))
-    return blobs
-
-
-def write_caffemodel(path, blobs, layout="v1", legacy=True, shape_of=None):
-    """A NetParameter in the V1 (``layers``) or new (``layer``) layout, with the layers that have no
-    blobs in between; ``legacy``: 4-d num/channels/height/width blobs (fc 1x1xOxI, bias 1x1x1xN)."""
-    m = caffe_messages()
-    net = m["NetParameter"](name="AlexNet")
-    add = net.layers.add if layout == "v1" else net.layer.add
-    for name in ("data", *[n for layer in LAYERS for n in (layer, f"relu{layer[-1]}")], "prob"):
-        layer = add(name=name)
-        if name not in blobs:
-            continue
-        kind = CONV4 if name.startswith("conv") else INNER_PRODUCT
-        layer.type = kind if layout == "v1" else ("Convolution" if kind == CONV4 else "InnerProduct")
-        for array in blobs[name]:
-            blob = layer.blobs.add()
-            shape = (shape_of or {}).get((name, array.ndim), array.shape)
-            if legacy:
-                blob.num, blob.channels, blob.height, blob.width = (1,) * (4 - len(shape)) + tuple(shape)
-            else:
-                blob.shape.dim.extend(shape)
-            blob.data.extend(array.ravel().tolist())
-    path.write_bytes(net.SerializeToString())
-    return path
-
 
 def lrn(a, k=1.0, n=5, alpha=1e-4, beta=0.75):
     """Caffe's LRN across channels: a_i / (k + alpha/n * sum_{|j-i|<=n/2} a_j^2) ** beta."""

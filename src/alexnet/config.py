@@ -22,7 +22,7 @@ import tomli_w
 from .data import views
 from .data.pipeline import CIFAR10_MEAN, CIFAR10_STD, PCA_SCALES
 from .errors import UsageError
-from .nn.model import ModelConfig, pool5_side
+from .nn.model import LAYERS, ModelConfig, pool5_side
 
 
 @dataclass
@@ -101,12 +101,31 @@ class OptimConfig:
     # learning (its weights and bias are kept, nothing below it needs a gradient any more, so each
     # step skips that part of the backward pass). Non-decreasing; () keeps every layer learning.
     freeze_after: tuple[int, ...] = ()
+    # Which layers learn: all | one layer (conv1 ... fc8) | a layer and every one after it (fc6+, conv4+).
+    # The others are frozen: their weights stay, and below the first learning layer nothing needs a gradient.
+    trainable: str = "all"
+    # The learning rate of the layers a run takes from --init, as a fraction of optim.lr (fc8's, new).
+    pretrained_lr_scale: float = 1.0
 
     def __post_init__(self):
         f = self.freeze_after
         if len(f) > 5 or any(not isinstance(e, int) or e < 1 for e in f) or list(f) != sorted(f):
             raise ValueError(f"optim.freeze_after must be at most 5 non-decreasing epoch counts >= 1 "
                              f"(conv1, conv2, ...), e.g. [3, 6]; got {list(f)}")
+        trainable_layers(self.trainable)
+        if not 0 < self.pretrained_lr_scale <= 1:
+            raise ValueError(f"optim.pretrained_lr_scale must be in (0, 1]; got {self.pretrained_lr_scale}")
+
+
+def trainable_layers(spec: str) -> tuple[str, ...]:
+    """The layers ``optim.trainable`` names, in order: ``all``, ``fc8`` (that one), ``fc6+`` (fc6 and after)."""
+    if spec == "all":
+        return LAYERS
+    name = spec.removesuffix("+")
+    if name not in LAYERS:
+        raise ValueError(f"optim.trainable must be all, a layer ({', '.join(LAYERS)}) or a layer and those after it "
+                         f"(e.g. fc6+, conv4+); got {spec!r}")
+    return LAYERS[LAYERS.index(name):] if spec.endswith("+") else (name,)
 
 
 @dataclass
@@ -121,8 +140,13 @@ class TrainConfig:
     eval_crops: int = 1
     compile_lrn: bool = True  # the LRN's kernels compiled by torch.compile (one per shape: training's few)
     progress: bool = True  # progress bar on stderr
-    checkpoint_every_steps: int = 0  # >0: also checkpoint inside epochs, every this many steps (epoch ends always)
+    checkpoint_every_steps: int = 0  # >0: also checkpoint inside epochs, every this many steps
+    checkpoint_every_epochs: int = 1  # epochs between epoch-end checkpoints (validated and last epochs always)
     keep_checkpoints: int = 2  # step checkpoints kept besides best.pt (last.pt is the newest)
+    # Train the learning layers (optim.trainable from fc6, fc7 or fc8 on) on the frozen network's features at
+    # their input, computed once for each training image and its mirror and cached in the run folder: a linear
+    # probe (optim.trainable=fc8) then trains in seconds an epoch.
+    cached_features: bool = False
     on_nonfinite: str = "stop"  # a nan/inf loss: stop (naming the step, last good checkpoint kept) | skip the step
 
     def __post_init__(self):
@@ -131,14 +155,24 @@ class TrainConfig:
         if self.eval_crops not in views.COUNTS:
             counts = ", ".join(map(str, views.COUNTS))
             raise ValueError(f"train.eval_crops must be one of {counts}; got {self.eval_crops}")
-        if self.keep_checkpoints < 1 or self.checkpoint_every_steps < 0:
-            raise ValueError("train.keep_checkpoints must be >= 1 and train.checkpoint_every_steps >= 0")
+        if self.keep_checkpoints < 1 or self.checkpoint_every_steps < 0 or self.checkpoint_every_epochs < 1:
+            raise ValueError("train.keep_checkpoints and train.checkpoint_every_epochs must be >= 1 and "
+                             "train.checkpoint_every_steps >= 0")
 
 
 def _model_from_data() -> ModelConfig:
     """A run's model: fc8 gets as many outputs as the training data has classes (``num_classes``
     None until the run has read its data) unless ``model.num_classes`` is given."""
     return ModelConfig(num_classes=None)
+
+
+@dataclass
+class InitConfig:
+    """Where a fine-tuned run started (``alexnet train --init CKPT``): the checkpoint, and its sha256 (the run
+    fills it in). Empty: a run from the model's own initialisation."""
+
+    path: str = ""
+    sha256: str = ""
 
 
 @dataclass
@@ -149,6 +183,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    init: InitConfig = field(default_factory=InitConfig)
 
     def __post_init__(self):
         _check_run(self)
@@ -169,6 +204,10 @@ def _check_run(config: RunConfig) -> None:
     if shrink and d.shrink_epochs and not (shrink <= model.input_size and pool5_side(model, shrink) >= 1):
         raise ValueError(f"data.shrink_size={shrink} leaves the {model.variant} network no pool5 map or is larger "
                          f"than model.input_size={model.input_size}; choose a size between the two, or 0")
+    first = trainable_layers(config.optim.trainable)[0]
+    if config.train.cached_features and first not in ("fc6", "fc7", "fc8"):
+        raise ValueError(f"train.cached_features trains on features a frozen network computed once: optim.trainable "
+                         f"must start at fc6, fc7 or fc8 (e.g. fc8, a linear probe); got {config.optim.trainable!r}")
 
 
 def _fits(model: ModelConfig, size: int) -> bool:
@@ -178,7 +217,7 @@ def _fits(model: ModelConfig, size: int) -> bool:
     return side >= 1 if model.variant == "torchvision" else side == pool5_side(model, model.input_size)
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig, "init": InitConfig}
 
 
 def recipe_names() -> list[str]:
@@ -224,10 +263,11 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def build_config(recipe: dict[str, Any], overrides: list[str] = (),
-                 data_path: str | os.PathLike | None = None) -> RunConfig:
+                 data_path: str | os.PathLike | None = None, under: dict[str, Any] | None = None) -> RunConfig:
     """Recipe values, then ``key=value`` overrides, checked against the dataclasses; ``data_path``
-    (a command's ``--data``) is ``data.path``."""
-    flat = flatten(recipe)
+    (a command's ``--data``) is ``data.path``. ``under``: flat values the recipe and overrides may change
+    (a fine-tune's network, taken from its ``--init`` checkpoint)."""
+    flat = {**(under or {}), **flatten(recipe)}
     flat.update(parse_override(o) for o in overrides)
     if data_path is not None:
         flat["data.path"] = str(data_path)

@@ -19,22 +19,31 @@ EXAMPLES = """examples:
   alexnet train --recipe paper --data /data/imagenet-256 --out runs/paper   # the 2012 recipe on prepared ILSVRC-2012
   alexnet train --recipe my_recipe.toml seed=1 data.batch_size=64 train.precision=fp32
   alexnet train --out runs/demo --resume          # continue a stopped run
+  alexnet train --init alexnet-tv.pt --data my_photos/ --out runs/mine   # fine-tune imported weights on a folder
+  alexnet train --init runs/demo/checkpoints/best.pt --data my_photos/ --recipe probe   # a linear probe in seconds
 
 recipes: cifar10 (the default main job), imagenet (the paper's network trained the modern way: learns
 from the first epoch on any ImageNet-style set), paper (the 2012 recipe as published; with fewer than
-about 50 classes it sits flat, see docs/recipes.md). fc8 gets as many outputs as the training data
-has classes; an explicit model.num_classes that disagrees exits 2 before anything is written. An epoch
-that did not learn (loss at ln(classes), or one class predicted for every image) prints a warning: line.
+about 50 classes it sits flat, see docs/recipes.md); with --init: finetune (the default) and probe (fc8
+alone, on features computed once). fc8 gets as many outputs as the training data has classes; an explicit
+model.num_classes that disagrees exits 2 before anything is written. An epoch that did not learn (loss at
+ln(classes), or one class predicted for every image) prints a warning: line.
+
+--init CKPT starts from any checkpoint (a run's, alexnet import output) or torchvision's AlexNet .pth: its
+network and its input (size, resize, mean, std) are kept, fc8 is made anew for the data's classes, and
+optim.trainable chooses what learns (all, fc8, fc6+, conv4+ ...). See docs/finetune.md.
 """
 
 
 def add_parser(commands) -> None:
     p = _parser(commands, "train", "train a network", EXAMPLES)
-    p.add_argument("--recipe", default="cifar10",
-                   help=f"recipe name ({', '.join(cfgmod.recipe_names())}) or a .toml file")
+    p.add_argument("--recipe", help=f"recipe name ({', '.join(cfgmod.recipe_names())}) or a .toml file "
+                                    "(default cifar10; with --init finetune)")
     p.add_argument("--data", help="dataset location (data.path)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<recipe>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init", type=Path, metavar="CKPT", help="fine-tune: start from this checkpoint's network and "
+                   "input (any alexnet checkpoint, or torchvision's AlexNet .pth)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.02")
     p.set_defaults(run=run)
 
@@ -44,6 +53,10 @@ def run(args) -> int:
     from ..train.loop import train
 
     resume = args.resume or _torchrun_restart(args)
+    if args.init is not None and args.resume:
+        raise UsageError("--init starts a new run from a checkpoint's weights and --resume continues a run in --out: "
+                         "give one of them")
+    init = None
     if resume:
         if args.out is None:
             raise UsageError("--resume needs --out RUN_DIR (the run folder to continue)")
@@ -52,11 +65,17 @@ def run(args) -> int:
             raise UsageError(f"--resume: no checkpoint at {folder.last}; start without --resume")
         loaded = load_run(folder.last, args.overrides, args.data, keep_towers=True)  # read once: train restores from it
         config = loaded.config
+    elif args.init is not None:
+        from ..train.finetune import fine_tune_config
+        from ..use.pretrained import load_init
+
+        loaded, init = None, load_init(args.init)
+        config = fine_tune_config(init, cfgmod.read_recipe(args.recipe or "finetune"), args.overrides, args.data)
     else:
         loaded = None
-        config = cfgmod.build_config(cfgmod.read_recipe(args.recipe), args.overrides, args.data)
+        config = cfgmod.build_config(cfgmod.read_recipe(args.recipe or "cifar10"), args.overrides, args.data)
     out = args.out or Path("runs") / f"{config.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = train(config, out, resume=loaded)
+    summary = train(config, out, resume=loaded, init=init)
     print(json.dumps(summary))
     return 0
 

@@ -133,6 +133,7 @@ class Pipeline:
         """Random crops and mirrors on uint8, then the float steps. Random numbers come from the CPU
         ``generator`` in a fixed order (crop offsets, flips, lighting), so a seed gives the same
         batch on every device."""
+        images = self.at_stored(images)
         if self.padding:
             images = F.pad(images, (self.padding,) * 4)
         n, _, h, w = images.shape
@@ -169,9 +170,18 @@ class Pipeline:
 
     # ------------------------------------------------------------------ evaluation
 
+    def at_stored(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images at the stored side: as they are, or (stored at another side: 256x256 prepared photos
+        for a network that was trained on 32x32 CIFAR-10 images, say) the whole image resized, antialiased."""
+        if images.shape[-2:] == (self.stored, self.stored):
+            return images
+        x = F.interpolate(images.float(), size=(self.stored, self.stored), mode="bilinear", antialias=True,
+                          align_corners=False)
+        return x.round().clamp(0, 255).to(torch.uint8)
+
     def window(self, images: torch.Tensor) -> torch.Tensor:
         """The uint8 centre window of each image that the network sees in evaluation (what figures show)."""
-        return views(images, 1, self._eval_size(1))
+        return views(self.at_stored(images), 1, self._eval_size(1))
 
     def eval_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) stored images -> float (N, 3, size, size): the one-view network input."""
@@ -189,6 +199,7 @@ class Pipeline:
         """
         if why := test_views.refusal(self.kind, count):
             raise ValueError(f"{count} views: {why}")
+        images = self.at_stored(images)
         if count == 4:
             whole = self._float_views(images, 2, None)  # a window as large as the image: the same two views
             return (whole,) if self.size >= self.stored else (whole, self._float_views(images, 2, self.size))

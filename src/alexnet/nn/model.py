@@ -214,14 +214,25 @@ class AlexNet(nn.Module):
         """The stages from conv1 up to ``layer``, in order, each through its tap; ``dropout=False`` leaves
         dropout out also in training mode. In the two-device split the towers' outputs are gathered
         onto the first device at the end."""
-        if layer not in STAGES:
-            raise ValueError(f"layer must be one of {', '.join(STAGES)}; got {layer!r}")
         split = self.tower_devices
         if split:  # both halves of conv1 see the image
             x = [x.to(device) for device in split]
-        for name in STAGES[:STAGES.index(layer) + 1]:
-            x = self.taps[name](self._stage(name, x, dropout))
+        x = self._walk(x, STAGES[:_index(layer) + 1], dropout)
         return tower_split.gather(x, split[0]) if isinstance(x, list) else x
+
+    def forward_from(self, x: torch.Tensor, stage: str, dropout: bool = True) -> torch.Tensor:
+        """The stages from ``stage`` to fc8 on ``x``, the activations just before it (``features(image,
+        the stage before)``): ``forward_from(features(image, "fc7"), "fc8")`` is ``forward(image)`` in
+        evaluation. A linear probe trains fc8 on cached fc7 features this way. One device only."""
+        if self.tower_devices:
+            raise ValueError("forward_from runs the one-device network; load the checkpoint without "
+                             "model.tower_devices")
+        return self._walk(x, STAGES[_index(stage):], dropout)
+
+    def _walk(self, x, stages: tuple[str, ...], dropout: bool):
+        for name in stages:
+            x = self.taps[name](self._stage(name, x, dropout))
+        return x
 
     def _stage(self, name: str, x, dropout: bool):
         """One stage: a pool, or a layer with what follows it (ReLU, LRN) and dropout before it."""
@@ -294,6 +305,12 @@ class AlexNet(nn.Module):
                 nn.init.zeros_(layer.bias)
         if self.config.init == "kaiming":
             nn.init.normal_(self.fc8.weight, 0.0, 1.0 / math.sqrt(self.fc8.in_features))
+
+
+def _index(stage: str) -> int:
+    if stage not in STAGES:
+        raise ValueError(f"layer must be one of {', '.join(STAGES)}; got {stage!r}")
+    return STAGES.index(stage)
 
 
 @torch.no_grad()

@@ -31,11 +31,17 @@ V1 = "alexnet-checkpoint-v1"  # read through ``upgrade``
 def save_checkpoint(path: str | os.PathLike, model: AlexNet, config: dict[str, Any] | None = None, **state) -> Path:
     """Write ``model`` (and any training ``state``) to ``path`` atomically: temp file, fsync, rename."""
     path = Path(path)
-    config = dict(config or {})
-    config.setdefault("model", dataclasses.asdict(unwrap(model).config))
-    payload = {"format": FORMAT, "config": config, "model": unwrap(model).state_dict(), **state}
+    payload = checkpoint_dict(model, config, **state)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def checkpoint_dict(model: AlexNet, config: dict[str, Any] | None = None, **state) -> dict[str, Any]:
+    """What ``save_checkpoint`` writes, in memory: the format, the config (its ``model`` section from the
+    network when not given), the unwrapped model's state_dict and ``state``."""
+    config = dict(config or {})
+    config.setdefault("model", dataclasses.asdict(unwrap(model).config))
+    return {"format": FORMAT, "config": config, "model": unwrap(model).state_dict(), **state}
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

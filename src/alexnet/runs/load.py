@@ -77,7 +77,12 @@ def load_run(path: str | os.PathLike, overrides: list[str] = (), data_path: str 
     so it runs where those devices do not exist; ``keep_towers`` (resuming training) or a
     ``model.tower_devices`` override keeps the split."""
     path = Path(path)
-    ckpt = load_checkpoint(path, map_location)
+    return loaded_from(load_checkpoint(path, map_location), path, overrides, data_path, keep_towers)
+
+
+def loaded_from(ckpt: dict[str, Any], path: Path, overrides: list[str] = (),
+                data_path: str | os.PathLike | None = None, keep_towers: bool = False) -> LoadedRun:
+    """``load_run`` of a checkpoint already in memory (read from ``path``, or made from published weights)."""
     overrides = list(overrides)
     if not keep_towers and not any(o.split("=")[0].strip() == "model.tower_devices" for o in overrides):
         overrides.insert(0, "model.tower_devices=")

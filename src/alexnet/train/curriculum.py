@@ -27,19 +27,25 @@ from __future__ import annotations
 
 import torch
 
+from ..config import trainable_layers
+from ..nn.model import LAYERS
+
 CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 
 def frozen(config, epoch: int) -> tuple[str, ...]:
-    """The conv layers of run config ``config`` that no longer learn in epoch ``epoch`` (0-based)."""
-    return tuple(name for name, after in zip(CONVS, config.optim.freeze_after) if epoch >= after)
+    """The layers of run config ``config`` that do not learn in epoch ``epoch`` (0-based): those
+    ``optim.trainable`` leaves out, and the convolutions ``optim.freeze_after`` has frozen by then."""
+    learning = trainable_layers(config.optim.trainable)
+    late = {name for name, after in zip(CONVS, config.optim.freeze_after) if epoch >= after}
+    return tuple(name for name in LAYERS if name not in learning or name in late)
 
 
 def set_frozen(model: torch.nn.Module, names: tuple[str, ...]) -> bool:
     """Freeze exactly ``names`` (the others learn); returns whether anything changed. A frozen
     layer's gradient is None, so the optimiser leaves its weights and momentum alone."""
     changed = False
-    for name in CONVS:
+    for name in LAYERS:
         layer = getattr(model, name, None)
         if layer is None:
             continue

@@ -36,7 +36,7 @@ from ..runs.folder import Checkpoints, RunFolder
 from ..runs.load import LoadedRun
 from ..runtime import Dist, all_sum, device_name, git_commit, log, shutdown_distributed, start
 from ..use.evaluate import evaluate_views
-from . import curriculum, state
+from . import curriculum, finetune, probe, state
 from .schedule import Schedule
 from .stall import stall_warning
 from .state import Progress
@@ -63,28 +63,33 @@ class Training:
     carried: dict  # what every checkpoint carries besides the training state: classes and the eval pipeline
     progress: Progress = field(default_factory=Progress)
     resumed: dict | None = None  # inside-epoch state from the checkpoint, for the epoch under way
+    train_input: Pipeline | probe.CachedInput | None = None  # what each batch goes through: the pipeline, or
+    #   nothing for rows of cached features (train.cached_features)
 
     @property
     def checkpoints(self) -> Checkpoints:
         return self.folder.checkpoint_files(self.config.train.keep_checkpoints)
 
 
-def train(config: cfgmod.RunConfig, out: Path, resume: LoadedRun | None = None) -> dict:
+def train(config: cfgmod.RunConfig, out: Path, resume: LoadedRun | None = None,
+          init: LoadedRun | None = None) -> dict:
     """Run training into the run folder ``out``, or continue the run whose last checkpoint ``resume``
-    holds (``runs.load.load_run(out / "checkpoints/last.pt")``); returns the summary."""
+    holds (``runs.load.load_run(out / "checkpoints/last.pt")``), or fine-tune ``init``'s network
+    (``finetune.py``; ``config`` from ``finetune.fine_tune_config``); returns the summary."""
     ddp, device = start(config.seed, config.train.threads, config.train.device)
+    if init is not None:
+        finetune.check_fits(init, config)  # before any file is written
     with StopRequest(ddp) as stop:  # from here on SIGTERM/SIGINT end the run with a checkpoint
         data = load_dataset(config.data, config.seed, ddp)
         config = classes_from_data(config, data)
-        t = _begin(config, RunFolder(out), resume, ddp, device, data, stop)
-        train_images = data.train_images  # uint8 tensor (CIFAR-10, moved to the device once) or shards
-        if isinstance(train_images, torch.Tensor):
-            train_images = train_images.to(device)
-        ddp.log(f"training {config.recipe}: {len(data.train_labels)} images, "
-                f"{len(data.train_labels) // config.data.batch_size} steps/epoch, {config.optim.epochs} epochs on "
+        t = _begin(config, RunFolder(out), resume, init, ddp, device, data, stop)
+        train_images, train_labels = _training_set(t, data)
+        what = "feature rows" if config.train.cached_features else "images"
+        ddp.log(f"training {config.recipe}: {len(train_labels)} {what}, "
+                f"{len(train_labels) // config.data.batch_size} steps/epoch, {config.optim.epochs} epochs on "
                 f"{device_name(device)}")
         while t.progress.epoch < config.optim.epochs and not _stopping(t):
-            epoch_metrics = train_epoch(t, train_images, data.train_labels)
+            epoch_metrics = train_epoch(t, train_images, train_labels)
             if epoch_metrics is None:  # stopped inside the epoch, checkpoint written
                 break
             _end_epoch(t, epoch_metrics, data)
@@ -99,20 +104,22 @@ def train(config: cfgmod.RunConfig, out: Path, resume: LoadedRun | None = None) 
     return summary
 
 
-def _begin(config, folder: RunFolder, resume: LoadedRun | None, ddp: Dist, device, data,
+def _begin(config, folder: RunFolder, resume: LoadedRun | None, init: LoadedRun | None, ddp: Dist, device, data,
            stop: StopRequest) -> Training:
-    """Build the model, its step and schedule, and restore them from ``resume`` when continuing."""
-    model = (resume.model if resume is not None else AlexNet(config.model)).to(device)
+    """Build the model, its step and schedule, and restore them from ``resume`` when continuing; a
+    fine-tune starts from ``init``'s network."""
+    model = _model(config, resume, init, data).to(device)
     model.set_lrn_compiled(config.train.compile_lrn)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    steps_per_epoch = _steps_per_epoch(len(data.train_labels), config.data.batch_size, ddp.world)
+    rows = len(data.train_labels) * (2 if config.train.cached_features else 1)  # an image and its mirror
+    steps_per_epoch = _steps_per_epoch(rows, config.data.batch_size, ddp.world)
     folder.start(cfgmod.to_toml(config), resume is not None, write=ddp.main)
-    pipeline = pipeline_for(config, data).to(device)
+    pipeline = _pipeline(config, resume, init, data).to(device)
     carried = {"classes": data.class_list(),
                "pipeline": pipeline.as_tested(config.data, config.optim.epochs).state_dict()}
     t = Training(config, folder, ddp, device, model, TrainStep.build(model, wrap(model, ddp, device), config),
-                 Schedule(config.optim, steps_per_epoch), stop, pipeline, carried)
+                 Schedule(config.optim, steps_per_epoch), stop, pipeline, carried, train_input=pipeline)
     if resume is not None:
         state.restore(t, resume, data)
         if ddp.main:
@@ -121,6 +128,34 @@ def _begin(config, folder: RunFolder, resume: LoadedRun | None, ddp: Dist, devic
     if ddp.main:
         folder.open_tensorboard()
     return t
+
+
+def _model(config, resume: LoadedRun | None, init: LoadedRun | None, data) -> torch.nn.Module:
+    """The network that trains: the checkpoint's (resuming), the init's weights (fine-tuning) or a new one."""
+    if resume is not None:
+        return resume.model
+    return finetune.start_model(init, config, data.classes) if init is not None else AlexNet(config.model)
+
+
+def _pipeline(config, resume: LoadedRun | None, init: LoadedRun | None, data) -> Pipeline:
+    """The training pipeline: the init's input for a fine-tune (also when it resumes: its checkpoint stores
+    that input), else the data kind's with the training set's statistics."""
+    if config.init.path:
+        tested = resume.pipeline if resume is not None else finetune.tested_pipeline(init)
+        return finetune.train_pipeline(tested, config, data)
+    return pipeline_for(config, data)
+
+
+def _training_set(t: Training, data) -> tuple:
+    """What the epochs run over: the training images (a uint8 tensor moved to the device once, or shards),
+    or the rows of cached features, with the part of the network that learns on them."""
+    if not t.config.train.cached_features:
+        images = data.train_images
+        return (images.to(t.device) if isinstance(images, torch.Tensor) else images), data.train_labels
+    rows, labels = probe.features(t, data)
+    t.train_input = probe.CachedInput()
+    t.step.net = probe.Head(t.model, probe.first_learning(t.config))
+    return rows.to(t.device), labels
 
 
 def classes_from_data(config: cfgmod.RunConfig, data) -> cfgmod.RunConfig:
@@ -202,15 +237,15 @@ def _begin_epoch(t: Training, n: int) -> Epoch:
     device = t.device
     return Epoch(steps, order, generator, torch.tensor(saved, dtype=torch.float32, device=device),
                  steps - _end_steps(steps), torch.zeros((), dtype=torch.int64, device=device),
-                 time.perf_counter(), t.progress.epoch_step, t.pipeline.for_epoch(t.config.data, t.progress.epoch))
+                 time.perf_counter(), t.progress.epoch_step, t.train_input.for_epoch(t.config.data, t.progress.epoch))
 
 
 def _step(t: Training, epoch: Epoch, x: torch.Tensor, y: torch.Tensor) -> None:
     """One training step on a uint8 batch: augment, set the learning rate, train, add to the sums."""
     p = t.progress
     x = epoch.pipeline.train(x, epoch.generator)
-    for group in t.step.optimizer.param_groups:
-        group["lr"] = t.schedule.lr(p.step)
+    for group in t.step.optimizer.param_groups:  # lr_scale: the layers a fine-tune took from its init
+        group["lr"] = t.schedule.lr(p.step) * group.get("lr_scale", 1.0)
     loss, logits, taken = t.step(x, y)
     if taken:
         epoch.sums += _step_sums(loss.detach(), logits.detach(), y, p.epoch_step >= epoch.end_from,
@@ -343,7 +378,8 @@ def _end_epoch(t: Training, epoch_metrics: dict, data) -> None:
                                 t.model.fc8.in_features)
         if warning:
             print(warning, file=sys.stderr, flush=True)
-    state.save(t, best=best)
+    if evaluated or p.epoch % config.train.checkpoint_every_epochs == 0:
+        state.save(t, best=best)
     t.stop.fault(p.step)
 
 
@@ -383,4 +419,5 @@ def _summary(t: Training) -> dict:
         "step": progress.step,
         "skipped_steps": progress.skipped_steps,
         "stopped": t.stop.stopped,  # SIGTERM / SIGINT when a signal ended the run early, else null
+        "init": {"path": config.init.path, "sha256": config.init.sha256} if config.init.path else None,
     }

@@ -36,8 +36,10 @@ from ..config import build_config, to_dict
 from ..data.imagenet.sources import imagenet_classes
 from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Pipeline
 from ..errors import UsageError
+from ..files import atomic_write
 from ..nn.model import TORCHVISION_NAMES, AlexNet, ModelConfig
-from ..runs.checkpoint import save_checkpoint
+from ..runs.checkpoint import checkpoint_dict
+from ..runs.load import LoadedRun, load_run, loaded_from
 
 BVLC_MEAN_BGR = (104.007, 116.669, 122.679)  # ilsvrc_2012_mean.npy per channel, 0..255 (caffe's examples)
 CAFFE_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
@@ -47,14 +49,40 @@ CAFFE_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"
 
 
 def _save(out: Path, model: AlexNet, pipeline: Pipeline, imported: dict) -> dict:
-    """Write the checkpoint: a full run config (ImageNet, fp32), the classes and the pipeline."""
+    """Write the checkpoint (``_checkpoint``) to ``out``; what the command prints."""
+    payload = _checkpoint(model, pipeline, imported)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda f: torch.save(payload, f))
+    return {**imported, "out": str(out), "classes": model.config.num_classes}
+
+
+def _checkpoint(model: AlexNet, pipeline: Pipeline, imported: dict) -> dict:
+    """The checkpoint of imported weights: a full run config (ImageNet, fp32), the classes and the pipeline."""
     recipe = {"recipe": f"import-{imported['source']}", "model": dataclasses.asdict(model.config),
               "data": {"dataset": "imagenet"},
               "train": {"precision": "fp32"}}  # the published numbers are fp32; bf16 would shift them
     config = to_dict(build_config(recipe))
     classes = _imagenet_classes() if model.config.num_classes == 1000 else None
-    save_checkpoint(out, model, config, classes=classes, pipeline=pipeline.state_dict(), imported=imported)
-    return {**imported, "out": str(out), "classes": model.config.num_classes}
+    return checkpoint_dict(model, config, classes=classes, pipeline=pipeline.state_dict(), imported=imported)
+
+
+def load_init(path: Path) -> LoadedRun:
+    """The starting point of a fine-tune (``alexnet train --init``): any checkpoint (a run's, an import's),
+    or torchvision's AlexNet state_dict file itself, imported in memory."""
+    path = Path(path)
+    if path.is_file() and _is_state_dict(path):
+        model, pipeline = _torchvision_parts(path)
+        return loaded_from(_checkpoint(model, pipeline, {"source": "torchvision", "file": path.name}), path)
+    return load_run(path)
+
+
+def _is_state_dict(path: Path) -> bool:
+    """Whether ``path`` holds a plain state_dict (torchvision's format) rather than an alexnet checkpoint."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a torch.save zip: load_run says what it is
+        return False
+    return isinstance(state, dict) and "model" not in state and "classifier.6.weight" in state
 
 
 def _imagenet_classes() -> list[dict]:
@@ -71,6 +99,12 @@ def _shape(dims) -> str:
 
 def import_torchvision(path: Path, out: Path) -> dict:
     """torchvision's AlexNet state_dict at ``path`` -> a checkpoint at ``out``."""
+    model, pipeline = _torchvision_parts(path)
+    return _save(out, model, pipeline, {"source": "torchvision", "file": path.name})
+
+
+def _torchvision_parts(path: Path) -> tuple[AlexNet, Pipeline]:
+    """The network (eval mode) and the preprocessing of torchvision's AlexNet weights at ``path``."""
     state = _read_torchvision(path)
     fc8 = state.get("classifier.6.weight")
     if not isinstance(fc8, torch.Tensor) or fc8.dim() != 2 or fc8.shape[0] < 1:
@@ -83,7 +117,7 @@ def import_torchvision(path: Path, out: Path) -> dict:
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
     pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=mean, mean_kind="channel", std=std,
                         resize="center")
-    return _save(out, model.eval(), pipeline, {"source": "torchvision", "file": path.name})
+    return model.eval(), pipeline
 
 
 def _read_torchvision(path: Path) -> dict:
