@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fixtures import SAMPLES
+from fixtures import SAMPLES, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
@@ -191,3 +191,24 @@ def test_serve_load_smoke(tmp_path, data_cache):
     assert len(result["gain_per_round"]) == 1 and positive(result["batching_gain"])
     if Path("/proc").is_dir():  # both servers (their checkpoint lay in our TMPDIR) have ended
         assert not processes_naming(str(tmp_path)), processes_naming(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_transfer_smoke(tmp_path, data_cache):
+    tarball = tiny_tarball(tmp_path / "tiny-cifar10.tar.gz", per_class=3)
+    overrides = ["optim.epochs=2", "data.batch_size=4", "data.eval_batch_size=8"]
+    pretrained = tiny_checkpoint(tmp_path / "pretrained.pt")  # instead of training one on the old classes
+    result = run_script("transfer.py", "--tarball", tarball, "--out", tmp_path / "runs", "--pretrained", pretrained,
+                        "--per-class", 2, "--val-per-class", 2, *overrides, "model.width=0.25", tmp_path=tmp_path,
+                        cache=data_cache, timeout=300)
+    assert result["per_class"] == 2 and result["init"] == str(pretrained)
+    for way in ("finetune", "probe", "scratch"):
+        run = result[way]
+        assert 0 <= run["val_top1_err"] <= 1 and run["epochs"] == 2 and positive(run["seconds"]), way
+        assert positive(run["train_seconds_per_epoch"]), way
+    assert result["finetune_points_better_than_scratch"] == pytest.approx(
+        100 * (result["scratch"]["val_top1_err"] - result["finetune"]["val_top1_err"]), abs=0.1)
+    new = tmp_path / "runs" / "data" / "new"
+    assert sorted(p.name for p in (new / "train").iterdir()) == ["dog", "frog", "horse", "ship", "truck"]
+    assert all(len(list(d.iterdir())) == 2 for d in (new / "train").iterdir())
+    assert (tmp_path / "runs" / "probe" / "features.safetensors").is_file()
