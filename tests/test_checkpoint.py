@@ -93,3 +93,32 @@ def test_a_checkpoint_of_the_older_format_is_read_through_one_upgrade(tmp_path):
     torch.save({**v1, "format": "alexnet-checkpoint-v9"}, tmp_path / "v9.pt")
     with pytest.raises(UsageError, match="format 'alexnet-checkpoint-v9'"):
         load_checkpoint(tmp_path / "v9.pt")
+
+
+def test_a_v1_checkpoint_that_stored_its_training_pipeline_is_tested_through_its_last_windows(tmp_path):
+    """Some v1 CIFAR-10 checkpoints stored the training pipeline (32 with padding 4) of a run whose epochs were
+    all low-resolution 28x28 windows: it is tested at 28 without padding, on 32x32 images, as v1 loading did;
+    a v1 mid-epoch checkpoint's two running sums become four."""
+    from alexnet.runs.checkpoint import upgrade
+
+    pipeline = {"kind": "cifar10", "size": 32, "padding": 4, "flip": True, "mean": torch.full((3, 1, 1), 120.0),
+                "std": torch.full((3, 1, 1), 60.0), "stored": 28}
+    config = {"data": {"low_res_size": 28, "low_res_epochs": 10}, "optim": {"epochs": 10}}
+    ckpt = upgrade({"format": "alexnet-checkpoint-v1", "model": {}, "config": config, "pipeline": dict(pipeline),
+                    "ranks": [{"rng": {}, "sums": [3.5, 7.0]}]}, "v1.pt")
+    assert (ckpt["pipeline"]["size"], ckpt["pipeline"]["padding"], ckpt["pipeline"]["stored"]) == (28, 0, 32)
+    assert ckpt["ranks"][0]["sums"] == [3.5, 7.0, 0.0, 0.0]
+    later = {**config, "data": {"low_res_size": 28, "low_res_epochs": 5}}
+    ckpt = upgrade({"format": "alexnet-checkpoint-v1", "model": {}, "config": later, "pipeline": dict(pipeline)}, "x")
+    assert (ckpt["pipeline"]["size"], ckpt["pipeline"]["padding"]) == (32, 4)
+
+
+def test_older_spellings_of_overrides_are_read_with_a_note(capsys):
+    from alexnet.config import build_config, read_recipe
+
+    config = build_config(read_recipe("cifar10"), ["train.eval_crops=0", "train.eval_flip=true", "model.num_classes=0"])
+    assert config.train.eval_crops == 2 and config.model.num_classes == 10
+    assert build_config(read_recipe("cifar10"), ["train.eval_flip=false"]).train.eval_crops == 4  # the recipe's
+    assert build_config(read_recipe("cifar10"), ["train.eval_crops=0"]).train.eval_crops == 1
+    err = capsys.readouterr().err
+    assert "train.eval_flip is train.eval_crops=2" in err and "model.num_classes=0" in err

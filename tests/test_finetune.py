@@ -51,8 +51,9 @@ def train(capsys, *args) -> dict:
 
 
 def without_flip(state: dict) -> dict:
-    """A pipeline's stored state less what training itself adds (mirror images)."""
-    return {k: v for k, v in state.items() if k != "flip"}
+    """A pipeline's stored state less what training itself adds (mirror images) and its resize mode (a
+    fine-tune trains on prepared centre squares, so it answers on them)."""
+    return {k: v for k, v in state.items() if k not in ("flip", "resize")}
 
 
 def assert_same_input(a: dict, b: dict):
@@ -104,7 +105,8 @@ def test_caffe_import_fine_tunes_and_probes_keeping_its_network_and_input(photos
         kept = {k: getattr(run.config.model, k) for k in ("conv1_padding", "input_size", "lrn_k", "width", "towers")}
         assert kept == {"conv1_padding": 0, "input_size": 227, "lrn_k": 1.0, "width": 0.125, "towers": True}
         assert run.model.fc8.out_features == 3 and init.model.fc8.out_features == 10
-        assert_same_input(run.checkpoint["pipeline"], init.checkpoint["pipeline"])  # squash, 227, Caffe's mean
+        assert_same_input(run.checkpoint["pipeline"], init.checkpoint["pipeline"])  # 227, Caffe's mean and BGR
+        assert (init.pipeline.resize, run.pipeline.resize) == ("squash", "center")
         before = init.model.state_dict()
         moved = {name for name, w in run.model.state_dict().items() if not torch.equal(w, before[name])}
         if recipe == "probe":  # fc8 alone learns; the rest is the init's to the bit
@@ -179,3 +181,73 @@ def tiny_pipeline_state() -> dict:
 
     return Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 256, 256), 115.0), mean_kind="image",
                     std=torch.full((3, 1, 1), 60.0)).state_dict()
+
+
+def fine_tune(init_path, overrides, data="photos"):
+    from alexnet.config import read_recipe
+    from alexnet.train.finetune import check_fits, fine_tune_config
+    from alexnet.use.pretrained import load_init
+
+    init = load_init(init_path)
+    config = fine_tune_config(init, read_recipe("finetune"), overrides, data)
+    check_fits(init, config)
+    return config
+
+
+def test_the_init_is_checked_on_one_device_and_against_its_own_input(tmp_path):
+    """The tower split is checked as one network; validation views are checked against the init's input
+    (an ImageNet-style network cannot take 4 views whatever data.dataset says, a CIFAR-10 one can); an
+    init without a stored input is refused in check_fits, before anything is written."""
+    from alexnet.config import build_config, read_recipe, to_dict
+    from alexnet.errors import UsageError
+
+    init = tiny_checkpoint(tmp_path / "tiny.pt")
+    assert fine_tune(init, ["model.tower_devices=cpu,cpu"]).model.tower_devices == "cpu,cpu"
+    with pytest.raises(UsageError, match="train.eval_crops=4: .* keeps its init's imagenet input"):
+        fine_tune(init, ["data.dataset=cifar10", "train.eval_crops=4"])
+    cifar = build_config(read_recipe("cifar10"), ["model.width=0.125"])
+    cifar_init = save_checkpoint(tmp_path / "cifar.pt", AlexNet(cifar.model), to_dict(cifar),
+                                 pipeline=cifar_pipeline_state())
+    assert fine_tune(cifar_init, ["train.eval_crops=4"]).train.eval_crops == 4
+    tiny = build_config(read_recipe("imagenet"), ["model.num_classes=3", "model.width=0.25"])
+    bare = save_checkpoint(tmp_path / "bare.pt", AlexNet(tiny.model), to_dict(tiny))  # without its mean image
+    with pytest.raises(UsageError, match="stores no input pipeline"):
+        fine_tune(bare, [])
+    with pytest.raises(UsageError, match="cached_features runs the frozen network once on one device"):
+        build_config(read_recipe("probe"), ["model.tower_devices=cpu,cpu"])
+
+
+def cifar_pipeline_state() -> dict:
+    from alexnet.data.pipeline import CIFAR10_MEAN, CIFAR10_STD, Pipeline
+
+    return Pipeline(kind="cifar10", size=28, stored=32, mean=torch.tensor(CIFAR10_MEAN).view(3, 1, 1),
+                    mean_kind="channel", std=torch.tensor(CIFAR10_STD).view(3, 1, 1)).state_dict()
+
+
+def test_a_folder_named_like_a_recipe_is_not_read_as_one(tmp_path, monkeypatch):
+    from alexnet.config import read_recipe
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "finetune").mkdir()
+    assert read_recipe("finetune")["optim"]["trainable"] == "all"
+
+
+def test_a_new_run_drops_features_and_metrics_left_by_a_run_that_wrote_no_checkpoint(tmp_path):
+    from alexnet.runs.folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.features.write_bytes(b"rows of other photos")
+    folder.metrics_file.write_text('{"epoch": 1}\n')
+    folder.start("recipe = 'probe'\n", resume=False)
+    assert not folder.features.exists() and not folder.metrics_file.exists() and folder.config.is_file()
+
+
+def test_a_probe_without_mirrors_caches_one_row_per_image(tmp_path):
+    from alexnet.train.probe import compute
+
+    loaded = load_run(tiny_checkpoint(tmp_path / "tiny.pt"))
+    images, labels = torch.randint(0, 256, (3, 3, 256, 256), dtype=torch.uint8), torch.tensor([0, 1, 2])
+    rows, rows_labels = compute(loaded.model, loaded.pipeline, images, labels, "fc7", torch.device("cpu"), "fp32",
+                                4, count=1)
+    assert rows.shape[0] == 3 and torch.equal(rows_labels, labels)

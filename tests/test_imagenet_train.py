@@ -149,3 +149,15 @@ def test_a_test_folder_is_the_validation_split(tmp_path):
     out = tmp_path / "out"
     assert main(["prepare", "imagenet", "--src", str(src), "--out", str(out), "--workers", "1"]) == 0
     assert json.loads((out / "prepared.json").read_text())["counts"] == {"train": 4, "val": 2}
+
+
+def test_reading_shards_leaves_the_global_random_numbers_alone(prepared):
+    """Dropout draws from the global generator: a loader over shards must not (a run resumed inside an
+    epoch makes one loader more than the run it continues, and would drop other units)."""
+    from alexnet.data.datasets import batches
+
+    train = ShardImages(prepared / "train")
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    got = list(batches(train, train.labels, torch.arange(len(train.labels)), 6, torch.device("cpu"), workers=0))
+    assert len(got) == 3 and torch.equal(torch.get_rng_state(), before)

@@ -169,3 +169,14 @@ def test_float16_activities_above_256_keep_their_window_sum_finite():
     assert out.dtype == torch.float16 and torch.isfinite(grad).all()
     torch.testing.assert_close(out.double(), lrn_formula(a.double()), atol=0.05, rtol=0.01)
     torch.testing.assert_close(grad.double(), exact, atol=0.02, rtol=0.02)
+
+
+def test_a_whole_network_compile_traces_the_lrn_without_a_graph_break():
+    """Inside a whole-network torch.compile (``alexnet bench model --compile``) a layer's own compiled kernel
+    would break the graph at every LRN; it traces the eager kernel instead, compiled or not."""
+    import torch._dynamo
+
+    lrn = LocalResponseNorm(relu=True, compiled=True)
+    x = torch.randn(2, 8, 5, 5)
+    explained = torch._dynamo.explain(lambda t: lrn(t) * 2)(x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1

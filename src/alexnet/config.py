@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -198,7 +199,8 @@ def _check_run(config: RunConfig) -> None:
         hint = f"choose one of {fits[0]}..{fits[-1]}" if fits else "set data.low_res_size=0"
         raise ValueError(f"data.low_res_size={size} gives the {model.variant} network another pool5 map than "
                          f"model.input_size={model.input_size}, so fc6 cannot take it; {hint}")
-    if why := views.refusal(d.dataset, config.train.eval_crops):
+    if not config.init.path and (why := views.refusal(d.dataset, config.train.eval_crops)):
+        # a fine-tune validates through its init's input, whatever the data: train.finetune.check_views
         raise ValueError(f"train.eval_crops={config.train.eval_crops}: {why}")
     shrink = d.shrink_size
     if shrink and d.shrink_epochs and not (shrink <= model.input_size and pool5_side(model, shrink) >= 1):
@@ -208,6 +210,9 @@ def _check_run(config: RunConfig) -> None:
     if config.train.cached_features and first not in ("fc6", "fc7", "fc8"):
         raise ValueError(f"train.cached_features trains on features a frozen network computed once: optim.trainable "
                          f"must start at fc6, fc7 or fc8 (e.g. fc8, a linear probe); got {config.optim.trainable!r}")
+    if config.train.cached_features and model.tower_devices:
+        raise ValueError("train.cached_features runs the frozen network once on one device: drop model.tower_devices "
+                         "(a probe's fc8 is small enough for any one device)")
 
 
 def _fits(model: ModelConfig, size: int) -> bool:
@@ -226,9 +231,10 @@ def recipe_names() -> list[str]:
 
 
 def read_recipe(name_or_file: str) -> dict[str, Any]:
-    """A recipe by name (``cifar10``, ``paper``) or a path to a TOML file."""
+    """A recipe by name (``cifar10``, ``paper``) or a path to a TOML file (one ending in .toml, or any
+    existing file: a folder that happens to share a recipe's name, such as ``finetune/``, is not one)."""
     path = Path(name_or_file)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
             raise UsageError(f"recipe file {path} not found; give a TOML file or one of: {', '.join(recipe_names())}")
         text = path.read_text()
@@ -271,12 +277,35 @@ def build_config(recipe: dict[str, Any], overrides: list[str] = (),
     flat.update(parse_override(o) for o in overrides)
     if data_path is not None:
         flat["data.path"] = str(data_path)
+    _older_spellings(flat)
     unknown = sorted(k for k in flat if k not in valid_keys())
     if unknown:
         near = difflib.get_close_matches(unknown[0], valid_keys(), n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
         raise UsageError(f"unknown config key {unknown[0]!r}; {hint}valid keys: {' '.join(valid_keys())}")
     return from_flat(flat)
+
+
+def _older_spellings(flat: dict[str, Any]) -> None:
+    """Recipes and command lines of the older format (checkpoints: ``runs.checkpoint.upgrade``) in this one,
+    with a note: ``train.eval_flip`` and ``train.eval_crops=0`` are ``train.eval_crops`` 1 or 2 views,
+    ``model.num_classes=0`` leaves fc8's classes to the data."""
+    notes = []
+    if "train.eval_flip" in flat:
+        flip = bool(flat.pop("train.eval_flip"))
+        if flat.get("train.eval_crops"):
+            notes.append(f"train.eval_flip is left out: train.eval_crops={flat['train.eval_crops']} sets the views")
+        else:
+            flat["train.eval_crops"] = 2 if flip else 1
+            notes.append(f"train.eval_flip is train.eval_crops={flat['train.eval_crops']}")
+    elif flat.get("train.eval_crops") == 0:
+        flat["train.eval_crops"] = 1
+        notes.append("train.eval_crops=0 is train.eval_crops=1")
+    if flat.get("model.num_classes") == 0:
+        del flat["model.num_classes"]
+        notes.append("model.num_classes=0 is no model.num_classes (fc8 follows the data)")
+    for note in notes:
+        print(f"alexnet: an older spelling: {note}", file=sys.stderr)
 
 
 def from_flat(flat: dict[str, Any]) -> RunConfig:

@@ -108,7 +108,11 @@ def batches(images, labels: torch.Tensor, order: torch.Tensor, batch: int, devic
     loader = torch.utils.data.DataLoader(epoch, batch_size=None, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if workers else None, persistent_workers=False,
-                                         worker_init_fn=_ignore_stop_signals)
+                                         worker_init_fn=_ignore_stop_signals,
+                                         # its own generator: a loader draws its workers' base seed from the
+                                         # global one otherwise, which dropout uses, so a run resumed inside an
+                                         # epoch would not repeat the dropout of the run it continues
+                                         generator=torch.Generator().manual_seed(0))
     for x, y in loader:
         x = decode_on_device(x, device) if encoded else x.to(device, non_blocking=True)
         yield x, y.to(device, non_blocking=True)

@@ -189,11 +189,13 @@ class LocalResponseNorm(nn.Module):
 
     def kernel(self, which: int, *args):
         """Kernel ``which`` of ``EAGER``, compiled when this layer is (see the class docstring)."""
+        if torch.compiler.is_compiling():  # inside a whole-network torch.compile: it traces the eager kernel
+            return EAGER[which](*args)
         if self.compiled and compile_available():
             try:
-                import torch._dynamo
+                from torch._dynamo import config as dynamo_config
 
-                with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                with dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
                     return _compiled()[which](*args)
             except Exception as err:  # noqa: BLE001 - any compiler failure means "use eager"
                 print(f"alexnet: torch.compile failed for LRN ({type(err).__name__}); using eager LRN",

@@ -37,7 +37,7 @@ Variants:
 - ``"torchvision"``: the single-tower layout of ``torchvision.models.alexnet`` (64-192-384-
   256-256 kernels, no LRN, adaptive 6x6 average pool, dropout before fc6 and fc7). Its
   state_dict loads torchvision's weights (keys ``features.0`` ... are renamed on load).
-- ``"cifar"``: the same eight-layer design scaled to 32x32 images (see ``_cifar_layout``).
+- ``"cifar"``: the same eight-layer design scaled to 32x32 images (``_CIFAR``).
 """
 
 from __future__ import annotations

@@ -91,7 +91,29 @@ def upgrade(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
         pipeline["mean_kind"] = "image" if image else "channel"
         pipeline["stored"] = int(pipeline.get("stored") or (pipeline["mean"].shape[-1] if image else pipeline["size"]))
         pipeline.setdefault("resize", "center")
+        if pipeline.get("kind") == "cifar10":  # CIFAR-10 images are 32x32 whatever the network's input size
+            pipeline["stored"] = max(pipeline["stored"], 32)
+        _as_tested_v1(pipeline, config)
+    _pad_sums_v1(ckpt)
     return {**ckpt, "format": FORMAT}
+
+
+def _as_tested_v1(pipeline: dict, config: dict) -> None:
+    """Some v1 checkpoints stored the training pipeline; v1 loading tested through the last training epoch's
+    windows (``Pipeline.as_tested``): low-resolution windows without padding when they ran to the end."""
+    data, epochs = config.get("data", {}), config.get("optim", {}).get("epochs", 0)
+    size, until = data.get("low_res_size", 0), data.get("low_res_epochs", 0)
+    if size and until >= epochs:
+        pipeline["size"], pipeline["padding"] = int(size), 0
+    pipeline["shrink"] = 0
+
+
+def _pad_sums_v1(ckpt: dict) -> None:
+    """Mid-epoch v1 checkpoints of before the four running sums of an epoch (``train.state.EPOCH_SUMS``)
+    held two per process: the others start at 0."""
+    for rank in ckpt.get("ranks") or ():
+        if isinstance(rank, dict) and isinstance(rank.get("sums"), list | tuple) and len(rank["sums"]) < 4:
+            rank["sums"] = [*rank["sums"], *[0.0] * (4 - len(rank["sums"]))]
 
 
 def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | os.PathLike) -> None:

@@ -34,6 +34,7 @@ class RunFolder:
         self.config = self.path / "config.toml"
         self.metrics_file = self.path / "metrics.jsonl"
         self.summary_file = self.path / "summary.json"
+        self.features = self.path / "features.safetensors"  # a probe's cached rows (train.probe)
         self.checkpoints = self.path / "checkpoints"
         self.last = self.checkpoints / "last.pt"
         self.best = self.checkpoints / "best.pt"
@@ -64,6 +65,9 @@ class RunFolder:
             raise UsageError(f"run folder {self.path} already holds a run; pass --resume to continue it or choose "
                              "another --out")
         if write:
+            if not resume:  # left by a run that stopped before its first checkpoint: not this run's
+                self.metrics_file.unlink(missing_ok=True)
+                self.features.unlink(missing_ok=True)
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             self.config.write_text(config_toml)
 

@@ -8,9 +8,11 @@ or torchvision's state_dict file itself (``use.pretrained.load_init``). The run 
 - every weight whose name and shape match; fc8 is made anew (the network's own initialisation) unless
   the data's classes are the init's, in the same order. Any other mismatch (another variant, width,
   conv2 kernel) is refused in one line naming the layer and both shapes, before anything is written;
-- the init's input: input size, stored side, resize mode, mean image or mean and std, and Caffe's BGR
-  order (folded into conv1's weights), so its features see what they were trained on; the data's own
-  statistics are not swapped in. Training adds random crops at that input size and mirror images
+- the init's input: input size, stored side, mean image or mean and std, and Caffe's BGR order (folded
+  into conv1's weights), so its features see what they were trained on; the data's own statistics are
+  not swapped in. The resize mode becomes ``center``: the data is prepared as centre squares, so the
+  network trains, validates and (``predict``) answers on them, also after a Caffe init that squashed.
+  Training adds random crops at that input size and mirror images
   (``data.flip``), and PCA lighting from the data's colours only if ``data.pca_std`` asks for it.
 
 Where it started (``init.path``, ``init.sha256``) is in the run's config, checkpoints and summary.
@@ -24,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import InitConfig, RunConfig, build_config
+from ..config import RunConfig, build_config
+from ..data import views
 from ..data.pipeline import Lighting, Pipeline, lighting_magnitude
 from ..errors import UsageError
 from ..nn.model import AlexNet
@@ -38,8 +41,8 @@ def fine_tune_config(init: LoadedRun, recipe: dict, overrides: list[str], data_p
     fc8's classes left to the data, ``init.path`` and ``init.sha256`` filled in."""
     model = {f"model.{key}": value for key, value in dataclasses.asdict(init.config.model).items()
              if key not in ARCHITECTURE_OWN}
-    config = build_config(recipe, overrides, data_path, under=model)
-    return dataclasses.replace(config, init=InitConfig(str(init.path), sha256(init.path)))
+    start = {"init.path": str(init.path), "init.sha256": sha256(init.path)}
+    return build_config(recipe, overrides, data_path, under=model | start)
 
 
 def sha256(path: Path) -> str:
@@ -49,9 +52,11 @@ def sha256(path: Path) -> str:
 
 def check_fits(init: LoadedRun, config: RunConfig) -> None:
     """Refuse, in one line and before anything is written, a network the init's weights do not fit:
-    every layer but fc8 must have the init's shape (built on the meta device: no memory, no time)."""
+    every layer but fc8 must have the init's shape (built on the meta device: no memory, no time; on one
+    device, as the tower split does not change a shape). An init without a stored input is refused here too."""
+    check_views(tested_pipeline(init), config)
     with torch.device("meta"):
-        net = AlexNet(dataclasses.replace(config.model, num_classes=config.model.num_classes or 1))
+        net = AlexNet(dataclasses.replace(config.model, num_classes=config.model.num_classes or 1, tower_devices=""))
     theirs = init.model.state_dict()
     for key, value in net.state_dict().items():
         if key.startswith("fc8."):
@@ -62,6 +67,13 @@ def check_fits(init: LoadedRun, config: RunConfig) -> None:
             raise UsageError(f"--init {init.path}: {key} {there} in the init but {_shape(value)} in the network to "
                              "train; a fine-tune keeps the init's network (drop the model.* override that changes "
                              "it, or train from scratch without --init)")
+
+
+def check_views(tested: Pipeline, config: RunConfig) -> None:
+    """Refuse validation views the fine-tune's input (``tested``: the init's, or a resumed run's) cannot give."""
+    if why := views.refusal(tested.kind, config.train.eval_crops):
+        raise UsageError(f"train.eval_crops={config.train.eval_crops}: {why} (the network keeps its init's "
+                         f"{tested.kind} input)")
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -86,7 +98,8 @@ def train_pipeline(tested: Pipeline, config: RunConfig, data) -> Pipeline:
     if d.pca_std and getattr(data, "stats", None) is not None:
         stats = data.stats
         lighting = Lighting(lighting_magnitude(stats["eigval"], d.pca_scale), stats["eigvec"], d.pca_std)
-    return dataclasses.replace(tested, flip=d.flip, lighting=lighting, channels_last=config.train.channels_last)
+    return dataclasses.replace(tested, resize="center", flip=d.flip, lighting=lighting,
+                               channels_last=config.train.channels_last)
 
 
 def tested_pipeline(init: LoadedRun) -> Pipeline:

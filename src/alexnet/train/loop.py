@@ -79,6 +79,8 @@ def train(config: cfgmod.RunConfig, out: Path, resume: LoadedRun | None = None,
     ddp, device = start(config.seed, config.train.threads, config.train.device)
     if init is not None:
         finetune.check_fits(init, config)  # before any file is written
+    elif resume is not None and config.init.path:
+        finetune.check_views(finetune.tested_pipeline(resume), config)
     with StopRequest(ddp) as stop:  # from here on SIGTERM/SIGINT end the run with a checkpoint
         data = load_dataset(config.data, config.seed, ddp)
         config = classes_from_data(config, data)
@@ -112,8 +114,9 @@ def _begin(config, folder: RunFolder, resume: LoadedRun | None, init: LoadedRun 
     model.set_lrn_compiled(config.train.compile_lrn)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    rows = len(data.train_labels) * (2 if config.train.cached_features else 1)  # an image and its mirror
-    steps_per_epoch = _steps_per_epoch(rows, config.data.batch_size, ddp.world)
+    cached = config.train.cached_features
+    rows = len(data.train_labels) * (probe.views(config) if cached else 1)  # an image and its mirror
+    steps_per_epoch = _steps_per_epoch(rows, config.data.batch_size, ddp.world, "feature rows" if cached else "")
     folder.start(cfgmod.to_toml(config), resume is not None, write=ddp.main)
     pipeline = _pipeline(config, resume, init, data).to(device)
     carried = {"classes": data.class_list(),
@@ -169,12 +172,13 @@ def classes_from_data(config: cfgmod.RunConfig, data) -> cfgmod.RunConfig:
     return dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=found))
 
 
-def _steps_per_epoch(images: int, batch: int, world: int) -> int:
-    """Full global batches per epoch; each of ``world`` processes takes batch / world images of each."""
+def _steps_per_epoch(images: int, batch: int, world: int, rows: str = "") -> int:
+    """Full global batches per epoch; each of ``world`` processes takes batch / world images of each
+    (``rows``: what they are called when they are not training images)."""
     if batch % world:
         raise UsageError(f"data.batch_size={batch} (the global batch) must be divisible by the {world} processes")
     if images < batch:
-        raise UsageError(f"data.batch_size={batch} is larger than the {images} training images; "
+        raise UsageError(f"data.batch_size={batch} is larger than the {images} {rows or 'training images'}; "
                          "lower data.batch_size or raise data.limit")
     return images // batch
 

@@ -3,16 +3,18 @@
 When only the last layers learn (``optim.trainable`` from fc6, fc7 or fc8 on), everything below them
 is a fixed function of the image. So the frozen network's activations at the input of the first
 learning layer (fc7's output for a linear probe that trains fc8 alone) are computed once for each
-training image and its mirror image -- the centre window, as in evaluation, without dropout -- and
-kept in the run folder (``features.safetensors``, keyed by what they depend on). The layers that learn
-then train on those rows for as many epochs as asked, each epoch a pass over a small matrix. The
-result is an ordinary checkpoint of the whole network, validated through the whole network.
+training image and its mirror image (the image alone with ``data.flip`` off) -- the centre window, as in
+evaluation, without dropout -- and kept in the run folder (``features.safetensors``, keyed by what they
+depend on: the frozen weights, the input, the data). The layers that learn then train on those rows for
+as many epochs as asked, each epoch a pass over a small matrix. The result is an ordinary checkpoint of
+the whole network, validated through the whole network.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -23,8 +25,6 @@ from ..errors import UsageError
 from ..files import atomic_write
 from ..nn.model import STAGES
 from ..runtime import autocast
-
-FILE = "features.safetensors"
 
 
 def first_learning(config) -> str:
@@ -65,39 +65,52 @@ def features(t, data) -> tuple[torch.Tensor, torch.Tensor]:
         raise UsageError("train.cached_features computes its features in one process: run it without torchrun")
     stage = cache_stage(t.config)
     key = _key(t, data, stage)
-    path = t.folder.path / FILE
+    path = t.folder.features
     cached = _read(path, key)
     if cached is not None:
         t.ddp.log(f"features: {len(cached[1])} rows of {stage} from {path}")
         return cached
     tested = t.pipeline.as_tested(t.config.data, t.config.optim.epochs)
     rows, labels = compute(t.model, tested, data.train_images, data.train_labels, stage, t.device,
-                           t.config.train.precision, t.config.data.eval_batch_size)
+                           t.config.train.precision, t.config.data.eval_batch_size, views(t.config))
     blob = save({"features": rows.contiguous(), "labels": labels.contiguous()}, metadata={"key": key})
     atomic_write(path, lambda f: f.write(blob), fsync=False)
     t.ddp.log(f"features: {len(labels)} rows of {stage} ({rows.shape[1]} each) computed into {path}")
     return rows, labels
 
 
+def views(config) -> int:
+    """Rows per training image: the image and its mirror, or the image alone when ``data.flip`` is off
+    (orientation matters: digits, text)."""
+    return 2 if config.data.flip else 1
+
+
 @torch.no_grad()
 def compute(model, pipeline, images, labels: torch.Tensor, stage: str, device: torch.device, precision: str,
-            batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``model``'s activations at ``stage`` for each image and then its mirror (rows 2i and 2i + 1), the centre
-    window through ``pipeline`` as in evaluation, in eval mode; float32 on the CPU, and the labels twice."""
+            batch: int, count: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model``'s activations at ``stage`` for each image and then (``count=2``) its mirror (rows 2i and
+    2i + 1), the centre window through ``pipeline`` as in evaluation, in eval mode; float32 on the CPU, and
+    the labels of the rows."""
     was_training, out = model.training, []
     model.eval()
     for start in range(0, len(labels), batch):
-        x = pipeline.eval_inputs(images[torch.arange(start, min(start + batch, len(labels)))].to(device), 2)[0]
+        x = pipeline.eval_inputs(images[torch.arange(start, min(start + batch, len(labels)))].to(device), count)[0]
         with autocast(device, precision):
             out.append(model.features(x, stage).float().flatten(1).cpu())
     model.train(was_training)
-    return torch.cat(out), labels.repeat_interleave(2)
+    return torch.cat(out), labels.repeat_interleave(count)
 
 
 def _key(t, data, stage: str) -> str:
     """What the rows depend on: the frozen layers' weights, the input pipeline, the data, the precision."""
-    digest = hashlib.sha256(json.dumps([stage, t.config.train.precision, len(data.train_labels)]).encode())
+    d = t.config.data
+    where = [d.dataset, str(Path(d.path).expanduser().resolve()) if d.path else "", d.limit, t.config.seed]
+    digest = hashlib.sha256(json.dumps([stage, t.config.train.precision, views(t.config), len(data.train_labels),
+                                        where]).encode())
     digest.update(data.train_labels.numpy().tobytes())
+    n = len(data.train_labels)  # and a few of the images themselves: the same path may hold other photos now
+    for i in sorted({0, n // 3, n // 2, n - 1}):
+        digest.update(data.train_images[torch.tensor([i])].numpy().tobytes())
     for name, tensor in sorted(t.model.state_dict().items()):
         if name.split(".")[0] in STAGES[:STAGES.index(stage) + 1]:
             digest.update(name.encode() + tensor.detach().cpu().float().contiguous().numpy().tobytes())

@@ -52,8 +52,9 @@ def stable_lr(classes: int, fc7_units: int, momentum: float) -> float:
 def advice(config, classes: int, fc7_units: int) -> str:
     """The recipe and the switch that help a stuck run of ``config``."""
     if config.init.path:  # a fine-tune: the init's features are there; the new fc8 or the rate is at fault
-        return (f"a fine-tune from {config.init.path}: try a lower learning rate (optim.lr={config.optim.lr / 10:g}), "
-                "fc8 alone (optim.trainable=fc8), or --recipe probe")
+        probe = "" if config.train.cached_features else ", or --recipe probe"
+        return (f"a fine-tune from {config.init.path}: try a lower learning rate (optim.lr={config.optim.lr / 10:g})"
+                + ("" if config.optim.trainable == "fc8" else ", fc8 alone (optim.trainable=fc8)") + probe)
     if config.model.init == "paper":
         bound = stable_lr(classes, fc7_units, config.optim.momentum)
         if config.optim.lr > bound:
