@@ -82,12 +82,18 @@ def run_figures(capsys, *argv) -> dict:
 def test_folders_give_three_pictures_and_known_neighbours(folders, tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "run", overrides=["model.width=0.25"])
     printed = run_figures(capsys, "--checkpoint", ckpt, "--images", folders / "images",
-                          "--gallery", folders / "gallery")
+                          "--gallery", folders / "gallery", "--units", "conv1,conv5")
     assert printed["figure3"] == str(tmp_path / "run" / "figures" / "figure3.png")  # default: RUN_DIR/figures
     assert_picture(printed["figure3"], 300, 100)
     assert_picture(printed["figure4_top5"], 800, 600)
     assert_picture(printed["figure4_neighbours"], 700, 600)
+    assert_picture(printed["figure4_gradcam"], 500, 400)
+    assert_picture(printed["figure_units"], 500, 300)
     blob = json.loads((tmp_path / "run" / "figures" / "figures.json").read_text())
+    assert list(blob["units"]) == ["conv1", "conv5"]
+    for unit in (u for units in blob["units"].values() for u in units):  # 9 distinct images, strongest first
+        assert len(set(unit["images"])) == 9 and unit["activations"] == sorted(unit["activations"], reverse=True)
+    assert all(len(units) == 6 for units in blob["units"].values())
     assert [r["true"] for r in blob["top5"]] == ["airplane", "cat", "dog", "frog", "horse", None]
     for record in blob["top5"]:
         probs = [t["probability"] for t in record["top5"]]
@@ -209,6 +215,7 @@ def test_bad_input_exits_2_with_a_message(folders, tmp_path, capsys):
              (["--images", tmp_path / "empty", "--gallery", gallery], "no image files"),
              (["--images", tmp_path / "missing"], "not a folder"),
              (["--gallery-limit", "0"], "--gallery-limit"),
+             (["--units", "conv1,fc7"], "fc7 is not a conv layer"),
              (["--images", alone, "--gallery", alone], "only the query")]
     for argv, message in cases:
         assert main(["figures", "--checkpoint", str(ckpt), *map(str, argv)]) == 2
@@ -240,3 +247,32 @@ def test_folder_images_stand_upright_as_predict_reads_them(tmp_path):
     assert image.shape == (3, 30, 30)
     top, bottom = image[:, 3, 15].int(), image[:, 26, 15].int()
     assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60  # red above blue
+
+
+@pytest.mark.parametrize("variant", ["paper", "torchvision", "cifar"])
+def test_receptive_fields_are_where_a_unit_takes_its_input_from(variant):
+    """The gradient of one unit's activation reaches exactly its receptive field, with every ReLU open and the
+    max pools made average pools of the same geometry (a max pool's gradient takes one input of each window)."""
+    import torch
+
+    from alexnet import AlexNet, ModelConfig
+    from alexnet.paper.units import CONVS, receptive_fields
+
+    side = 32 if variant == "cifar" else 224
+    model = AlexNet(ModelConfig(variant=variant, input_size=side, num_classes=3, width=0.125, lrn=False)).eval()
+    fields = receptive_fields(model)
+    pool = model.pool
+    model.pool = torch.nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding)
+    with torch.no_grad():
+        for layer in model.layers():
+            layer.weight.fill_(1e-3)
+            layer.bias.fill_(0.1)
+    for name in CONVS:
+        x = torch.ones(1, 3, side, side, requires_grad=True)
+        out = model.features(x, name)
+        h = out.shape[-1]
+        for y, xx in ((0, 0), (h // 2, h // 3), (h - 1, h - 1)):
+            grad, = torch.autograd.grad(out[0, 0, y, xx], x, retain_graph=True)
+            rows, cols = grad[0].abs().sum(0).nonzero(as_tuple=True)
+            found = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+            assert found == fields[name].box(y, xx, side), (name, y, xx)

@@ -310,3 +310,59 @@ def test_chromium_shows_five_bars_for_a_chosen_image(server, tmp_path):
     assert len(np.unique(pixels, axis=0)) > 100 and pixels.std() > 20  # text, picture and bars, not blank
     bars = (np.abs(pixels - (0x25, 0x63, 0xEB)).max(1) < 8).sum()  # the blue of the four lower bars
     assert bars > 500, "no bars in the screenshot"
+
+
+def test_explain_answers_the_class_and_an_overlay_under_the_same_limits(server, predictor):
+    import base64
+
+    data = photo(2)
+    answer = httpx.post(f"{server.url}/explain", files={"file": ("p.jpg", data)}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    expected = predictor.top(predictor.probabilities(decode_file(data, predictor.pipeline)[None]), 1)[0][0]
+    assert body["class"]["index"] == expected["index"] and body["method"] == "gradcam" and body["ms"] > 0
+    assert body["overlay"].startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(body["overlay"].split(",", 1)[1]))) as drawn, \
+            Image.open(io.BytesIO(data)) as original:
+        assert max(drawn.size) == min(640, max(original.size))
+        assert abs(drawn.size[0] / drawn.size[1] - original.size[0] / original.size[1]) < 0.02
+    chosen = httpx.post(f"{server.url}/explain?class=thing 7&method=occlusion", content=data,
+                        headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert chosen.status_code == 200 and chosen.json()["class"]["index"] == 7, chosen.text
+    for params, word in [({"method": "lime"}, "method"), ({"class": "zebra"}, "class")]:
+        refused = httpx.post(f"{server.url}/explain", files={"file": ("p.jpg", data)}, params=params)
+        assert refused.status_code == 422 and word in refused.json()["error"]
+    broken = httpx.post(f"{server.url}/explain", files={"file": ("p.jpg", data[:3000])})
+    assert broken.status_code == 422 and "truncated" in broken.json()["error"]
+    assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
+
+
+@pytest.fixture
+def kaiming_server(tmp_path):
+    """A server whose network has He-initialised weights: its Grad-CAM maps are not flat (the paper's small
+    initial weights give conv5 maps that are its biases' constant)."""
+    torch.manual_seed(0)
+    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 1, 1), 120.0), mean_kind="channel",
+                        std=torch.full((3, 1, 1), 60.0))
+    model = AlexNet(ModelConfig(num_classes=10, width=0.25, init="kaiming")).eval()
+    path = save_checkpoint(tmp_path / "kaiming.pt", model, classes=CLASSES, pipeline=pipeline.state_dict())
+    running = Running(build_app(Predictor.from_run(load_run(path), "cpu"), "kaiming.pt"), ServeConfig())
+    yield running
+    running.stop()
+
+
+def test_chromium_shows_where_it_looks_when_switched_on(kaiming_server, tmp_path):
+    server = kaiming_server
+    dom = headless(tmp_path, "--virtual-time-budget=30000", "--dump-dom", f"{server.url}/?demo&look",
+                   window="900,700").stdout
+    assert 'data-look="shown"' in dom and 'src="data:image/png;base64,' in dom, dom[-2000:]
+    shots = {}
+    for name, query in (("plain", "?demo"), ("look", "?demo&look")):
+        shots[name] = tmp_path / f"{name}.png"
+        headless(tmp_path, "--virtual-time-budget=30000", f"--screenshot={shots[name]}", f"{server.url}/{query}",
+                 window="900,700")
+    with Image.open(shots["plain"]) as plain, Image.open(shots["look"]) as look:
+        before, after = (np.asarray(i.convert("RGB")).astype(int) for i in (plain, look))
+    assert len(np.unique(after.reshape(-1, 3), axis=0)) > 100 and after.std() > 20  # not blank
+    changed = np.abs(after - before).max(axis=2) > 15  # the map's colours over the 256x256 picture, its text
+    assert changed.sum() > 40_000, changed.sum()

@@ -14,6 +14,7 @@ from .commands import (
     ablate,
     bench,
     evaluate,
+    explain,
     export,
     figure1,
     figures,
@@ -28,8 +29,8 @@ from .commands import (
 from .errors import UsageError
 
 # Every command, in --help order.
-COMMANDS = (train, evaluate, predict, retrieve, prepare, export, import_weights, serve, bench, figure1, ablate, figures,
-            report)
+COMMANDS = (train, evaluate, predict, explain, retrieve, prepare, export, import_weights, serve, bench, figure1, ablate,
+            figures, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

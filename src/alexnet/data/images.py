@@ -10,7 +10,8 @@ Caffe's ImageNet data). Images over ``max_pixels`` are refused before they are d
 
 ``image_files`` lists the files and folders a command was given; ``read_batches`` decodes them a
 batch at a time in threads, the next batch while the caller uses this one. ``predict``, ``retrieve``,
-``figures`` and ``serve`` read files this way.
+``figures`` and ``serve`` read files this way; ``explain`` reads each photo whole (``read_photo``), as
+its maps are of the photo's own size.
 """
 
 from __future__ import annotations
@@ -46,19 +47,24 @@ MAX_PIXELS = 89_478_485  # Pillow's own warning threshold: about 0.25 GB of RGBA
 
 def decode_file(data: bytes, pipeline: Pipeline, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """The bytes of an image file -> uint8 (3, S, S), S = ``pipeline.stored`` (see the module docstring)."""
+    return to_stored(decode_photo(data, max_pixels, draft=pipeline.stored), pipeline)
+
+
+def decode_photo(data: bytes, max_pixels: int = MAX_PIXELS, draft: int | None = None) -> torch.Tensor:
+    """The bytes of an image file -> the photo as uint8 (3, H, W), RGB, upright (EXIF orientation applied);
+    ``draft``: a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size while both sides stay >= ``draft``."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
         raise BadImage("empty file")
-    side = pipeline.stored
     try:
         with quiet_decoders(), Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise BadImage(f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
                                "(a decompression bomb?)")
-            if image.format == "JPEG":  # DCT scaling: decode at 1/2, 1/4, 1/8 while both sides stay >= side
-                image.draft("RGB", (side, side))
+            if image.format == "JPEG" and draft:  # DCT scaling: 1/2, 1/4, 1/8 while both sides stay >= draft
+                image.draft("RGB", (draft, draft))
             rgb = _to_rgb(ImageOps.exif_transpose(image))
             pixels = np.asarray(rgb).copy()
     except BadImage:
@@ -74,8 +80,7 @@ def decode_file(data: bytes, pipeline: Pipeline, max_pixels: int = MAX_PIXELS) -
         said, kind = reason(error), signature(data)
         damage = "truncated" if "truncat" in said.lower() else _damage(data, kind)
         raise BadImage(f"{damage} {kind or 'image'} data ({said})") from None
-    image = torch.from_numpy(pixels).permute(2, 0, 1)
-    return to_stored(image, pipeline)
+    return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND", "GIF": b";"}  # what a complete file ends with
@@ -164,8 +169,17 @@ def read_batches(files: list[Path], pipeline: Pipeline, batch_size: int, progres
 
 def read_image(path: Path, pipeline: Pipeline) -> torch.Tensor | str:
     """One file decoded to the pipeline's stored image, or the one-line reason it cannot be."""
+    return _read(path, lambda data: decode_file(data, pipeline))
+
+
+def read_photo(path: Path) -> torch.Tensor | str:
+    """One file decoded whole (``decode_photo``: its own size, upright), or the one-line reason it cannot be."""
+    return _read(path, decode_photo)
+
+
+def _read(path: Path, decode: Callable[[bytes], torch.Tensor]) -> torch.Tensor | str:
     try:
-        return decode_file(path.read_bytes(), pipeline)
+        return decode(path.read_bytes())
     except BadImage as error:
         return str(error)
     except OSError as error:  # missing, a folder, no permission

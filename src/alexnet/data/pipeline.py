@@ -205,6 +205,11 @@ class Pipeline:
             return (whole,) if self.size >= self.stored else (whole, self._float_views(images, 2, self.size))
         return (self._float_views(images, count, self._eval_size(count)),)
 
+    def eval_side(self) -> int:
+        """The side of the centre view the network is tested on (``window``): the input size, or CIFAR-10's
+        whole stored image."""
+        return self._eval_size(1) or self.stored
+
     def _eval_size(self, count: int) -> int | None:
         """The side of the test views: cifar10 shows the whole image (None) except for the ten patches."""
         return None if self.kind == "cifar10" and count != 10 else self.size

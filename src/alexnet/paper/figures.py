@@ -90,7 +90,7 @@ class FolderImages:
 
 
 def make_all(checkpoint: Path, images: Path | None, gallery: Path | None, gallery_limit: int, data_path: str | None,
-             device: torch.device, out: Path | None) -> dict[str, Path]:
+             device: torch.device, out: Path | None, units: tuple[str, ...] = ()) -> dict[str, Path]:
     """Figures 3 and 4 of ``checkpoint`` into ``out`` (default ``RUN_DIR/figures``): Figure 4's images from
     the folder ``images`` (default: one validation image of each of eight classes), their neighbours
     from the folder ``gallery`` (default: ``gallery_limit`` training images)."""
@@ -112,7 +112,7 @@ def make_all(checkpoint: Path, images: Path | None, gallery: Path | None, galler
     log(f"figures: {len(queries)} images, fc7 features of {len(gallery_set)} gallery images on {device}")
     out = out or default_out(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    return make_figures(network, queries, gallery_set, names, out)
+    return make_figures(network, queries, gallery_set, names, out, units)
 
 
 def check_folders(images: Path | None, gallery: Path | None, gallery_limit: int) -> None:
@@ -206,7 +206,7 @@ def same_files(queries: ImageSet, gallery: ImageSet) -> torch.Tensor:
 
 
 def make_figures(network: Predictor, queries: ImageSet, gallery: ImageSet, names: list[str],
-                 out: Path) -> dict[str, Path]:
+                 out: Path, units: tuple[str, ...] = ()) -> dict[str, Path]:
     """Compute Figures 3 and 4, draw them into ``out`` and write figures.json; returns the paths."""
     def fc7(images: ImageSet) -> torch.Tensor:
         return torch.cat([network.features(x, "fc7") for x in images.batches(network.batch_size)])
@@ -225,10 +225,27 @@ def make_figures(network: Predictor, queries: ImageSet, gallery: ImageSet, names
     draw_figure3(conv1, towers=2 if model.towers and model.variant != "torchvision" else 1, path=paths["figure3"])
     window = network.pipeline.window
     draw_top5(hwc(window(queries.pixels())), top5, paths["figure4_top5"])
+    paths["figure4_gradcam"] = out / "figure4_gradcam.png"
+    draw_gradcam(network, queries, top5, paths["figure4_gradcam"])
     rows = [hwc(window(gallery.pixels(row))) for row in index.tolist()]
     draw_neighbours(hwc(window(first.pixels())), rows, neighbours, paths["figure4_neighbours"])
-    paths["json"].write_text(json.dumps({"top5": top5, "neighbours": neighbours}, indent=2) + "\n")
+    records = {"top5": top5, "neighbours": neighbours}
+    if units:
+        paths["figure_units"] = out / "figure_units.png"
+        records["units"] = draw_unit_figure(network, gallery, units, paths["figure_units"])
+    paths["json"].write_text(json.dumps(records, indent=2) + "\n")
     return paths
+
+
+def draw_unit_figure(network: Predictor, gallery: ImageSet, layers: tuple[str, ...], path: Path) -> dict:
+    """What units see (``units.py``), drawn into ``path``; its records, with gallery ids for image positions."""
+    from .units import draw_units, patch_tiles, strongest_patches
+
+    records = strongest_patches(network, gallery, layers)
+    draw_units(patch_tiles(network, gallery, records), records, path)
+    for unit in (u for units in records.values() for u in units):
+        unit["images"] = [gallery.ids[i] for i in unit["images"]]
+    return records
 
 
 def top5_records(probs: torch.Tensor, images: ImageSet, names: list[str]) -> list[dict]:
@@ -326,6 +343,31 @@ def draw_top5(images: list, records: list[dict], path: Path) -> None:
         bars.tick_params(axis="x", labelsize=7)
     fig.suptitle("Figure 4 (left): the five most probable classes of each image; the true class in red")
     fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def draw_gradcam(network: Predictor, images: ImageSet, records: list[dict], path: Path) -> None:
+    """Figure 4's images with Grad-CAM's map of their top class over what the network sees (``alexnet explain``)."""
+    from ..use.explain import Explainer
+    from ..use.overlay import overlay
+
+    explainer = Explainer(network.model, network.pipeline, network.device)
+    x = explainer.input(images.pixels())
+    top = torch.tensor([r["top5"][0]["label"] for r in records])
+    maps = explainer.maps(x, top, "gradcam")
+    windows = network.pipeline.window(images.pixels().to(network.device)).cpu()
+    plt = pyplot()
+    columns = min(4, len(records))
+    rows = -(-len(records) // columns)
+    fig, axes = plt.subplots(rows, columns, squeeze=False, figsize=(2.6 * columns, 2.8 * rows))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, window, heat, record in zip(axes.flat, windows, maps, records):
+        ax.imshow(overlay(window, heat, ""), interpolation="bilinear")
+        ax.set_title(f"{record['top5'][0]['class']} {record['top5'][0]['probability']:.2f}", fontsize=9)
+    fig.suptitle("Figure 4's images: where the network finds its top class (Grad-CAM at conv5)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -24,6 +24,10 @@ CAPTIONS = {
     "figure3.png": "Figure 3: the kernels of conv1, one block per tower (the paper's two GPUs).",
     "figure4_top5.png": "Figure 4 (left): the five most probable classes of each image; the true class in red.",
     "figure4_neighbours.png": "Figure 4 (right): the gallery images whose fc7 activations are nearest each query.",
+    "figure4_gradcam.png": "Figure 4's images: where the network finds its top class (Grad-CAM at conv5, "
+                           "alexnet explain).",
+    "figure_units.png": "What units see (Zeiler & Fergus's Figure 2): the 9 gallery patches that excite each unit "
+                        "most.",
 }
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }

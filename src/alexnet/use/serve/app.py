@@ -1,5 +1,5 @@
-"""The HTTP service of ``alexnet serve``: a checkpoint behind HTTP -- ``POST /predict``, ``GET /healthz``,
-``GET /metrics`` and ``GET /``, a page to drop an image on.
+"""The HTTP service of ``alexnet serve``: a checkpoint behind HTTP -- ``POST /predict``, ``POST /explain``,
+``GET /healthz``, ``GET /metrics`` and ``GET /``, a page to drop an image on.
 
 What happens to a request, top to bottom:
 
@@ -18,7 +18,11 @@ What happens to a request, top to bottom:
    that arrive together share a forward pass.
 
 The answer is ``{"top": [{"index", "wnid", "name", "prob"}, ...], "model": ..., "ms": ...}``, the
-records of ``alexnet predict --json``. Every error is JSON ``{"error": "..."}`` naming the problem.
+records of ``alexnet predict --json``. ``POST /explain`` takes the same uploads under the same limits
+(options ``method``: gradcam or occlusion, ``class``: an index, wnid or name) and answers ``{"class":
+{"index", "wnid", "name", "prob"}, "method", "overlay": "data:image/png;base64,...", "model", "ms"}``: the
+photo with ``alexnet explain``'s map over it, computed on the model's thread between batches. Every
+error is JSON ``{"error": "..."}`` naming the problem.
 """
 
 from __future__ import annotations
@@ -36,13 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...data.decode import BadImage
-from ...data.images import MAX_PIXELS, decode_file
+from ...data.images import MAX_PIXELS, decode_file, decode_photo
 from ...errors import UsageError
 from ...runs.folder import RunFolder
+from ..explain import Explainer
 from ..predictor import Predictor
 from .batcher import Batcher
 from .metrics import Measured, Metrics
-from .uploads import Refused, parse_options, read_body, upload
+from .uploads import Refused, explain_options, parse_options, read_body, upload
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,9 @@ class ServeConfig:
     max_pixels: int = MAX_PIXELS  # width x height of an upload before decoding; more is answered 422
     body_timeout_s: float = 30.0  # time to receive one request's body; more is answered 408
     decode_threads: int = 2  # threads decoding uploads
+
+
+OVERLAY_SIDE = 640  # the longer side of /explain's overlay at most: a page's picture, not the photo's pixels
 
 
 def error(status: int, message: str, headers: dict | None = None):
@@ -71,6 +79,8 @@ class Service:
         self.held = 0  # requests admitted and not yet answered (one event loop: no lock needed)
         self.decoders: ThreadPoolExecutor | None = None
         self.batcher: Batcher | None = None
+        self.explainer = Explainer(predictor.model, predictor.pipeline, predictor.device,
+                                   batch_size=predictor.batch_size)
 
     @asynccontextmanager
     async def lifespan(self, app):
@@ -84,6 +94,13 @@ class Service:
             self.decoders.shutdown(wait=False, cancel_futures=True)
 
     async def predict(self, request):
+        return await self._admitted(request, self._predict)
+
+    async def explain(self, request):
+        return await self._admitted(request, self._explain)
+
+    async def _admitted(self, request, answer):
+        """``answer(request)`` within the admission limit, every failure answered in JSON and counted."""
         if self.held >= self.config.queue:
             self.metrics.errors.labels("queue_full").inc()
             return error(503, f"busy: {self.held} requests are waiting (alexnet serve --queue {self.config.queue}); "
@@ -91,7 +108,7 @@ class Service:
         self.held += 1
         self.metrics.held.inc()
         try:
-            return await self._predict(request)
+            return await answer(request)
         except Refused as refused:
             self.metrics.errors.labels(refused.reason).inc()
             return error(refused.status, refused.message, refused.headers)
@@ -106,22 +123,48 @@ class Service:
             self.held -= 1
             self.metrics.held.dec()
 
-    async def _predict(self, request):
+    async def _upload(self, request) -> tuple[bytes, dict[str, str]]:
         from starlette.requests import ClientDisconnect
-        from starlette.responses import JSONResponse
 
-        start = time.perf_counter()
         try:
             body = await read_body(request, self.config.max_upload_bytes, self.config.body_timeout_s)
         except ClientDisconnect:
             raise Refused(400, "the client went away before its upload arrived", "disconnected") from None
-        data, options = upload(request.headers.get("content-type", ""), body, request.query_params)
+        return upload(request.headers.get("content-type", ""), body, request.query_params)
+
+    async def _predict(self, request):
+        from starlette.responses import JSONResponse
+
+        start = time.perf_counter()
+        data, options = await self._upload(request)
         topk, crops = parse_options(options, len(self.predictor.classes), self.predictor.pipeline.kind)
         image = await asyncio.get_running_loop().run_in_executor(
             self.decoders, decode_file, data, self.predictor.pipeline, self.config.max_pixels)
         probs = await self.batcher.probabilities(image, crops)
         top = self.predictor.top(probs[None], topk)[0]
         return JSONResponse({"top": top, "model": self.model_name, "ms": round((time.perf_counter() - start) * 1e3, 2)})
+
+    async def _explain(self, request):
+        """``POST /explain``: the class (top, or ``class``) and an overlay PNG of where the network finds it."""
+        import base64
+
+        from starlette.responses import JSONResponse
+
+        from ..explain import explain_photo
+        from ..overlay import overlay, png_bytes
+
+        start = time.perf_counter()
+        data, options = await self._upload(request)
+        method, target = explain_options(options, self.predictor.classes)
+        loop = asyncio.get_running_loop()
+        photo = await loop.run_in_executor(self.decoders, decode_photo, data, self.config.max_pixels)
+        found, heat = await self.batcher.on_model_thread(explain_photo, self.explainer, self.predictor.classes, photo,
+                                                         target, method)
+        drawn = await loop.run_in_executor(self.decoders, lambda: png_bytes(
+            overlay(photo, heat, f"{found['name']} {found['prob']:.3f}", max_side=OVERLAY_SIDE)))
+        return JSONResponse({"class": found, "method": method, "model": self.model_name,
+                             "overlay": "data:image/png;base64," + base64.b64encode(drawn).decode("ascii"),
+                             "ms": round((time.perf_counter() - start) * 1e3, 2)})
 
     async def healthz(self, request):
         from starlette.responses import JSONResponse
@@ -153,7 +196,8 @@ def build_app(predictor: Predictor, model_name: str, config: ServeConfig = Serve
     from starlette.routing import Route
 
     service = Service(predictor, model_name, config)
-    routes = [Route("/predict", service.predict, methods=["POST"]), Route("/healthz", service.healthz),
+    routes = [Route("/predict", service.predict, methods=["POST"]),
+              Route("/explain", service.explain, methods=["POST"]), Route("/healthz", service.healthz),
               Route("/metrics", service.metrics_text), Route("/", service.page)]
     middleware = [Middleware(Measured, metrics=service.metrics)]
     app = Starlette(routes=routes, lifespan=service.lifespan, middleware=middleware)

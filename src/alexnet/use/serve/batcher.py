@@ -44,6 +44,11 @@ class Batcher:
             await asyncio.gather(self.task, return_exceptions=True)
         self.model_thread.shutdown(wait=True)
 
+    async def on_model_thread(self, fn, *args):
+        """``fn(*args)`` on the model's thread, between batches (a heat map: captum hooks the network while
+        it runs, so nothing else may run the network meanwhile)."""
+        return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
+
     async def probabilities(self, image: torch.Tensor, crops: int) -> torch.Tensor:
         answer = asyncio.get_running_loop().create_future()
         self.waiting.put_nowait(Waiting(image, crops, answer))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-PATHS = ("/", "/predict", "/healthz", "/metrics")  # metric labels; anything else counts as "other"
+PATHS = ("/", "/predict", "/explain", "/healthz", "/metrics")  # metric labels; anything else counts as "other"
 
 
 class Metrics:

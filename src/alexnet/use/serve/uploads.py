@@ -85,7 +85,7 @@ def upload(content_type: str, body: bytes, query) -> tuple[bytes, dict[str, str]
         if "file" not in parts:
             named = ", ".join(repr(n) for n in parts) or "none"
             raise Refused(422, f"no form field 'file' with the image (fields sent: {named})", "bad_request")
-        for name in ("topk", "crops"):
+        for name in ("topk", "crops", "method", "class"):
             if name in parts and name not in options:
                 options[name] = parts[name].decode("utf-8", "replace")
         return parts["file"], options
@@ -109,3 +109,20 @@ def parse_options(options: dict[str, str], classes: int, kind: str) -> tuple[int
     if why := views.refusal(kind, crops):
         raise Refused(422, f"crops={crops}: {why}", "bad_request")
     return min(topk, classes), crops
+
+
+def explain_options(options: dict[str, str], classes: list[dict]) -> tuple[str, int | None]:
+    """``method`` (gradcam, the default, or occlusion) and ``class`` (an index, wnid or name; default the top
+    class) of ``POST /explain``, or 422 naming the bad one."""
+    from ..explain import METHODS, find_class
+
+    method = options.get("method", "gradcam")
+    if method not in METHODS:
+        raise Refused(422, f"method={method!r} is not one of {', '.join(METHODS)}", "bad_request")
+    given = options.get("class")
+    if given is None or given == "":
+        return method, None
+    if (index := find_class(given, classes)) is not None:
+        return method, index
+    raise Refused(422, f"class={given!r} is not an index below {len(classes)}, a wnid or a class name of this model",
+                  "bad_request")

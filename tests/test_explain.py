@@ -1,0 +1,175 @@
+"""Heat maps (``alexnet explain``): a network trained here on images whose class is the colour of a patch
+at a random, known place must look at the patch; its maps must depend on its weights; hiding what a map
+ranks highest must cost the class more than hiding what it ranks lowest; and the command must map real
+photos of any size and report a broken file."""
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import AlexNet, ModelConfig
+from alexnet.cli import main
+from alexnet.data.pipeline import Pipeline
+from alexnet.use.explain import Explainer, on_photo, ranked_hiding
+from fixtures import SAMPLES, tiny_checkpoint
+
+SIDE, PATCH, CLASSES = 32, 8, 3
+
+
+def patch_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uint8 noise images with one PATCH x PATCH square of pure red, green or blue (the class) at a random
+    place: the images, the labels and each square's top-left corner."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 120, (n, 3, SIDE, SIDE), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, CLASSES, (n,), generator=g)
+    corners = torch.randint(0, SIDE - PATCH + 1, (n, 2), generator=g)
+    for image, label, (y, x) in zip(images, labels, corners.tolist()):
+        image[:, y:y + PATCH, x:x + PATCH] = 0
+        image[label, y:y + PATCH, x:x + PATCH] = 255
+    return images, labels, corners
+
+
+PIPELINE = Pipeline(kind="cifar10", size=SIDE, stored=SIDE, mean=torch.full((3, 1, 1), 80.0), mean_kind="channel",
+                    std=torch.full((3, 1, 1), 60.0))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The CIFAR-10 network at a quarter of its width, trained to tell the patch's colour (about 4 s)."""
+    torch.manual_seed(0)
+    model = AlexNet(ModelConfig(variant="cifar", input_size=SIDE, num_classes=CLASSES, width=0.25, dropout=0.0,
+                                init="kaiming"))
+    images, labels, _ = patch_images(768, seed=1)
+    x = PIPELINE.eval_input(images)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for step in range(240):
+        batch = torch.arange(step * 64, step * 64 + 64) % len(labels)
+        loss = torch.nn.functional.cross_entropy(model(x[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    test, test_labels, corners = patch_images(48, seed=2)
+    with torch.no_grad():
+        accuracy = (model(PIPELINE.eval_input(test)).argmax(1) == test_labels).float().mean()
+    assert accuracy > 0.95, accuracy  # the maps below are of a network that learned the task
+    return model, test, test_labels, corners
+
+
+def explainer(model) -> Explainer:
+    return Explainer(model, PIPELINE, torch.device("cpu"), window=PATCH, stride=2, batch_size=256)  # the patch's side
+
+
+@pytest.mark.parametrize("method", ["gradcam", "occlusion"])
+def test_the_map_is_largest_on_the_patch_that_decides_the_class(trained, method):
+    model, images, labels, corners = trained
+    maps = explainer(model).maps(PIPELINE.eval_input(images), labels, method)
+    assert maps.shape == (len(labels), SIDE, SIDE) and maps.dtype == torch.float32
+    inside = 0
+    for m, (y, x) in zip(maps, corners.tolist()):
+        top_y, top_x = divmod(int(m.argmax()), SIDE)
+        inside += y <= top_y < y + PATCH and x <= top_x < x + PATCH
+    assert inside >= 0.9 * len(labels), f"{inside} of {len(labels)} maps peak on the patch"
+
+
+def test_randomising_the_weights_changes_the_gradcam_map(trained):
+    """Adebayo et al. (2018)'s sanity check: a map that survives random weights explains the image, not
+    the network."""
+    model, images, labels, _ = trained
+    x = PIPELINE.eval_input(images)
+    before = explainer(model).maps(x, labels, "gradcam")
+    torch.manual_seed(5)
+    random = AlexNet(model.config).eval()
+    after = explainer(random).maps(x, labels, "gradcam")
+    correlations = [np.corrcoef(a.flatten(), b.flatten())[0, 1] for a, b in zip(before, after)
+                    if a.std() > 0 and b.std() > 0]
+    assert np.nanmean(correlations) < 0.5, np.nanmean(correlations)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "occlusion"])
+def test_hiding_the_top_ranked_quarter_costs_more_than_hiding_the_lowest(trained, method):
+    model, images, labels, _ = trained
+    e = explainer(model)
+    x = PIPELINE.eval_input(images)
+    maps = e.maps(x, labels, method)
+
+    def prob(inputs):
+        return e.probabilities(inputs)[torch.arange(len(labels)), labels]
+
+    full = prob(x)
+    top = full - prob(ranked_hiding(x, maps, 0.25))
+    low = full - prob(ranked_hiding(x, maps, 0.25, lowest=True))
+    assert top.mean() > low.mean() + 0.3, (top.mean(), low.mean())
+
+
+def test_a_window_map_lands_on_the_photo_where_the_network_saw_it():
+    """The centre 224 of the stored 256 came from the photo's centre square (or the whole photo squashed)."""
+    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 1, 1), 100.0), mean_kind="channel")
+    heat = on_photo(torch.ones(224, 224), pipeline, 300, 500)
+    assert heat.shape == (300, 500)
+    cols = torch.nonzero(heat[150] > 0.5).flatten()
+    rows = torch.nonzero(heat[:, 250] > 0.5).flatten()
+    # the square is 300 wide at column 100; the window is 224/256 of it, centred: about 262 pixels
+    assert abs(int(cols[0]) - 119) <= 2 and abs(int(cols[-1]) - 380) <= 2, (cols[0], cols[-1])
+    assert abs(int(rows[0]) - 19) <= 2 and abs(int(rows[-1]) - 280) <= 2
+    squashed = on_photo(torch.ones(224, 224), dataclasses.replace(pipeline, resize="squash"), 300, 500)
+    assert squashed[150, 40] > 0.5 and squashed[150, 10] == 0  # the window's 16/256 margin of 500: 31 pixels
+
+
+@pytest.mark.slow
+def test_explain_maps_photos_of_every_size_at_their_own_size_and_reports_a_broken_file(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted(SAMPLES.glob("*.JPEG"))[:3]:
+        shutil.copy(f, photos / f.name)
+    pixels = np.zeros((40, 90, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 90 wide, shown 40 wide and 90 high
+    Image.fromarray(pixels).save(photos / "portrait.jpg", exif=exif)
+    Image.fromarray(np.full((50, 70, 4), 200, np.uint8)).save(photos / "logo.png")
+    (photos / "broken.jpg").write_bytes(sorted(SAMPLES.glob("*.JPEG"))[0].read_bytes()[:2000])
+    out = tmp_path / "maps"
+    code = main(["explain", "--checkpoint", str(ckpt), str(photos), "--out", str(out), "--json", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 1 and "broken.jpg" in captured.err and "truncated" in captured.err
+    records = {r["file"].rsplit("/", 1)[1]: r for r in map(json.loads, captured.out.splitlines())}
+    assert len(records) == 6 and "error" in records["broken.jpg"]
+    for name, record in records.items():
+        if name == "broken.jpg":
+            continue
+        with Image.open(photos / name) as image:
+            from PIL import ImageOps
+
+            width, height = ImageOps.exif_transpose(image).size
+        heat = np.load(record["map"])
+        assert heat.shape == (height, width) and heat.dtype == np.float32 and heat.min() >= 0
+        assert record["class"]["name"] in ("cat", "dog", "fish") and 0 < record["class"]["prob"] <= 1
+        with Image.open(record["overlay"]) as overlay:
+            assert overlay.size == (width, height)
+    assert np.load(records["portrait.jpg"]["map"]).shape == (90, 40)
+    assert main(["explain", "--checkpoint", str(ckpt), str(photos / "logo.png"), "--out", str(out), "--method",
+                 "occlusion", "--window", "56", "--stride", "56", "--class", "fish", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["class"]["index"] == 2 and np.load(record["map"]).shape == (50, 70)
+    assert main(["explain", "--checkpoint", str(ckpt), str(photos / "logo.png"), "--class", "zebra"]) == 2
+    assert "--class zebra" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant,side", [("paper", 224), ("torchvision", 224), ("cifar", 32)])
+def test_every_variant_gets_maps_of_its_input_size(variant, side):
+    torch.manual_seed(0)
+    model = AlexNet(ModelConfig(variant=variant, input_size=side, num_classes=4, width=0.125, init="kaiming")).eval()
+    pipeline = Pipeline(kind="cifar10" if side == 32 else "imagenet", size=side, stored=side if side == 32 else 256,
+                        mean=torch.full((3, 1, 1), 100.0), mean_kind="channel", std=torch.full((3, 1, 1), 50.0))
+    e = Explainer(model, pipeline, torch.device("cpu"), window=side // 4, stride=side // 4)
+    x = e.input(torch.randint(0, 256, (2, 3, pipeline.stored, pipeline.stored), dtype=torch.uint8))
+    for method in ("gradcam", "occlusion"):
+        maps = e.maps(x, torch.tensor([1, 3]), method)
+        assert maps.shape == (2, side, side) and torch.isfinite(maps).all()
+    assert (e.maps(x, torch.tensor([1, 3]), "gradcam") >= 0).all()
