@@ -110,6 +110,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, default=Path("runs/demo/checkpoints/last.pt"))
     p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--data", help="CIFAR-10 (an archive or folder; default: the cache, ALEXNET_MIRROR, download)")
     p.add_argument("--shares", default="0.1,0.25,0.5")
     p.add_argument("--batch-size", type=int, default=8, help="images whose maps are made at once")
     p.add_argument("--paper-images", type=int, default=4)
@@ -118,12 +119,13 @@ def main() -> None:
     configure_process()  # as a command: glibc keeps freed memory (occlusion's batches would fault it in again)
     torch.set_grad_enabled(False)
     run = load_run(args.checkpoint)
-    _, test = load_cifar10(None, limit=None, seed=0, val_limit=None)
-    chosen = balanced_indices(test.labels, 10, args.images * 2, seed=0)
+    _, test = load_cifar10(args.data, limit=None, seed=0, val_limit=None)
+    chosen = balanced_indices(test.labels, 10, min(args.images * 2, len(test.labels)), seed=0)
     e = Explainer(run.model.eval(), run.pipeline, torch.device("cpu"), batch_size=512)
     x, labels = e.input(test.images[chosen]), test.labels[chosen]
     right = torch.cat([e.probabilities(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)]) == labels
-    x, labels = x[right][:args.images], labels[right][:args.images]
+    first = torch.cat([torch.nonzero(right).flatten(), torch.nonzero(~right).flatten()])[:args.images]
+    x, labels = x[first], labels[first]  # those it gets right (an untrained network: any)
     start = time.perf_counter()
     table = deletion(e, x, labels, [float(s) for s in args.shares.split(",")], args.batch_size)
     result = {"checkpoint": str(args.checkpoint), "images": len(labels), "window": e.occluder(x.shape[-1]),

@@ -212,3 +212,25 @@ def test_transfer_smoke(tmp_path, data_cache):
     assert sorted(p.name for p in (new / "train").iterdir()) == ["dog", "frog", "horse", "ship", "truck"]
     assert all(len(list(d.iterdir())) == 2 for d in (new / "train").iterdir())
     assert (tmp_path / "runs" / "probe" / "features.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_explain_smoke(tmp_path, data_cache):
+    import torch
+
+    from alexnet import AlexNet, save_checkpoint
+    from alexnet.config import build_config, read_recipe, to_dict
+
+    config = build_config(read_recipe("cifar10"), ["model.width=0.125"])
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "cifar.pt", AlexNet(config.model).eval(), to_dict(config))
+    tarball = tiny_tarball(tmp_path / "tiny-cifar10.tar.gz", per_class=1)
+    result = run_script("explain.py", "--checkpoint", ckpt, "--data", tarball, "--images", 6, "--shares", "0.25",
+                        "--paper-images", 0, "--figure", tmp_path / "overlays.png", tmp_path=tmp_path, cache=data_cache)
+    assert result["images"] == 6 and result["paper_224_seconds_per_image"] is None and result["window"] == [4, 2]
+    assert set(result["deletion"]) == {"gradcam@0.25", "occlusion@0.25"}
+    for row in result["deletion"].values():
+        assert set(row) == {"top", "lowest", "random_squares", "random_pixels"}
+        assert all(-1 <= v <= 1 for v in row.values())
+    with Image.open(tmp_path / "overlays.png") as figure:
+        assert figure.width > 600
