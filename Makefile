@@ -25,7 +25,7 @@ demo: $(BIN)/alexnet
 	rm -rf runs/demo
 	$(BIN)/alexnet train --recipe cifar10 --out runs/demo
 	$(BIN)/alexnet eval --checkpoint runs/demo/checkpoints/last.pt
-	$(BIN)/alexnet figures --checkpoint runs/demo/checkpoints/last.pt
+	$(BIN)/alexnet figures --checkpoint runs/demo/checkpoints/last.pt --units all
 	$(BIN)/alexnet report runs/demo
 
 # ruff (pyproject.toml's rules), then two pytest workers (pytest-xdist), one torch thread each on a 2-core

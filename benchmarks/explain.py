@@ -80,7 +80,7 @@ def figure(run, path: Path, count: int = 8) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from alexnet.data.images import read_photo, to_stored
+    from alexnet.data.images import read_photo
     from alexnet.use.explain import on_photo
     from alexnet.use.overlay import overlay
 
@@ -90,8 +90,8 @@ def figure(run, path: Path, count: int = 8) -> None:
     e = Explainer(run.model, run.pipeline, torch.device("cpu"))
     rows = []
     for f in files[:count]:
-        photo = read_photo(f)
-        x = e.input(to_stored(photo, run.pipeline)[None])
+        stored, photo = read_photo(f, run.pipeline)
+        x = e.input(stored[None])
         probs = e.probabilities(x)[0]
         k = int(probs.argmax())
         name = run.classes[k]["name"] if run.classes else str(k)

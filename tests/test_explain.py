@@ -74,7 +74,7 @@ def test_the_map_is_largest_on_the_patch_that_decides_the_class(trained, method)
     for m, (y, x) in zip(maps, corners.tolist()):
         top_y, top_x = divmod(int(m.argmax()), SIDE)
         inside += y <= top_y < y + PATCH and x <= top_x < x + PATCH
-    assert inside >= 0.9 * len(labels), f"{inside} of {len(labels)} maps peak on the patch"
+    assert inside >= 0.8 * len(labels), f"{inside} of {len(labels)} maps peak on the patch"  # 44-46 of 48 here
 
 
 def test_randomising_the_weights_changes_the_gradcam_map(trained):
@@ -173,3 +173,49 @@ def test_every_variant_gets_maps_of_its_input_size(variant, side):
         maps = e.maps(x, torch.tensor([1, 3]), method)
         assert maps.shape == (2, side, side) and torch.isfinite(maps).all()
     assert (e.maps(x, torch.tensor([1, 3]), "gradcam") >= 0).all()
+
+
+def test_a_conv5_cell_lands_on_the_centre_of_its_receptive_field():
+    from alexnet.nn.fields import at_input, receptive_fields
+
+    model = AlexNet(ModelConfig(num_classes=3, width=0.125))
+    field = receptive_fields(model)["conv5"]
+    assert (field.size, field.jump, field.start) == (163, 16, 15.0)  # the paper's network at 224: 13x13 cells
+    cells = torch.zeros(1, 1, 13, 13)
+    cells[0, 0, 6, 2] = 1.0
+    heat = at_input(cells, field, 224)[0, 0]
+    assert divmod(int(heat.argmax()), 224) == (15 + 6 * 16, 15 + 2 * 16) and float(heat.max()) == pytest.approx(1.0)
+
+
+def test_a_class_is_named_by_wnid_then_name_then_index():
+    from alexnet.use.explain import find_class
+
+    classes = [{"index": i, "wnid": f"n{i:02d}", "name": str(n)} for i, n in enumerate([0, 1, 10, 11, 2, 3] + list(
+        range(4, 10)))]
+    assert find_class("10", classes) == 2 and find_class("2", classes) == 4  # names first: folders named by number
+    assert find_class("n10", classes) == 10 and find_class("N03", classes) == 3
+    cranes = [{"index": 0, "wnid": "n02012849", "name": "crane"}, {"index": 1, "wnid": "n03126707", "name": "crane"}]
+    with pytest.raises(ValueError, match="2 classes are named 'crane' .n02012849, n03126707.: give the wnid"):
+        find_class("crane", cranes)
+    assert find_class("n03126707", cranes) == 1 and find_class("1", cranes) == 1
+    with pytest.raises(ValueError, match="not a wnid, a class name or an index below 2"):
+        find_class("5", cranes)
+
+
+def test_bad_occlusion_squares_and_outputs_inside_the_inputs_are_refused(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(sorted(SAMPLES.glob("*.JPEG"))[0], photos / "a.jpg")
+    base = ["explain", "--checkpoint", str(ckpt), str(photos), "--out", str(photos / "maps")]
+    assert main([*base, "--method", "occlusion", "--window", "16", "--stride", "40"]) == 2
+    assert "--stride 40 must be between 1 and the window's side 16" in capsys.readouterr().err
+    assert main([*base, "--json"]) == 0  # its maps go under photos/maps ...
+    assert main([*base, "--json"]) == 0  # ... and are not read as photos the second time
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["file"] for r in records] == [str(photos / "a.jpg")] * 2
+    assert main(["explain", "--checkpoint", str(ckpt), str(photos / "maps"), "--out", str(photos / "maps")]) == 2
+    assert "no image files to explain outside --out" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="without model.tower_devices"):
+        Explainer(AlexNet(ModelConfig(num_classes=3, width=0.125, tower_devices="cpu,cpu")), PIPELINE,
+                  torch.device("cpu"))

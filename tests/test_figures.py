@@ -256,7 +256,7 @@ def test_receptive_fields_are_where_a_unit_takes_its_input_from(variant):
     import torch
 
     from alexnet import AlexNet, ModelConfig
-    from alexnet.paper.units import CONVS, receptive_fields
+    from alexnet.nn.fields import CONVS, receptive_fields
 
     side = 32 if variant == "cifar" else 224
     model = AlexNet(ModelConfig(variant=variant, input_size=side, num_classes=3, width=0.125, lrn=False)).eval()

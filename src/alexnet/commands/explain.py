@@ -8,21 +8,22 @@ from pathlib import Path
 from ..errors import UsageError
 from ..runtime import log
 from .common import add_parser as _parser
-from .common import add_run_options
 
 EXAMPLES = """examples:
   alexnet explain --checkpoint runs/demo/checkpoints/best.pt cat.jpg dog.png        # Grad-CAM, top class
   alexnet explain --checkpoint alexnet-tv.pt photos/ --method occlusion --out maps/ --json
-  alexnet explain --checkpoint best.pt photo.jpg --class "tabby cat"                 # a class by name, wnid or index
+  alexnet explain --checkpoint alexnet-tv.pt photo.jpg --class tabby                # a class by wnid, name or index
 
 For each image: OUT/NAME.METHOD.npy, a float32 array of the image's own height x width (after its EXIF
 orientation), larger where the evidence for the class is stronger (0 where the network does not see the
 photo: outside the centre square it is given), and OUT/NAME.METHOD.png, the photo with the map over it
 and the class and its probability on it (longer side at most 1600 pixels). Files are read as predict
-reads them. --json prints {"file", "class": {"index", "wnid", "name", "prob"}, "map", "overlay"} or
-{"file", "error"} per image. gradcam: the last convolutional maps (conv5) weighted by the class score's
-gradient; occlusion: a square of the mean colour (--window, --stride in input pixels) slid over the
-input, the drop of the class probability. Exit status 1 when any file failed, 2 for bad usage.
+reads them, and the class and probability are predict's; files under --out are not read. --json
+prints {"file", "class": {"index", "wnid", "name", "prob"}, "map", "overlay"} or {"file", "error"}
+per image; --class takes a wnid, then a name, then an index. gradcam: the last convolutional maps
+(conv5) weighted by the class score's gradient; occlusion: a square of the mean colour (--window,
+--stride in input pixels) slid over the input, the drop of the class probability. Exit status 1 when
+any file failed, 2 for bad usage.
 """
 
 
@@ -40,35 +41,38 @@ def add_parser(commands) -> None:
     p.add_argument("--window", type=int, default=0, metavar="PX",
                    help="occlusion: the square's side in input pixels (default: input side / 7, 32 of 224)")
     p.add_argument("--stride", type=int, default=0, metavar="PX", help="occlusion: its step (default: window / 2)")
-    add_run_options(p, "image")
+    p.add_argument("--json", action="store_true", help="one JSON object per image per line (JSON Lines)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="occlusion: occluded inputs per forward pass (default 64)")
+    p.add_argument("--device", default="auto", help="auto (default: the GPU if there is one), cpu, cuda or cuda:N")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..data.images import image_files, read_photo
+    from ..data.images import read_photo
     from ..use.explain import Explainer
     from ..use.predictor import load_predictor
 
-    predictor = load_predictor(args.checkpoint, args.device, args.batch_size)
-    explainer = Explainer(predictor.model, predictor.pipeline, predictor.device, args.window, args.stride,
-                          args.batch_size)
+    predictor = load_predictor(args.checkpoint, args.device, 1)
     try:
-        explainer.occluder(predictor.pipeline.eval_side())
+        explainer = Explainer(predictor.model, predictor.pipeline, predictor.device, args.window, args.stride,
+                              args.batch_size)
+        if args.method == "occlusion":
+            explainer.occluder(predictor.pipeline.eval_side())
     except ValueError as err:
         raise UsageError(str(err)) from None
     target = class_index(args.target, predictor.classes) if args.target is not None else None
-    files, _ = image_files(args.inputs)
+    files = inputs(args.inputs, args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     failed, names = 0, set()
     for path in files:
-        photo = read_photo(path)
-        if isinstance(photo, str):
+        read = read_photo(path, predictor.pipeline)
+        if isinstance(read, str):
             failed += 1
-            log(f"alexnet explain: {path}: {photo}")
-            record = {"file": str(path), "error": photo}
+            log(f"alexnet explain: {path}: {read}")
+            record = {"file": str(path), "error": read}
         else:
-            record = {"file": str(path), **explain_one(explainer, predictor, photo, target, args,
-                                                       _name(path, names))}
+            record = {"file": str(path), **explain_one(explainer, predictor, *read, target, args, _name(path, names))}
         if args.json:
             print(json.dumps(record), flush=True)
         elif "error" not in record:
@@ -78,29 +82,47 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-def explain_one(explainer, predictor, photo, target: int | None, args, name: str) -> dict:
-    """The map of one decoded photo, written as NAME.METHOD.npy and .png under ``args.out``: its record."""
+def inputs(given: list[Path], out: Path) -> list[Path]:
+    """The image files named and under the folders named, less those under ``out`` (this command's maps and
+    overlays of an earlier run are not photos to explain)."""
+    from ..data.images import image_files
+
+    files, _ = image_files(given)
+    where = out.resolve()
+    kept = [f for f in files if where not in f.resolve().parents]
+    if not kept:
+        raise UsageError(f"no image files to explain outside --out {out}; give photos outside the output folder")
+    return kept
+
+
+def explain_one(explainer, predictor, stored, photo, target: int | None, args, name: str) -> dict:
+    """The map of one photo (``stored``: what ``predict`` makes of it; ``photo``: the whole decoded photo),
+    written as NAME.METHOD.npy and .png under ``args.out``: its record. The class and its probability are
+    ``predict``'s."""
     import numpy as np
 
-    from ..use.explain import explain_photo
+    from ..use.explain import class_map, on_photo
     from ..use.overlay import overlay
 
-    found, heat = explain_photo(explainer, predictor.classes, photo, target, args.method)
+    probs = predictor.probabilities(stored[None])[0]
+    k = int(probs.argmax()) if target is None else target
+    found = {"index": k, "wnid": predictor.classes[k]["wnid"], "name": predictor.classes[k]["name"],
+             "prob": round(float(probs[k]), 6)}
+    heat = on_photo(class_map(explainer, stored, k, args.method), predictor.pipeline, *photo.shape[1:])
     npy, png = (args.out / f"{name}.{args.method}.{suffix}" for suffix in ("npy", "png"))
-    np.save(npy, heat.numpy().astype(np.float32))
+    np.save(npy, heat.numpy())
     overlay(photo, heat, f"{found['name']} {found['prob']:.3f} ({args.method})").save(png)
     return {"class": found, "map": str(npy), "overlay": str(png)}
 
 
 def class_index(given: str, classes: list[dict]) -> int:
-    """``--class``: an output's index, wnid or name (``use.explain.find_class``), refused in one line when none."""
+    """``--class``: ``use.explain.find_class``, refused in one line when it names no class of this checkpoint."""
     from ..use.explain import find_class
 
-    if (index := find_class(given, classes)) is not None:
-        return index
-    shown = ", ".join(c["name"] for c in classes[:5]) + (" ..." if len(classes) > 5 else "")
-    raise UsageError(f"--class {given}: not an index below {len(classes)}, a wnid or a class name of this "
-                     f"checkpoint ({shown})")
+    try:
+        return find_class(given, classes)
+    except ValueError as err:
+        raise UsageError(f"--class {given}: {err}") from None
 
 
 def _name(path: Path, taken: set[str]) -> str:

@@ -56,7 +56,7 @@ def run(args) -> int:
 def unit_layers(text: str) -> tuple[str, ...]:
     """``--units``: conv layers, in the network's order, or refused in one line."""
     from ..errors import UsageError
-    from ..paper.units import CONVS
+    from ..nn.fields import CONVS
 
     names = CONVS if text.strip() == "all" else tuple(n.strip() for n in text.split(",") if n.strip())
     if bad := [n for n in names if n not in CONVS]:

@@ -10,7 +10,7 @@ Caffe's ImageNet data). Images over ``max_pixels`` are refused before they are d
 
 ``image_files`` lists the files and folders a command was given; ``read_batches`` decodes them a
 batch at a time in threads, the next batch while the caller uses this one. ``predict``, ``retrieve``,
-``figures`` and ``serve`` read files this way; ``explain`` reads each photo whole (``read_photo``), as
+``figures`` and ``serve`` read files this way; ``explain`` also decodes each photo whole (``read_photo``):
 its maps are of the photo's own size.
 """
 
@@ -172,9 +172,10 @@ def read_image(path: Path, pipeline: Pipeline) -> torch.Tensor | str:
     return _read(path, lambda data: decode_file(data, pipeline))
 
 
-def read_photo(path: Path) -> torch.Tensor | str:
-    """One file decoded whole (``decode_photo``: its own size, upright), or the one-line reason it cannot be."""
-    return _read(path, decode_photo)
+def read_photo(path: Path, pipeline: Pipeline) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """One file as the stored image ``predict`` makes of it and the whole photo (``decode_photo``: its own
+    size, upright), or the one-line reason it cannot be read."""
+    return _read(path, lambda data: (decode_file(data, pipeline), decode_photo(data)))
 
 
 def _read(path: Path, decode: Callable[[bytes], torch.Tensor]) -> torch.Tensor | str:

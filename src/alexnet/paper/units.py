@@ -10,50 +10,15 @@ drawn are those whose 9th-best activation is largest: the units the gallery exci
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..nn.model import STAGES
+from ..nn.fields import receptive_fields
 from .plotting import pyplot
 
-CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 PATCHES = 9  # per unit, as a 3x3 grid (Zeiler & Fergus's Figure 2)
 UNITS = 6  # per layer
-
-
-@dataclass(frozen=True)
-class Field:
-    """A layer's receptive field in input pixels: ``size`` a side, ``jump`` between neighbouring positions,
-    ``start`` the centre of position 0."""
-
-    size: int
-    jump: int
-    start: float
-
-    def box(self, y: int, x: int, side: int) -> tuple[int, int, int, int]:
-        """(top, left, bottom, right) of position (y, x)'s field, clipped to a ``side`` x ``side`` input."""
-        half = (self.size - 1) / 2
-        top, left = self.start + y * self.jump - half, self.start + x * self.jump - half
-        return (max(0, round(top)), max(0, round(left)), min(side, round(top) + self.size),
-                min(side, round(left) + self.size))
-
-
-def receptive_fields(model) -> dict[str, Field]:
-    """Each conv layer's receptive field, walking the stages' kernels, strides and paddings from the input."""
-    size, jump, start, out = 1, 1, 0.0, {}
-    for name in STAGES[:STAGES.index("conv5") + 1]:
-        layer = model.pool if name.startswith("pool") else getattr(model, name)
-        k, s, p = (_first(getattr(layer, a)) for a in ("kernel_size", "stride", "padding"))
-        size, start, jump = size + (k - 1) * jump, start + ((k - 1) / 2 - p) * jump, jump * s
-        if name in CONVS:
-            out[name] = Field(size, jump, start)
-    return out
-
-
-def _first(value) -> int:
-    return int(value[0] if isinstance(value, tuple | list) else value)
 
 
 class Strongest:

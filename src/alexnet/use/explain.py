@@ -24,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from ..data.pipeline import Pipeline
+from ..nn.fields import at_input, receptive_fields
 
 METHODS = ("gradcam", "occlusion")
 
@@ -38,6 +39,11 @@ class Explainer:
     window: int = 0  # occlusion: the square's side in input pixels; 0 the input side // 7 (32 of 224)
     stride: int = 0  # occlusion: its step; 0 half the window
     batch_size: int = 64  # occlusion: inputs per forward pass (positions x images)
+
+    def __post_init__(self):
+        if getattr(self.model, "tower_devices", None):
+            raise ValueError("heat maps run the one-device network: load the checkpoint without model.tower_devices "
+                             "(alexnet.load_run does by default)")
 
     def input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, S, S) stored images -> the float centre views the network is tested on."""
@@ -56,12 +62,14 @@ class Explainer:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
 
     def gradcam(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from captum.attr import LayerAttribution, LayerGradCam
+        from captum.attr import LayerGradCam
 
         with torch.enable_grad():
             cam = LayerGradCam(self.model, self.model.taps["conv5"])
             maps = cam.attribute(x, target=target.to(x.device), relu_attributions=True)
-        maps = LayerAttribution.interpolate(maps.detach().float(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
+        # each conv5 cell at the centre of its receptive field (a plain resize would shift the map by up to 8
+        # pixels on the paper's network at 224)
+        maps = at_input(maps.detach().float(), receptive_fields(self.model)["conv5"], x.shape[-1])
         return maps[:, 0].clamp_min(0).cpu()
 
     @torch.no_grad()
@@ -78,33 +86,34 @@ class Explainer:
         """The occluding square's side and stride for inputs ``side`` pixels wide, refused if it does not fit."""
         window = self.window or max(2, side // 7)
         stride = self.stride or max(1, window // 2)
-        if not 1 <= window <= side or stride < 1:
-            raise ValueError(f"--window {window} must be between 1 and the network's input side {side}, and "
-                             f"--stride {stride} at least 1")
+        if not 1 <= window <= side:
+            raise ValueError(f"--window {window} must be between 1 and the network's input side {side}")
+        if not 1 <= stride <= window:
+            raise ValueError(f"--stride {stride} must be between 1 and the window's side {window} (a larger step "
+                             "would leave pixels no square covers)")
         return window, stride
 
 
-def find_class(given: str, classes: list[dict]) -> int | None:
-    """The output ``given`` names: its index, its wnid or its name (case-insensitive); None when none is."""
+def find_class(given: str, classes: list[dict]) -> int:
+    """The output ``given`` names: its exact wnid, else its exact name (case-insensitive; refused where two
+    classes share it, e.g. ImageNet's two cranes), else its index; ValueError naming why not."""
     wanted = given.strip().lower()
-    for c in classes:
-        if wanted in (str(c["index"]), str(c["wnid"]).lower(), str(c["name"]).lower()):
-            return int(c["index"])
-    return None
+    for key in ("wnid", "name"):
+        found = [int(c["index"]) for c in classes if str(c[key]).lower() == wanted]
+        if len(found) > 1:
+            wnids = ", ".join(classes[i]["wnid"] for i in found)
+            raise ValueError(f"{len(found)} classes are named {given!r} ({wnids}): give the wnid")
+        if found:
+            return found[0]
+    if wanted.isdigit() and int(wanted) < len(classes):
+        return int(wanted)
+    shown = ", ".join(str(c["name"]) for c in classes[:5]) + (" ..." if len(classes) > 5 else "")
+    raise ValueError(f"{given!r} is not a wnid, a class name or an index below {len(classes)} ({shown})")
 
 
-def explain_photo(explainer: Explainer, classes: list[dict], photo: torch.Tensor, target: int | None,
-                  method: str) -> tuple[dict, torch.Tensor]:
-    """One decoded photo (uint8 (3, H, W)): its class record ``{"index", "wnid", "name", "prob"}`` (the top class,
-    or ``target``) and the float32 (H, W) map of the evidence for it (``method``)."""
-    from ..data.images import to_stored
-
-    x = explainer.input(to_stored(photo, explainer.pipeline)[None])
-    probs = explainer.probabilities(x)[0].cpu()
-    k = int(probs.argmax()) if target is None else target
-    window_map = explainer.maps(x, torch.tensor([k]), method)[0]
-    found = {"index": k, "wnid": classes[k]["wnid"], "name": classes[k]["name"], "prob": round(float(probs[k]), 6)}
-    return found, on_photo(window_map, explainer.pipeline, *photo.shape[1:])
+def class_map(explainer: Explainer, stored: torch.Tensor, k: int, method: str) -> torch.Tensor:
+    """The float32 (n, n) map of class ``k`` over the window the network sees of a uint8 (3, S, S) stored image."""
+    return explainer.maps(explainer.input(stored[None]), torch.tensor([k]), method)[0]
 
 
 def on_photo(window_map: torch.Tensor, pipeline: Pipeline, height: int, width: int) -> torch.Tensor:

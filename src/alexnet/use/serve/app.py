@@ -81,6 +81,7 @@ class Service:
         self.batcher: Batcher | None = None
         self.explainer = Explainer(predictor.model, predictor.pipeline, predictor.device,
                                    batch_size=predictor.batch_size)
+        self.occluding = False  # an occlusion map is being made: one at a time (seconds of the network each)
 
     @asynccontextmanager
     async def lifespan(self, app):
@@ -145,26 +146,46 @@ class Service:
         return JSONResponse({"top": top, "model": self.model_name, "ms": round((time.perf_counter() - start) * 1e3, 2)})
 
     async def _explain(self, request):
-        """``POST /explain``: the class (top, or ``class``) and an overlay PNG of where the network finds it."""
+        """``POST /explain``: the class (top, or ``class``) and an overlay PNG of where the network finds it. The
+        class and probability are /predict's (the same stored image, the same batches); the photo is decoded
+        at most at OVERLAY_SIDE, so a large upload costs no more memory than a small one."""
         import base64
 
         from starlette.responses import JSONResponse
 
-        from ..explain import explain_photo
-        from ..overlay import overlay, png_bytes
+        from ..explain import class_map
 
         start = time.perf_counter()
         data, options = await self._upload(request)
         method, target = explain_options(options, self.predictor.classes)
+        if method == "occlusion" and self.occluding:
+            raise Refused(503, "busy: an occlusion map (seconds of the network) is being made; retry, or ask "
+                          "method=gradcam", "queue_full", {"Retry-After": "2"})
         loop = asyncio.get_running_loop()
-        photo = await loop.run_in_executor(self.decoders, decode_photo, data, self.config.max_pixels)
-        found, heat = await self.batcher.on_model_thread(explain_photo, self.explainer, self.predictor.classes, photo,
-                                                         target, method)
-        drawn = await loop.run_in_executor(self.decoders, lambda: png_bytes(
-            overlay(photo, heat, f"{found['name']} {found['prob']:.3f}", max_side=OVERLAY_SIDE)))
+        image = await loop.run_in_executor(self.decoders, decode_file, data, self.predictor.pipeline,
+                                           self.config.max_pixels)
+        probs = await self.batcher.probabilities(image, 1)
+        k = int(probs.argmax()) if target is None else target
+        self.occluding = method == "occlusion"
+        try:
+            window_map = await self.batcher.on_model_thread(class_map, self.explainer, image, k, method)
+        finally:
+            self.occluding = False
+        c = self.predictor.classes[k]
+        found = {"index": k, "wnid": c["wnid"], "name": c["name"], "prob": round(float(probs[k]), 6)}
+        drawn = await loop.run_in_executor(self.decoders, self._overlay, data, window_map, found)
         return JSONResponse({"class": found, "method": method, "model": self.model_name,
                              "overlay": "data:image/png;base64," + base64.b64encode(drawn).decode("ascii"),
                              "ms": round((time.perf_counter() - start) * 1e3, 2)})
+
+    def _overlay(self, data: bytes, window_map, found: dict) -> bytes:
+        """The upload at most OVERLAY_SIDE pixels on its longer side with the map over it, as PNG bytes."""
+        from ..explain import on_photo
+        from ..overlay import overlay, png_bytes
+
+        photo = shrunk(decode_photo(data, self.config.max_pixels, draft=OVERLAY_SIDE), OVERLAY_SIDE)
+        heat = on_photo(window_map, self.predictor.pipeline, *photo.shape[1:])
+        return png_bytes(overlay(photo, heat, f"{found['name']} {found['prob']:.3f}", max_side=OVERLAY_SIDE))
 
     async def healthz(self, request):
         from starlette.responses import JSONResponse
@@ -182,6 +203,20 @@ class Service:
         from starlette.responses import HTMLResponse
 
         return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
+
+
+def shrunk(photo, side: int):
+    """A uint8 (3, H, W) photo with its longer side at most ``side`` (antialiased)."""
+    import torch
+    from torch.nn import functional as F
+
+    h, w = photo.shape[1:]
+    scale = side / max(h, w)
+    if scale >= 1:
+        return photo
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    out = F.interpolate(photo[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out[0].round().clamp(0, 255).to(torch.uint8)
 
 
 PAGE = importlib.resources.files("alexnet.use.serve").joinpath("page.html").read_text(encoding="utf-8")

@@ -112,8 +112,8 @@ def parse_options(options: dict[str, str], classes: int, kind: str) -> tuple[int
 
 
 def explain_options(options: dict[str, str], classes: list[dict]) -> tuple[str, int | None]:
-    """``method`` (gradcam, the default, or occlusion) and ``class`` (an index, wnid or name; default the top
-    class) of ``POST /explain``, or 422 naming the bad one."""
+    """``method`` (gradcam, the default, or occlusion) and ``class`` (a wnid, name or index,
+    ``use.explain.find_class``; default the top class) of ``POST /explain``, or 422 naming the bad one."""
     from ..explain import METHODS, find_class
 
     method = options.get("method", "gradcam")
@@ -122,7 +122,7 @@ def explain_options(options: dict[str, str], classes: list[dict]) -> tuple[str, 
     given = options.get("class")
     if given is None or given == "":
         return method, None
-    if (index := find_class(given, classes)) is not None:
-        return method, index
-    raise Refused(422, f"class={given!r} is not an index below {len(classes)}, a wnid or a class name of this model",
-                  "bad_request")
+    try:
+        return method, find_class(given, classes)
+    except ValueError as err:
+        raise Refused(422, f"class={given}: {err}", "bad_request") from None
