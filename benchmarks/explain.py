@@ -27,18 +27,19 @@ from alexnet.data.pipeline import Pipeline
 from alexnet.data.subset import balanced_indices
 from alexnet.runs.load import load_run
 from alexnet.runtime import configure_process
-from alexnet.use.explain import Explainer, random_squares, ranked_hiding
+from alexnet.use.explain import METHODS, Explainer, random_squares, ranked_hiding
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def deletion(explainer: Explainer, x: torch.Tensor, labels: torch.Tensor, shares: list[float], batch: int) -> dict:
+def deletion(explainer: Explainer, x: torch.Tensor, labels: torch.Tensor, shares: list[float], batch: int,
+             methods: tuple[str, ...] = METHODS) -> dict:
     """Per method and share: the mean probability drop when hiding top, lowest, random squares, random pixels."""
     g = torch.Generator().manual_seed(0)
     full = _prob(explainer, x, labels, batch)
     window, _ = explainer.occluder(x.shape[-1])
     out = {}
-    for method in ("gradcam", "occlusion"):
+    for method in methods:
         start = time.perf_counter()
         maps = torch.cat([explainer.maps(x[i:i + batch], labels[i:i + batch], method) for i in range(0, len(x), batch)])
         print(f"{method}: {len(x)} maps in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
@@ -56,7 +57,7 @@ def _prob(explainer: Explainer, x: torch.Tensor, labels: torch.Tensor, batch: in
     return probs[torch.arange(len(labels)), labels]
 
 
-def seconds_per_image(images: int) -> dict:
+def seconds_per_image(images: int, methods: tuple[str, ...] = METHODS) -> dict:
     """Each method's seconds per image for the paper's network at 224 (batch 64 occlusion positions)."""
     torch.manual_seed(0)
     model = AlexNet(ModelConfig(num_classes=1000)).eval()
@@ -64,7 +65,7 @@ def seconds_per_image(images: int) -> dict:
     e = Explainer(model, pipeline, torch.device("cpu"))
     x = e.input(torch.randint(0, 256, (images, 3, 256, 256), dtype=torch.uint8))
     out = {}
-    for method in ("gradcam", "occlusion"):
+    for method in methods:
         e.maps(x[:1], torch.tensor([0]), method)  # warm-up
         start = time.perf_counter()
         for i in range(images):
@@ -112,6 +113,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--data", help="CIFAR-10 (an archive or folder; default: the cache, ALEXNET_MIRROR, download)")
     p.add_argument("--shares", default="0.1,0.25,0.5")
+    p.add_argument("--methods", default=",".join(METHODS), help="gradcam,occlusion (default both)")
     p.add_argument("--batch-size", type=int, default=8, help="images whose maps are made at once")
     p.add_argument("--paper-images", type=int, default=4)
     p.add_argument("--figure", type=Path)
@@ -127,10 +129,12 @@ def main() -> None:
     first = torch.cat([torch.nonzero(right).flatten(), torch.nonzero(~right).flatten()])[:args.images]
     x, labels = x[first], labels[first]  # those it gets right (an untrained network: any)
     start = time.perf_counter()
-    table = deletion(e, x, labels, [float(s) for s in args.shares.split(",")], args.batch_size)
+    methods = tuple(args.methods.split(","))
+    table = deletion(e, x, labels, [float(s) for s in args.shares.split(",")], args.batch_size, methods)
+    seconds = round(time.perf_counter() - start, 1)
+    paper = seconds_per_image(args.paper_images, methods) if args.paper_images else None
     result = {"checkpoint": str(args.checkpoint), "images": len(labels), "window": e.occluder(x.shape[-1]),
-              "deletion": table, "seconds": round(time.perf_counter() - start, 1),
-              "paper_224_seconds_per_image": seconds_per_image(args.paper_images) if args.paper_images else None}
+              "deletion": table, "seconds": seconds, "paper_224_seconds_per_image": paper}
     if args.figure:
         figure(run, args.figure)
     print(json.dumps(result))
