@@ -29,12 +29,13 @@ demo: $(BIN)/alexnet
 	$(BIN)/alexnet report runs/demo
 
 # ruff (pyproject.toml's rules), then two pytest workers (pytest-xdist), one torch thread each on a 2-core
-# machine (tests/conftest.py): the suite's many small ops and subprocess start-ups use both cores.
+# machine (tests/conftest.py): the suite's many small ops and subprocess start-ups use both cores; tests
+# marked with one xdist_group (one trained network's) run in one process.
 # TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: $(BIN)/alexnet
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

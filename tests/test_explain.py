@@ -19,6 +19,7 @@ from alexnet.use.explain import Explainer, on_photo, ranked_hiding
 from fixtures import SAMPLES, tiny_checkpoint
 
 SIDE, PATCH, CLASSES = 32, 8, 3
+PATCH_NET = pytest.mark.xdist_group("explain_patch_net")  # the tests of one trained network: one process
 
 
 def patch_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -40,19 +41,12 @@ PIPELINE = Pipeline(kind="cifar10", size=SIDE, stored=SIDE, mean=torch.full((3, 
 
 @pytest.fixture(scope="module")
 def trained():
-    """The CIFAR-10 network at a quarter of its width, trained to tell the patch's colour (about 4 s)."""
+    """The CIFAR-10 network at a quarter of its width, trained to tell the patch's colour (7-11 s). The tests
+    that use it share one test process (``xdist_group``; ``make test`` runs ``--dist loadgroup``)."""
     torch.manual_seed(0)
     model = AlexNet(ModelConfig(variant="cifar", input_size=SIDE, num_classes=CLASSES, width=0.25, dropout=0.0,
                                 init="kaiming"))
-    images, labels, _ = patch_images(768, seed=1)
-    x = PIPELINE.eval_input(images)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for step in range(240):
-        batch = torch.arange(step * 64, step * 64 + 64) % len(labels)
-        loss = torch.nn.functional.cross_entropy(model(x[batch]), labels[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_on_patches(model)
     model.eval()
     test, test_labels, corners = patch_images(48, seed=2)
     with torch.no_grad():
@@ -61,28 +55,49 @@ def trained():
     return model, test, test_labels, corners
 
 
+def train_on_patches(model) -> None:
+    images, labels, _ = patch_images(768, seed=1)
+    x = PIPELINE.eval_input(images)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for step in range(120):
+        batch = torch.arange(step * 64, step * 64 + 64) % len(labels)
+        loss = torch.nn.functional.cross_entropy(model(x[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def explainer(model) -> Explainer:
     return Explainer(model, PIPELINE, torch.device("cpu"), window=PATCH, stride=2, batch_size=256)  # the patch's side
 
 
+@pytest.fixture(scope="module")
+def maps(trained) -> dict[str, torch.Tensor]:
+    """Both methods' maps of the trained network's test images for their true classes (made once)."""
+    model, images, labels, _ = trained
+    return {method: explainer(model).maps(PIPELINE.eval_input(images), labels, method)
+            for method in ("gradcam", "occlusion")}
+
+
+@PATCH_NET
 @pytest.mark.parametrize("method", ["gradcam", "occlusion"])
-def test_the_map_is_largest_on_the_patch_that_decides_the_class(trained, method):
-    model, images, labels, corners = trained
-    maps = explainer(model).maps(PIPELINE.eval_input(images), labels, method)
-    assert maps.shape == (len(labels), SIDE, SIDE) and maps.dtype == torch.float32
+def test_the_map_is_largest_on_the_patch_that_decides_the_class(trained, maps, method):
+    _, _, labels, corners = trained
+    assert maps[method].shape == (len(labels), SIDE, SIDE) and maps[method].dtype == torch.float32
     inside = 0
-    for m, (y, x) in zip(maps, corners.tolist()):
+    for m, (y, x) in zip(maps[method], corners.tolist()):
         top_y, top_x = divmod(int(m.argmax()), SIDE)
         inside += y <= top_y < y + PATCH and x <= top_x < x + PATCH
     assert inside >= 0.8 * len(labels), f"{inside} of {len(labels)} maps peak on the patch"  # 44-46 of 48 here
 
 
-def test_randomising_the_weights_changes_the_gradcam_map(trained):
+@PATCH_NET
+def test_randomising_the_weights_changes_the_gradcam_map(trained, maps):
     """Adebayo et al. (2018)'s sanity check: a map that survives random weights explains the image, not
     the network."""
     model, images, labels, _ = trained
     x = PIPELINE.eval_input(images)
-    before = explainer(model).maps(x, labels, "gradcam")
+    before = maps["gradcam"]
     torch.manual_seed(5)
     random = AlexNet(model.config).eval()
     after = explainer(random).maps(x, labels, "gradcam")
@@ -91,19 +106,19 @@ def test_randomising_the_weights_changes_the_gradcam_map(trained):
     assert np.nanmean(correlations) < 0.5, np.nanmean(correlations)
 
 
+@PATCH_NET
 @pytest.mark.parametrize("method", ["gradcam", "occlusion"])
-def test_hiding_the_top_ranked_quarter_costs_more_than_hiding_the_lowest(trained, method):
+def test_hiding_the_top_ranked_quarter_costs_more_than_hiding_the_lowest(trained, maps, method):
     model, images, labels, _ = trained
     e = explainer(model)
     x = PIPELINE.eval_input(images)
-    maps = e.maps(x, labels, method)
 
     def prob(inputs):
         return e.probabilities(inputs)[torch.arange(len(labels)), labels]
 
     full = prob(x)
-    top = full - prob(ranked_hiding(x, maps, 0.25))
-    low = full - prob(ranked_hiding(x, maps, 0.25, lowest=True))
+    top = full - prob(ranked_hiding(x, maps[method], 0.25))
+    low = full - prob(ranked_hiding(x, maps[method], 0.25, lowest=True))
     assert top.mean() > low.mean() + 0.3, (top.mean(), low.mean())
 
 
@@ -219,3 +234,23 @@ def test_bad_occlusion_squares_and_outputs_inside_the_inputs_are_refused(tmp_pat
     with pytest.raises(ValueError, match="without model.tower_devices"):
         Explainer(AlexNet(ModelConfig(num_classes=3, width=0.125, tower_devices="cpu,cpu")), PIPELINE,
                   torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_an_imported_caffe_network_is_explained_on_the_whole_squashed_photo(tmp_path, capsys):
+    """BVLC Caffe's input: the whole photo squashed to 256x256, the centre 227, BGR folded into conv1; the
+    map covers the photo but its border (the 14 of 256 the centre window leaves on each side)."""
+    from fixtures import caffe_blobs, write_caffemodel
+
+    model = write_caffemodel(tmp_path / "net.caffemodel", caffe_blobs())
+    assert main(["import", "caffe", str(model), "--out", str(tmp_path / "caffe.pt")]) == 0
+    photo = sorted(SAMPLES.glob("*.JPEG"))[3]
+    assert main(["explain", "--checkpoint", str(tmp_path / "caffe.pt"), str(photo), "--out", str(tmp_path / "maps"),
+                 "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    heat = np.load(record["map"])
+    with Image.open(photo) as image:
+        assert heat.shape == (image.height, image.width)
+    border = [round(14 / 256 * side) for side in heat.shape]
+    assert heat[: border[0] - 2].max() == 0 and heat[:, : border[1] - 2].max() == 0
+    assert heat[border[0] + 2:-border[0] - 2, border[1] + 2:-border[1] - 2].max() > 0
