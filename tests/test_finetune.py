@@ -51,9 +51,8 @@ def train(capsys, *args) -> dict:
 
 
 def without_flip(state: dict) -> dict:
-    """A pipeline's stored state less what training itself adds (mirror images) and its resize mode (a
-    fine-tune trains on prepared centre squares, so it answers on them)."""
-    return {k: v for k, v in state.items() if k not in ("flip", "resize")}
+    """A pipeline's stored state less what training itself adds (mirror images)."""
+    return {k: v for k, v in state.items() if k != "flip"}
 
 
 def assert_same_input(a: dict, b: dict):
@@ -105,8 +104,8 @@ def test_caffe_import_fine_tunes_and_probes_keeping_its_network_and_input(photos
         kept = {k: getattr(run.config.model, k) for k in ("conv1_padding", "input_size", "lrn_k", "width", "towers")}
         assert kept == {"conv1_padding": 0, "input_size": 227, "lrn_k": 1.0, "width": 0.125, "towers": True}
         assert run.model.fc8.out_features == 3 and init.model.fc8.out_features == 10
-        assert_same_input(run.checkpoint["pipeline"], init.checkpoint["pipeline"])  # 227, Caffe's mean and BGR
-        assert (init.pipeline.resize, run.pipeline.resize) == ("squash", "center")
+        assert_same_input(run.checkpoint["pipeline"], init.checkpoint["pipeline"])  # squash, 227, Caffe's mean
+        assert run.pipeline.resize == "squash" and run.config.data.resize == "squash"  # the photos squashed too
         before = init.model.state_dict()
         moved = {name for name, w in run.model.state_dict().items() if not torch.equal(w, before[name])}
         if recipe == "probe":  # fc8 alone learns; the rest is the init's to the bit

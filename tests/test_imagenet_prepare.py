@@ -362,3 +362,33 @@ def test_resume_rebuilds_only_missing_shards(tmp_path):
     raw = prepare_imagenet(src, out, workers=1, fmt="raw", progress=False, shard_size=3)  # new options: rebuild
     assert raw["shards_built"] == 3 + 2 and ShardReader(train).format == "raw"
     assert not (train / "shard-00004.bin").exists()  # stale shards of the earlier run are gone
+
+
+def test_squash_keeps_the_whole_photo_and_prepares_a_folder_of_its_own(tmp_path):
+    """Caffe's data: the whole photo to 256x256, aspect ignored; prepared.json says so, and a run that asks
+    for the other resize is refused in one line."""
+    from alexnet.config import DataConfig
+    from alexnet.data.datasets import load_prepared
+    from alexnet.data.decode import decode_stored
+    from alexnet.data.imagenet.prepare import prepare_imagenet
+    from alexnet.errors import UsageError
+
+    pixels = np.zeros((64, 256, 3), np.uint8)
+    pixels[:, :64, 0] = 255  # red on the left quarter, blue on the right quarter: outside the centre square
+    pixels[:, -64:, 2] = 255
+    data = io.BytesIO()
+    Image.fromarray(pixels).save(data, "PNG")
+    squashed = decode_stored(data.getvalue(), 32, "squash")
+    centred = decode_stored(data.getvalue(), 32)
+    assert squashed[0, :, :6].float().mean() > 240 and squashed[2, :, -6:].float().mean() > 240
+    assert centred[0].max() < 20 and centred[2].max() < 20  # the centre square holds neither end
+    src = tmp_path / "src"
+    for split in ("train", "val"):
+        (src / split / "n01").mkdir(parents=True)
+        Image.fromarray(pixels).save(src / split / "n01" / "a.png")
+    out = tmp_path / "squashed"
+    prepare_imagenet(src, out, workers=1, progress=False, resize="squash")
+    assert json.loads((out / "prepared.json").read_text())["resize"] == "squash"
+    with pytest.raises(UsageError, match="prepared with resize squash but data.resize=center"):
+        load_prepared(DataConfig(dataset="imagenet", path=str(out)), 0)
+    assert load_prepared(DataConfig(dataset="imagenet", path=str(out), resize="squash"), 0).classes == ("n01",)

@@ -21,7 +21,7 @@ from typing import Any
 import tomli_w
 
 from .data import views
-from .data.pipeline import CIFAR10_MEAN, CIFAR10_STD, PCA_SCALES
+from .data.pipeline import CIFAR10_MEAN, CIFAR10_STD, PCA_SCALES, RESIZE
 from .errors import UsageError
 from .nn.model import LAYERS, ModelConfig, pool5_side
 
@@ -51,6 +51,9 @@ class DataConfig:
     # imagenet: after the mean image, divide by the training set's per-channel pixel std (stats.safetensors);
     # False: the paper
     standardize: bool = False
+    # imagenet: how a photo folder is prepared into 256x256: center (its centre square, the paper's) | squash
+    # (the whole photo, aspect ignored: Caffe's data; a fine-tune from a Caffe import takes it from its init)
+    resize: str = "center"
     # Progressive resizing: the first low_res_epochs epochs train on random low_res_size windows of
     # the stored images (no padding), the rest on the usual input; 0 disables. The size must give
     # the same pool5 map as model.input_size (cifar: 25..32; see model.pool5_side).
@@ -73,6 +76,8 @@ class DataConfig:
             raise ValueError(f"data.dataset must be cifar10 or imagenet; got {self.dataset!r}")
         if self.pca_scale not in PCA_SCALES:
             raise ValueError(f"data.pca_scale must be one of {', '.join(PCA_SCALES)}; got {self.pca_scale!r}")
+        if self.resize not in RESIZE:
+            raise ValueError(f"data.resize must be one of {', '.join(RESIZE)}; got {self.resize!r}")
         if self.decode not in ("cpu", "device"):
             raise ValueError(f"data.decode must be cpu or device; got {self.decode!r}")
         if self.val_limit < -1:

@@ -27,6 +27,9 @@ def add_parser(commands) -> None:
     p.add_argument("--format", choices=["jpeg", "raw"], default="jpeg",
                    help="jpeg: quality-90 JPEG records (about 28 GB for ImageNet); raw: uint8 pixels "
                         "(about 252 GB)")
+    p.add_argument("--resize", choices=["center", "squash"], default="center",
+                   help="imagenet: center (default: shorter side 256, the centre 256x256, the paper's) or squash "
+                        "(the whole photo to 256x256, Caffe's data)")
     p.set_defaults(run=run)
 
 
@@ -41,6 +44,6 @@ def run(args) -> int:
 
     if args.src is None or args.out is None:
         raise UsageError("prepare imagenet needs --src PATH (the ILSVRC-2012 files or an ImageFolder) and --out DIR")
-    summary = prepare_imagenet(args.src, args.out, workers=args.workers, fmt=args.format)
+    summary = prepare_imagenet(args.src, args.out, workers=args.workers, fmt=args.format, resize=args.resize)
     print(json.dumps(summary, default=str))
     return 0

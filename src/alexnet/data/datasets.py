@@ -9,6 +9,7 @@ training batches of one epoch from either, decoding shards in worker processes.
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -149,10 +150,15 @@ def load_prepared(cfg, seed: int, ddp: Dist = Dist()) -> Dataset:
         raise UsageError("data.dataset=imagenet needs --data DIR: a folder written by `alexnet prepare imagenet`, "
                          "or an ImageFolder (train/<class>/, val/<class>/) to prepare")
     if not (root / "classes.tsv").is_file():
-        root = prepared_copy(root, ddp)
+        root = prepared_copy(root, ddp, cfg.resize)
     if not (root / "prepared.json").is_file():
         raise UsageError(f"{root} is not completely prepared (no prepared.json): re-run "
                          f"`alexnet prepare imagenet --src SRC --out {root}`; it resumes where it stopped")
+    made = json.loads((root / "prepared.json").read_text()).get("resize", "center")
+    if made != cfg.resize:
+        raise UsageError(f"{root} was prepared with resize {made} but data.resize={cfg.resize} (a fine-tune takes "
+                         f"its init's); prepare it with `alexnet prepare imagenet --resize {cfg.resize}`, or give "
+                         "the photo folder itself")
     from safetensors.torch import load_file
 
     with open(root / "classes.tsv", newline="") as f:
@@ -171,7 +177,7 @@ def load_prepared(cfg, seed: int, ddp: Dist = Dist()) -> Dataset:
     return Dataset(train, train.labels, val, val.labels, classes, stats, names)
 
 
-def prepared_copy(src: Path, ddp: Dist = Dist()) -> Path:
+def prepared_copy(src: Path, ddp: Dist = Dist(), resize: str = "center") -> Path:
     """Where ``src`` (an ImageFolder or the ILSVRC-2012 files, not yet prepared) is prepared in the
     cache, ``$ALEXNET_DATA/prepared/<name>-<hash of its path>``. A lone process prepares it (a
     second run re-lists the source and reuses every finished shard); under torchrun it must be
@@ -185,15 +191,15 @@ def prepared_copy(src: Path, ddp: Dist = Dist()) -> Path:
         raise UsageError(f"--data {src}: no such folder; give a folder written by `alexnet prepare imagenet` or "
                          "an ImageFolder (train/<class>/, val/<class>/)")
     digest = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:12]
-    out = cache_root() / "prepared" / f"{src.resolve().name}-{digest}"
+    out = cache_root() / "prepared" / f"{src.resolve().name}-{digest}{'' if resize == 'center' else '-' + resize}"
     # under torchrun: hours for ILSVRC while the others wait, and other machines have other caches
     if not (out / "prepared.json").is_file() and ddp.world > 1:
         raise UsageError(f"--data {src} is not prepared: under torchrun prepare it first, once, on a disk every "
                          f"machine reads (`alexnet prepare imagenet --src {src} --out DIR`), then train with "
                          "--data DIR")
     if ddp.main:
-        print(f"preparing {src} into {out} (shorter side 256, centre 256x256, statistics); later runs reuse it, "
-              f"and `alexnet prepare imagenet --src {src} --out DIR` does the same into a folder of your choice",
-              file=sys.stderr)
-        prepare_imagenet(src, out)
+        how = "shorter side 256, centre 256x256" if resize == "center" else "the whole photo squashed to 256x256"
+        print(f"preparing {src} into {out} ({how}, statistics); later runs reuse it, and `alexnet prepare "
+              f"imagenet --src {src} --out DIR` does the same into a folder of your choice", file=sys.stderr)
+        prepare_imagenet(src, out, resize=resize)
     return out

@@ -75,16 +75,17 @@ def decode_rgb(data: bytes) -> torch.Tensor:
     return image
 
 
-def decode_stored(data: bytes, size: int = STORED_SIZE) -> torch.Tensor:
-    """Encoded image bytes -> uint8 (3, ``size``, ``size``) RGB: the centre square resized, what
-    ``alexnet prepare`` stores (256) and what a file becomes before a network's input pipeline.
+def decode_stored(data: bytes, size: int = STORED_SIZE, resize: str = "center") -> torch.Tensor:
+    """Encoded image bytes -> uint8 (3, ``size``, ``size``) RGB: the centre square resized (``resize="squash"``:
+    the whole image, as Caffe's ImageNet data), what ``alexnet prepare`` stores (256) and what a file
+    becomes before a network's input pipeline.
 
     The result may be channels-last in memory (see ``resize_center_crop``). Raises ``BadImage``
     with a short reason for empty, truncated, corrupt and non-image data.
     """
     pixels = _decode_jpeg_scaled(data, size)
     image = torch.from_numpy(pixels).permute(2, 0, 1) if pixels is not None else decode_rgb(data)
-    return resize_center_crop(image, size)
+    return resize_squash(image, size) if resize == "squash" else resize_center_crop(image, size)
 
 
 def _decode_jpeg_scaled(data: bytes, size: int) -> np.ndarray | None:
@@ -123,6 +124,17 @@ def resize_center_crop(image: torch.Tensor, size: int = STORED_SIZE) -> torch.Te
     if side == size:
         return square[0]
     return F.interpolate(square, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def resize_squash(image: torch.Tensor, size: int = STORED_SIZE) -> torch.Tensor:
+    """The whole uint8 (3, H, W) image resized to ``size`` x ``size`` (antialiased bilinear), its aspect
+    ratio ignored: Caffe's ImageNet data (``resize="squash"``)."""
+    from torch.nn import functional as F
+
+    if tuple(image.shape[1:]) == (size, size):
+        return image
+    out = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out[0].round().clamp(0, 255).to(torch.uint8)
 
 
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),

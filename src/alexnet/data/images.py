@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from ..errors import UsageError
 from ..runtime import worker_count
@@ -38,6 +37,7 @@ from .decode import (
     quiet_decoders,
     reason,
     resize_center_crop,
+    resize_squash,
     signature,
 )
 from .pipeline import Pipeline
@@ -105,14 +105,8 @@ def _to_rgb(image):
 
 def to_stored(image: torch.Tensor, pipeline: Pipeline) -> torch.Tensor:
     """A uint8 (3, H, W) image brought to the pipeline's stored side, contiguous."""
-    side = pipeline.stored
-    if pipeline.resize == "squash":  # Caffe's data: the whole image to side x side, aspect ignored
-        if tuple(image.shape[1:]) == (side, side):
-            return image.contiguous()
-        out = F.interpolate(image[None].float(), size=(side, side), mode="bilinear", antialias=True,
-                            align_corners=False)
-        return out[0].round().clamp(0, 255).to(torch.uint8).contiguous()
-    return resize_center_crop(image, side).contiguous()
+    resize = resize_squash if pipeline.resize == "squash" else resize_center_crop  # Caffe's data | the paper's
+    return resize(image, pipeline.stored).contiguous()
 
 
 def image_files(inputs: list[Path]) -> tuple[list[Path], bool]:

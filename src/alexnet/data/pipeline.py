@@ -253,7 +253,7 @@ def pipeline_for(config, data, training: bool = True) -> Pipeline:
     std = channel_std(stats).view(3, 1, 1) if d.standardize else None
     mean = stats["mean_image"].float()
     return Pipeline(kind=kind, size=size, stored=mean.shape[-1], flip=d.flip, mean=mean, mean_kind="image", std=std,
-                    lighting=lighting, channels_last=channels_last)
+                    lighting=lighting, channels_last=channels_last, resize=d.resize)
 
 
 def lighting_magnitude(eigval: torch.Tensor, scale: str) -> torch.Tensor:

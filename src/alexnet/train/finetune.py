@@ -8,11 +8,11 @@ or torchvision's state_dict file itself (``use.pretrained.load_init``). The run 
 - every weight whose name and shape match; fc8 is made anew (the network's own initialisation) unless
   the data's classes are the init's, in the same order. Any other mismatch (another variant, width,
   conv2 kernel) is refused in one line naming the layer and both shapes, before anything is written;
-- the init's input: input size, stored side, mean image or mean and std, and Caffe's BGR order (folded
-  into conv1's weights), so its features see what they were trained on; the data's own statistics are
-  not swapped in. The resize mode becomes ``center``: the data is prepared as centre squares, so the
-  network trains, validates and (``predict``) answers on them, also after a Caffe init that squashed.
-  Training adds random crops at that input size and mirror images
+- the init's input: input size, stored side, resize mode, mean image or mean and std, and Caffe's BGR
+  order (folded into conv1's weights), so its features see what they were trained on; the data's own
+  statistics are not swapped in. A photo folder is prepared with the init's resize mode (``data.resize``:
+  centre squares, or the whole photo squashed after a Caffe import), so training, validation and
+  ``predict`` see photos as the init did. Training adds random crops at that input size and mirror images
   (``data.flip``), and PCA lighting from the data's colours only if ``data.pca_std`` asks for it.
 
 Where it started (``init.path``, ``init.sha256``) is in the run's config, checkpoints and summary.
@@ -42,6 +42,8 @@ def fine_tune_config(init: LoadedRun, recipe: dict, overrides: list[str], data_p
     model = {f"model.{key}": value for key, value in dataclasses.asdict(init.config.model).items()
              if key not in ARCHITECTURE_OWN}
     start = {"init.path": str(init.path), "init.sha256": sha256(init.path)}
+    if init.pipeline is not None:  # a photo folder is prepared as the init's data was: centre squares or squashed
+        start["data.resize"] = init.pipeline.resize
     return build_config(recipe, overrides, data_path, under=model | start)
 
 
@@ -98,8 +100,7 @@ def train_pipeline(tested: Pipeline, config: RunConfig, data) -> Pipeline:
     if d.pca_std and getattr(data, "stats", None) is not None:
         stats = data.stats
         lighting = Lighting(lighting_magnitude(stats["eigval"], d.pca_scale), stats["eigvec"], d.pca_std)
-    return dataclasses.replace(tested, resize="center", flip=d.flip, lighting=lighting,
-                               channels_last=config.train.channels_last)
+    return dataclasses.replace(tested, flip=d.flip, lighting=lighting, channels_last=config.train.channels_last)
 
 
 def tested_pipeline(init: LoadedRun) -> Pipeline:

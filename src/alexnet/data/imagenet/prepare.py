@@ -74,32 +74,36 @@ _SHARD_FILE = re.compile(r"shard-\d+(\.bin|\.idx\.npz|\.done\.json|\.stats\.npz)
 
 
 def prepare_imagenet(src: Path, out: Path, workers: int | None = None, fmt: str = "jpeg",
-                     quality: int = 90, progress: bool = True, shard_size: int = SHARD_IMAGES) -> dict:
+                     quality: int = 90, progress: bool = True, shard_size: int = SHARD_IMAGES,
+                     resize: str = "center") -> dict:
     """Prepare ``src`` into ``out`` (see the module docstring); return a summary dict with
     ``out``, ``format``, ``quality``, ``counts`` and ``skipped`` per split, ``seconds``,
-    ``images_per_s``, ``shards_built``, ``shards_reused`` and ``warnings``."""
+    ``images_per_s``, ``shards_built``, ``shards_reused`` and ``warnings``. ``resize``: each image's centre
+    square (the paper) or the whole image squashed (Caffe's data) becomes the stored 256x256."""
     start = time.perf_counter()
     src, out = Path(src).expanduser(), Path(out).expanduser()
     workers = _check_options(workers, fmt, quality, shard_size)
+    if resize not in ("center", "squash"):
+        raise UsageError(f"resize must be center or squash; got {resize!r}")
     plan = make_plan(src, shard_size)
     if out.resolve() == plan.root.resolve():
         raise UsageError(f"{out}: the output folder is the source folder; pass another --out DIR")
     _prepare_out(out, plan)
     units = [unit for split in SPLITS for unit in plan.units.get(split, [])]
-    keys = {(u.split, u.number): unit_key(u, fmt, quality) for u in units}
+    keys = {(u.split, u.number): unit_key(u, fmt, quality, resize) for u in units}
     todo = [u for u in units if not _is_complete(out / u.split, u, keys[u.split, u.number])]
     if progress:
         found = ", ".join(f"{s} from {plan.described[s]} ({len(plan.units[s])} shards)" for s in plan.units)
         reused = f"; {len(units) - len(todo)} shards already done" if len(todo) < len(units) else ""
         print(f"preparing {found} into {out} with {min(workers, max(len(todo), 1))} workers{reused}",
               file=sys.stderr)
-    failures = _build_units(todo, out, keys, fmt, quality, workers, progress, len(units))
+    failures = _build_units(todo, out, keys, (fmt, quality, resize), workers, progress, len(units))
     if failures:
         first_unit, reason = failures[0]
         raise UsageError(
             f"{len(failures)} of {len(todo)} shards failed (first: {first_unit.split}/{first_unit.name}: "
             f"{reason}); finished shards are kept: re-run the same command to resume")
-    summary = _finish(out, plan, fmt, quality, src)
+    summary = _finish(out, plan, fmt, quality, src, resize)
     summary.update(seconds=round(time.perf_counter() - start, 3), shards_built=len(todo),
                    shards_reused=len(units) - len(todo))
     built = sum(summary["counts"].values())
@@ -113,10 +117,12 @@ def prepare_imagenet(src: Path, out: Path, workers: int | None = None, fmt: str 
     return summary
 
 
-def unit_key(unit: Unit, fmt: str, quality: int) -> str:
+def unit_key(unit: Unit, fmt: str, quality: int, resize: str = "center") -> str:
     """A hash of what this shard holds and how: equal keys mean an equal shard."""
-    text = json.dumps([PREPARED_VERSION, SIZE, fmt, quality if fmt == "jpeg" else None, unit.kind,
-                       unit.prefix, unit.items], ensure_ascii=True)
+    how = [PREPARED_VERSION, SIZE, fmt, quality if fmt == "jpeg" else None]
+    if resize != "center":  # (the centre square keeps the keys of shards prepared before squash existed)
+        how.append(resize)
+    text = json.dumps([*how, unit.kind, unit.prefix, unit.items], ensure_ascii=True)
     return hashlib.sha1(text.encode()).hexdigest()
 
 
@@ -175,7 +181,7 @@ def _is_complete(folder: Path, unit: Unit, key: str) -> bool:
         return False
 
 
-def _build_units(todo: list[Unit], out: Path, keys: dict, fmt: str, quality: int, workers: int,
+def _build_units(todo: list[Unit], out: Path, keys: dict, how: tuple[str, int, str], workers: int,
                  progress: bool, total: int) -> list[tuple[Unit, str]]:
     """Build ``todo`` (in a process pool if more than one worker); return the failures."""
     from tqdm import tqdm
@@ -183,7 +189,7 @@ def _build_units(todo: list[Unit], out: Path, keys: dict, fmt: str, quality: int
     failures: list[tuple[Unit, str]] = []
     if not todo:
         return failures
-    jobs = [(u, str(out / u.split), fmt, quality, keys[u.split, u.number]) for u in todo]
+    jobs = [(u, str(out / u.split), *how, keys[u.split, u.number]) for u in todo]  # how: format, quality, resize
     pool = make_pool(min(workers, len(todo))) if workers > 1 and len(todo) > 1 else None
     start, images = time.perf_counter(), 0
     bar = tqdm(total=total, initial=total - len(todo), unit="shard", desc="prepare", file=sys.stderr,
@@ -222,7 +228,7 @@ def _future_outcome(future: concurrent.futures.Future) -> tuple[dict | None, str
         return None, f"{type(error).__name__}: {_reason(error)}"
 
 
-def _build_unit(unit: Unit, folder: str, fmt: str, quality: int, key: str) -> dict:
+def _build_unit(unit: Unit, folder: str, fmt: str, quality: int, resize: str, key: str) -> dict:
     """Decode, preprocess and store one unit's images as one shard (+ stats sums, done.json)."""
     folder = Path(folder)
     done_path = folder / f"{unit.name}.done.json"
@@ -235,7 +241,7 @@ def _build_unit(unit: Unit, folder: str, fmt: str, quality: int, key: str) -> di
             try:
                 if isinstance(data, BadImage):
                     raise data
-                image = decode_stored(data)
+                image = decode_stored(data, resize=resize)
                 record = shards.encode(image, fmt, quality)
                 if sums is not None:  # statistics of the prepared image, before encoding
                     sums.add(image)
@@ -362,7 +368,7 @@ class _Sums:
                                                      outer=self.outer.numpy()))
 
 
-def _finish(out: Path, plan: Plan, fmt: str, quality: int, src: Path) -> dict:
+def _finish(out: Path, plan: Plan, fmt: str, quality: int, src: Path, resize: str = "center") -> dict:
     """Manifests, statistics, classes, report and the completion marker from finished shards."""
     counts, skipped_counts, skipped, warnings_ = {}, {}, [], list(plan.warnings)
     for split, units in plan.units.items():
@@ -401,7 +407,7 @@ def _finish(out: Path, plan: Plan, fmt: str, quality: int, src: Path) -> dict:
     summary = {"out": str(out), "format": fmt, "quality": quality if fmt == "jpeg" else None,
                "counts": counts, "skipped": skipped_counts, "warnings": warnings_}
     _write_json(out / "prepared.json", {
-        "version": PREPARED_VERSION, "format": fmt, "quality": summary["quality"], "size": SIZE,
+        "version": PREPARED_VERSION, "format": fmt, "quality": summary["quality"], "size": SIZE, "resize": resize,
         "source": str(src.resolve()), "splits": {s: plan.described[s] for s in plan.units},
         "counts": counts, "classes": len(plan.classes), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return summary
