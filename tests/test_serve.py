@@ -366,3 +366,39 @@ def test_chromium_shows_where_it_looks_when_switched_on(kaiming_server, tmp_path
     assert len(np.unique(after.reshape(-1, 3), axis=0)) > 100 and after.std() > 20  # not blank
     changed = np.abs(after - before).max(axis=2) > 15  # the map's colours over the 256x256 picture, its text
     assert changed.sum() > 40_000, changed.sum()
+
+
+def test_slow_clients_trickling_headers_cannot_lock_others_out_and_are_dropped(predictor):
+    """Slowloris: 150 connections each send a request head a byte at a time, a byte a second. Meanwhile
+    /healthz and a photo's /predict answer within 5 s; each slow connection is closed by the server once
+    its head is later than the deadline (3 s here, 10 s by default), long before 60 s."""
+    config = ServeConfig(max_wait_ms=5, queue=8, head_timeout_s=3.0)
+    running = Running(build_app(predictor, "small.pt", config), config)
+    slow = []
+    try:
+        for _ in range(150):
+            s = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+            slow.append(s)
+        start = time.monotonic()
+        for _ in range(2):  # trickle: the connections stay busy, not idle
+            for s in slow:
+                s.sendall(b"X")
+            time.sleep(1)
+            assert httpx.get(f"{running.url}/healthz", timeout=5).status_code == 200
+            answer = post(running.url, photo(0), topk=1)
+            assert answer.status_code == 200 and len(answer.json()["top"]) == 1, answer.text
+        closed = 0
+        for s in slow:
+            s.settimeout(max(0.1, 15 - (time.monotonic() - start)))
+            try:
+                closed += s.recv(1024) == b""  # the server closed it without an answer
+            except ConnectionResetError:
+                closed += 1
+        assert closed == len(slow) and time.monotonic() - start < 20, (closed, time.monotonic() - start)
+        full = httpx.get(f"{running.url}/healthz", timeout=5)  # and it still serves
+        assert full.status_code == 200 and full.json()["status"] == "ok"
+    finally:
+        for s in slow:
+            s.close()
+        running.stop()

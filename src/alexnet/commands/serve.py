@@ -38,18 +38,24 @@ def add_parser(commands) -> None:
                    help=f"largest image in pixels, checked before decoding (default {d.max_pixels:,})")
     p.add_argument("--timeout", type=float, default=d.body_timeout_s,
                    help=f"seconds to receive one upload, more is answered 408 (default {d.body_timeout_s:g})")
+    p.add_argument("--head-timeout", type=float, default=d.head_timeout_s,
+                   help=f"seconds a client has to send a whole request head, else its connection is closed "
+                        f"(slow clients; default {d.head_timeout_s:g})")
+    p.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help=f"open connections at most, idle ones included; more are closed (default {d.max_connections})")
     p.set_defaults(run=run)
 
 
 def config_from(args) -> ServeConfig:
     checks = {"--max-batch": args.max_batch >= 1, "--queue": args.queue >= 1, "--workers": args.workers >= 1,
               "--max-upload-mb": args.max_upload_mb > 0, "--max-pixels": args.max_pixels >= 1,
-              "--timeout": args.timeout > 0, "--max-wait-ms": args.max_wait_ms >= 0}
+              "--timeout": args.timeout > 0, "--max-wait-ms": args.max_wait_ms >= 0,
+              "--head-timeout": args.head_timeout > 0, "--max-connections": args.max_connections >= 1}
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
         raise UsageError(f"{', '.join(bad)} must be positive")
     return ServeConfig(args.max_batch, args.max_wait_ms, args.queue, int(args.max_upload_mb * 2**20), args.max_pixels,
-                       args.timeout, args.workers)
+                       args.timeout, args.workers, args.head_timeout, args.max_connections)
 
 
 def run(args) -> int:

@@ -59,6 +59,8 @@ class ServeConfig:
     max_pixels: int = MAX_PIXELS  # width x height of an upload before decoding; more is answered 422
     body_timeout_s: float = 30.0  # time to receive one request's body; more is answered 408
     decode_threads: int = 2  # threads decoding uploads
+    head_timeout_s: float = 10.0  # time to send a whole request head; a slower connection is closed (guard.py)
+    max_connections: int = 1000  # open connections at most, idle ones included; more are closed at once
 
 
 OVERLAY_SIDE = 640  # the longer side of /explain's overlay at most: a page's picture, not the photo's pixels
@@ -241,12 +243,16 @@ def build_app(predictor: Predictor, model_name: str, config: ServeConfig = Serve
 
 
 def uvicorn_config(app, host: str, port: int, config: ServeConfig):
-    """Uvicorn for the service: idle keep-alive connections closed after 5 s, at most ``queue`` + 32
-    connections (the rest answered 503 by uvicorn), no access log."""
+    """Uvicorn for the service: HTTP/1.1 by h11 with a deadline for each request head and a cap on open
+    connections that takes no request's place (``guard.py``), idle keep-alive connections closed after
+    5 s, no access log."""
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=5,
-                          limit_concurrency=config.queue + 32, timeout_graceful_shutdown=5)
+    from .guard import guarded_protocol
+
+    http = guarded_protocol(config.head_timeout_s, config.max_connections)
+    return uvicorn.Config(app, host=host, port=port, http=http, log_level="warning", access_log=False,
+                          timeout_keep_alive=5, timeout_graceful_shutdown=5)
 
 
 def model_name(path: Path) -> str:
