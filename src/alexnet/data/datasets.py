@@ -194,8 +194,9 @@ def prepared_copy(src: Path, ddp: Dist = Dist(), resize: str = "center") -> Path
     out = cache_root() / "prepared" / f"{src.resolve().name}-{digest}{'' if resize == 'center' else '-' + resize}"
     # under torchrun: hours for ILSVRC while the others wait, and other machines have other caches
     if not (out / "prepared.json").is_file() and ddp.world > 1:
+        how = "" if resize == "center" else f" --resize {resize}"
         raise UsageError(f"--data {src} is not prepared: under torchrun prepare it first, once, on a disk every "
-                         f"machine reads (`alexnet prepare imagenet --src {src} --out DIR`), then train with "
+                         f"machine reads (`alexnet prepare imagenet --src {src} --out DIR{how}`), then train with "
                          "--data DIR")
     if ddp.main:
         how = "shorter side 256, centre 256x256" if resize == "center" else "the whole photo squashed to 256x256"
