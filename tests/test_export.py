@@ -144,3 +144,39 @@ def test_hub_loads_a_checkpoint_and_the_untrained_paper_network(tmp_path):
     torch.testing.assert_close(hub(x), model(x))
     paper = torch.hub.load(str(REPO), "alexnet", source="local")
     assert paper.config == ModelConfig() and sum(p.numel() for p in paper.parameters()) == 60_965_224
+
+
+@pytest.mark.slow
+def test_int8_onnx_is_calibrated_on_photos_and_agrees_with_float32(tmp_path, capsys):
+    """onnxruntime's static quantisation calibrated on real photos through the network's preprocessing: an
+    int8 file (Conv and Gemm with int8 weights) carrying the classes and preprocessing, whose top-1 agrees with
+    float32 on the calibration photos."""
+    import shutil
+
+    from fixtures import SAMPLES, tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted(SAMPLES.glob("*.JPEG"))[:24]:
+        shutil.copy(f, photos / f.name)
+    out = tmp_path / "tiny-int8.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--quantize", "int8", "--calibration",
+                 str(photos), "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["quantized"] == "int8" and result["calibration_images"] == 24
+    assert result["top1_agreement"] >= 0.75, result
+    model = onnx.load(str(out))
+    kinds = {node.op_type for node in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "LRN"} <= kinds
+    int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8) >= 8  # the weights of conv1 ... fc8
+    info = read_info(out)
+    assert info["quantized"] == "int8" and [c["name"] for c in info["classes"]] == ["cat", "dog", "fish"]
+    assert not list(tmp_path.glob("*.tmp*")) and out.stat().st_size < 0.4 * (ckpt.stat().st_size)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript", "--quantize", "int8",
+                 "--calibration", str(photos), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "--format onnx" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--quantize", "int8", "--out",
+                 str(tmp_path / "y.onnx")]) == 2
+    assert "go together" in capsys.readouterr().err

@@ -41,12 +41,17 @@ TRACE_BATCH, CHECK_BATCH = 2, 3  # the check runs another batch size than the ex
 TOLERANCE = 1e-4  # largest softmax difference to PyTorch the check accepts
 
 
-def export(checkpoint: Path, fmt: str, out: Path) -> dict:
+def export(checkpoint: Path, fmt: str, out: Path, calibration: Path | None = None) -> dict:
     """Write ``checkpoint``'s network to ``out`` in ``fmt`` plus ``<out>.json``, run the written
-    file against PyTorch and return what the command prints."""
+    file against PyTorch and return what the command prints; ``calibration`` (ONNX only): quantise it to
+    int8 on the photos of that folder (``quantize.py``)."""
     if fmt not in FORMATS:
         raise UsageError(f"export format {fmt!r} is unknown; choose one of: {', '.join(FORMATS)}")
+    if calibration is not None and fmt != "onnx":
+        raise UsageError("--quantize int8 writes ONNX: add --format onnx")
     loaded = load_run(checkpoint)
+    if calibration is not None:
+        return export_int8(loaded, out, calibration)
     info = export_info(loaded)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +64,26 @@ def export(checkpoint: Path, fmt: str, out: Path) -> dict:
         diff = (softmax(RUNNERS[fmt](out, x)) - softmax(loaded.model(x))).abs().max().item()
     return {"format": fmt, "out": str(out), "sidecar": str(sidecar(out)), "seconds": round(seconds, 2),
             "check": CHECKS[fmt], "batch": CHECK_BATCH, "max_abs_diff": diff}
+
+
+def export_int8(loaded: LoadedRun, out: Path, calibration: Path) -> dict:
+    """The float32 ONNX network quantised to int8 into ``out`` (``quantize.py``), with ``<out>.json``."""
+    from .quantize import calibration_inputs, quantize_int8
+
+    inputs = calibration_inputs(loaded, calibration)
+    info, out = export_info(loaded), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fp32 = out.with_name(out.name + ".fp32.tmp")
+    start = time.perf_counter()
+    try:
+        write_onnx(loaded.model, fp32, info, sidecar(out))
+        result = quantize_int8(fp32, out, inputs, metadata_text(info, sidecar(out)))
+    finally:
+        fp32.unlink(missing_ok=True)
+    sidecar(out).write_text(json.dumps({**info, "quantized": "int8"}))
+    return {"format": "onnx", "quantized": "int8", "out": str(out), "sidecar": str(sidecar(out)),
+            "seconds": round(time.perf_counter() - start, 2), "check": "onnxruntime, top-1 against float32",
+            **result}
 
 
 def sidecar(out: Path) -> Path:
