@@ -180,3 +180,51 @@ def test_int8_onnx_is_calibrated_on_photos_and_agrees_with_float32(tmp_path, cap
     assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--quantize", "int8", "--out",
                  str(tmp_path / "y.onnx")]) == 2
     assert "go together" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_predict_and_serve_take_an_exported_onnx_file_with_its_classes(tmp_path, capsys):
+    """A .onnx file is a model: predict gives the checkpoint's classes and probabilities (float32: to 1e-4;
+    int8: the same top class on most photos), serve answers /predict from it and refuses /explain (no layers)."""
+    import shutil
+
+    import httpx
+    from test_serve import Running
+
+    from alexnet.use.predictor import Predictor
+    from alexnet.use.serve.app import ServeConfig, build_app
+    from fixtures import SAMPLES, tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted(SAMPLES.glob("*.JPEG"))[:8]:
+        shutil.copy(f, photos / f.name)
+    onnx_file, int8_file = tmp_path / "tiny.onnx", tmp_path / "tiny-int8.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(onnx_file)]) == 0
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--quantize", "int8", "--calibration",
+                 str(photos), "--out", str(int8_file)]) == 0
+    capsys.readouterr()
+
+    def predicted(model) -> list[dict]:
+        assert main(["predict", "--checkpoint", str(model), str(photos), "--json", "--topk", "3"]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    ours, fp32, int8 = predicted(ckpt), predicted(onnx_file), predicted(int8_file)
+    for a, b in zip(ours, fp32):
+        assert [t["name"] for t in a["top"]] == [t["name"] for t in b["top"]]
+        assert max(abs(x["prob"] - y["prob"]) for x, y in zip(a["top"], b["top"])) < 1e-4
+    assert sum(a["top"][0]["index"] == c["top"][0]["index"] for a, c in zip(ours, int8)) >= 6
+    assert {t["name"] for r in int8 for t in r["top"]} <= {"cat", "dog", "fish"}
+    assert main(["explain", "--checkpoint", str(onnx_file), str(photos), "--out", str(tmp_path / "maps")]) == 2
+    assert "not an exported .onnx" in capsys.readouterr().err
+    running = Running(build_app(Predictor.from_onnx(int8_file), "tiny-int8.onnx"), ServeConfig())
+    try:
+        data = (photos / sorted(p.name for p in photos.iterdir())[0]).read_bytes()
+        answer = httpx.post(f"{running.url}/predict", files={"file": ("p.jpg", data)}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["model"] == "tiny-int8.onnx", answer.text
+        assert answer.json()["top"][0]["name"] in ("cat", "dog", "fish")
+        refused = httpx.post(f"{running.url}/explain", files={"file": ("p.jpg", data)}, timeout=30)
+        assert refused.status_code == 501 and ".onnx" in refused.json()["error"]
+    finally:
+        running.stop()

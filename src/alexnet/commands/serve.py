@@ -68,6 +68,9 @@ def run(args) -> int:
     config = config_from(args)
     if args.threads:
         torch.set_num_threads(args.threads)  # the command's process: the network's one thread uses this many cores
-    predictor = Predictor.from_run(load_run(args.checkpoint), args.device, batch_size=config.max_batch)
+    if Path(args.checkpoint).suffix == ".onnx":  # an exported file: a deployment without the training side
+        predictor = Predictor.from_onnx(Path(args.checkpoint), batch_size=config.max_batch)
+    else:
+        predictor = Predictor.from_run(load_run(args.checkpoint), args.device, batch_size=config.max_batch)
     serve(predictor, model_name(Path(args.checkpoint)), args.host, args.port, config)
     return 0

@@ -41,6 +41,8 @@ class Explainer:
     batch_size: int = 64  # occlusion: inputs per forward pass (positions x images)
 
     def __post_init__(self):
+        if not hasattr(self.model, "taps"):
+            raise ValueError("heat maps need the network's layers: give a checkpoint (.pt), not an exported .onnx")
         if getattr(self.model, "tower_devices", None):
             raise ValueError("heat maps run the one-device network: load the checkpoint without model.tower_devices "
                              "(alexnet.load_run does by default)")

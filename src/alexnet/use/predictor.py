@@ -34,6 +34,19 @@ class Predictor:
     batch_size: int = 64  # images per forward pass (x views)
 
     @classmethod
+    def from_onnx(cls, path: Path, batch_size: int = 64) -> Predictor:
+        """An exported ``.onnx`` file (float32 or int8) on the CPU through onnxruntime, with the classes and
+        preprocessing of its metadata (``onnx_model.py``)."""
+        from .export import read_info
+        from .onnx_model import OnnxModel, classes_from_info, pipeline_from_info
+
+        info = read_info(path)
+        model = OnnxModel(path)
+        outputs = int(info.get("model", {}).get("num_classes") or len(info.get("classes") or []))
+        return cls(model, pipeline_from_info(info, path), classes_from_info(info, outputs), torch.device("cpu"),
+                   "fp32", batch_size)
+
+    @classmethod
     def from_run(cls, loaded: LoadedRun, device: torch.device | str = "cpu", batch_size: int = 64) -> Predictor:
         """A ``LoadedRun`` made ready on ``device``: its class list or, where the checkpoint has none, the
         outputs' indices. The LRN runs its eager kernels: batches here have any size, and compiling
@@ -67,6 +80,8 @@ class Predictor:
     def features(self, images: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
         """uint8 (N, 3, S, S) stored images -> float32 (N, D) activations at ``layer`` on the CPU, of the
         centre view as in evaluation (``AlexNet.features``), flattened."""
+        if not hasattr(self.model, "features"):
+            raise UsageError("features need the network's layers: give a checkpoint (.pt), not an exported .onnx")
         out = []
         for start in range(0, len(images), self.batch_size):
             x = self.pipeline.eval_input(images[start:start + self.batch_size].to(self.device))
@@ -90,4 +105,6 @@ def load_predictor(checkpoint: Path, device: str = "auto", batch_size: int = 64)
     except (UsageError, RuntimeError):
         raise UsageError(f"--device {device}: not a usable device here; use auto, cpu, or cuda where a GPU "
                          "is visible") from None
+    if Path(checkpoint).suffix == ".onnx":  # an exported file: onnxruntime on the CPU, nothing of the training side
+        return Predictor.from_onnx(Path(checkpoint), batch_size)
     return Predictor.from_run(load_run(checkpoint), where, batch_size)

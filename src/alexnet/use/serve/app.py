@@ -81,8 +81,9 @@ class Service:
         self.held = 0  # requests admitted and not yet answered (one event loop: no lock needed)
         self.decoders: ThreadPoolExecutor | None = None
         self.batcher: Batcher | None = None
-        self.explainer = Explainer(predictor.model, predictor.pipeline, predictor.device,
-                                   batch_size=predictor.batch_size)
+        # heat maps need the network's layers: none for an exported .onnx file
+        self.explainer = (Explainer(predictor.model, predictor.pipeline, predictor.device,
+                                    batch_size=predictor.batch_size) if hasattr(predictor.model, "taps") else None)
         self.occluding = False  # an occlusion map is being made: one at a time (seconds of the network each)
 
     @asynccontextmanager
@@ -158,6 +159,9 @@ class Service:
         from ..explain import class_map
 
         start = time.perf_counter()
+        if self.explainer is None:
+            raise Refused(501, "heat maps need the network's layers: serve a checkpoint (.pt), not an exported .onnx",
+                          "bad_request")
         data, options = await self._upload(request)
         method, target = explain_options(options, self.predictor.classes)
         if method == "occlusion" and self.occluding:
