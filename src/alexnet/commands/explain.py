@@ -106,8 +106,7 @@ def explain_one(explainer, predictor, stored, photo, target: int | None, args, n
 
     probs = predictor.probabilities(stored[None])[0]
     k = int(probs.argmax()) if target is None else target
-    found = {"index": k, "wnid": predictor.classes[k]["wnid"], "name": predictor.classes[k]["name"],
-             "prob": round(float(probs[k]), 6)}
+    found = predictor.record(k, probs[k])
     heat = on_photo(class_map(explainer, stored, k, args.method), predictor.pipeline, *photo.shape[1:])
     npy, png = (args.out / f"{name}.{args.method}.{suffix}" for suffix in ("npy", "png"))
     np.save(npy, heat.numpy())

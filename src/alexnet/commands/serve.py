@@ -61,16 +61,12 @@ def config_from(args) -> ServeConfig:
 def run(args) -> int:
     import torch
 
-    from ..runs.load import load_run
-    from ..use.predictor import Predictor
+    from ..use.predictor import load_predictor
     from ..use.serve.app import model_name, serve
 
     config = config_from(args)
     if args.threads:
         torch.set_num_threads(args.threads)  # the command's process: the network's one thread uses this many cores
-    if Path(args.checkpoint).suffix == ".onnx":  # an exported file: a deployment without the training side
-        predictor = Predictor.from_onnx(Path(args.checkpoint), batch_size=config.max_batch)
-    else:
-        predictor = Predictor.from_run(load_run(args.checkpoint), args.device, batch_size=config.max_batch)
+    predictor = load_predictor(args.checkpoint, args.device, config.max_batch)  # a checkpoint or an exported .onnx
     serve(predictor, model_name(Path(args.checkpoint)), args.host, args.port, config)
     return 0

@@ -223,10 +223,10 @@ def make_figures(network: Predictor, queries: ImageSet, gallery: ImageSet, names
     model = network.model.config
     conv1 = network.model.conv1.weight.detach().float().cpu().numpy()
     draw_figure3(conv1, towers=2 if model.towers and model.variant != "torchvision" else 1, path=paths["figure3"])
-    window = network.pipeline.window
-    draw_top5(hwc(window(queries.pixels())), top5, paths["figure4_top5"])
+    window, pixels = network.pipeline.window, queries.pixels()  # (files are decoded when sliced: once)
+    draw_top5(hwc(window(pixels)), top5, paths["figure4_top5"])
     paths["figure4_gradcam"] = out / "figure4_gradcam.png"
-    draw_gradcam(network, queries, top5, paths["figure4_gradcam"])
+    draw_gradcam(network, pixels, top5, paths["figure4_gradcam"])
     rows = [hwc(window(gallery.pixels(row))) for row in index.tolist()]
     draw_neighbours(hwc(window(first.pixels())), rows, neighbours, paths["figure4_neighbours"])
     records = {"top5": top5, "neighbours": neighbours}
@@ -346,16 +346,16 @@ def draw_top5(images: list, records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def draw_gradcam(network: Predictor, images: ImageSet, records: list[dict], path: Path) -> None:
-    """Figure 4's images with Grad-CAM's map of their top class over what the network sees (``alexnet explain``)."""
+def draw_gradcam(network: Predictor, pixels: torch.Tensor, records: list[dict], path: Path) -> None:
+    """Figure 4's images (uint8 ``pixels``) with Grad-CAM's map of their top class over what the network sees
+    (``alexnet explain``)."""
     from ..use.explain import Explainer
     from ..use.overlay import overlay
 
     explainer = Explainer(network.model, network.pipeline, network.device)
-    x = explainer.input(images.pixels())
     top = torch.tensor([r["top5"][0]["label"] for r in records])
-    maps = explainer.maps(x, top, "gradcam")
-    windows = network.pipeline.window(images.pixels().to(network.device)).cpu()
+    maps = explainer.maps(explainer.input(pixels), top, "gradcam")
+    windows = network.pipeline.window(pixels.to(network.device)).cpu()
     plt = pyplot()
     columns = min(4, len(records))
     rows = -(-len(records) // columns)

@@ -28,11 +28,13 @@ class Strongest:
     def __init__(self, model, layers: tuple[str, ...]):
         self.layers, self.offset = layers, 0
         self.best: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # value, image, position
+        self.width: dict[str, int] = {}  # each layer's map width (positions are flattened rows)
         self.hooks = [model.taps[name].register_forward_hook(self._hook(name)) for name in layers]
 
     def _hook(self, name: str):
         def seen(module, inputs, output):
             n, c = output.shape[:2]
+            self.width[name] = output.shape[-1]
             value, position = output.detach().float().flatten(2).max(dim=2)  # (n, c) each
             image = (torch.arange(n) + self.offset)[:, None].expand(n, c)
             parts = [(value.cpu(), image, position.cpu())]
@@ -62,7 +64,7 @@ def strongest_patches(network, gallery, layers: tuple[str, ...]) -> dict[str, li
     out = {}
     for name in layers:
         values, images, positions = strongest.best[name]
-        width = network.model.features(torch.zeros(1, 3, side, side, device=network.device), name).shape[-1]
+        width = strongest.width[name]
         units = values[-1].topk(min(UNITS, values.shape[1])).indices.tolist()
         out[name] = [{"unit": u, "activations": [round(float(v), 4) for v in values[:, u]],
                       "images": images[:, u].tolist(),

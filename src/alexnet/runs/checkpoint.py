@@ -105,7 +105,6 @@ def _as_tested_v1(pipeline: dict, config: dict) -> None:
     size, until = data.get("low_res_size", 0), data.get("low_res_epochs", 0)
     if size and until >= epochs:
         pipeline["size"], pipeline["padding"] = int(size), 0
-    pipeline["shrink"] = 0
 
 
 def _pad_sums_v1(ckpt: dict) -> None:

@@ -17,15 +17,12 @@ from ..errors import UsageError
 class OnnxModel(torch.nn.Module):
     """``model(x)``: the logits of float32 network inputs ``x`` from an onnxruntime session, on the CPU."""
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path):
         super().__init__()
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime's errors for files it cannot load
             raise UsageError(f"{path}: onnxruntime cannot load it ({str(err).splitlines()[0][:200]})") from None
         self.input_name = self.session.get_inputs()[0].name

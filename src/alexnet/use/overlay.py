@@ -11,9 +11,9 @@ MAX_SIDE = 1600  # an overlay's longer side at most (a 12-megapixel photo's PNG 
 
 
 def overlay(photo: torch.Tensor, heat: torch.Tensor, label: str, max_side: int = MAX_SIDE):
-    """uint8 (3, H, W) ``photo`` with float (H, W) ``heat`` over it (the jet colours of the map scaled to its
-    maximum, blended in at 20% where it is 0 and 65% at its maximum) and ``label`` on a band at the top: a PIL
-    image, its longer side at most ``max_side``."""
+    """uint8 ``photo`` (3, any size) with float (H, W) ``heat`` over it (the jet colours of the map scaled to
+    its maximum, blended in at 20% where it is 0 and 65% at its maximum) and ``label`` on a band at the top: a
+    PIL image of the map's aspect and size, its longer side at most ``max_side`` (the photo is resized to it)."""
     from matplotlib import colormaps
     from PIL import Image
 

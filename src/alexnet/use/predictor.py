@@ -92,8 +92,13 @@ class Predictor:
     def top(self, probs: torch.Tensor, k: int = 5) -> list[list[dict]]:
         """The ``k`` most probable classes of each row of ``probs``, most probable first."""
         values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
-        return [[{"index": i, "wnid": self.classes[i]["wnid"], "name": self.classes[i]["name"], "prob": round(p, 6)}
-                 for i, p in zip(row_i, row_p)] for row_i, row_p in zip(indices.tolist(), values.tolist())]
+        return [[self.record(i, p) for i, p in zip(row_i, row_p)]
+                for row_i, row_p in zip(indices.tolist(), values.tolist())]
+
+    def record(self, index: int, prob: float) -> dict:
+        """Output ``index`` with probability ``prob``: ``{"index", "wnid", "name", "prob"}``."""
+        c = self.classes[index]
+        return {"index": index, "wnid": c["wnid"], "name": c["name"], "prob": round(float(prob), 6)}
 
 
 def load_predictor(checkpoint: Path, device: str = "auto", batch_size: int = 64) -> Predictor:

@@ -39,27 +39,23 @@ def calibration_inputs(loaded: LoadedRun, folder: Path, limit: int = CALIBRATION
     return loaded.pipeline.eval_input(images).contiguous().numpy()
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader over ``inputs`` in batches of ``batch``."""
-
-    def __init__(self, inputs: np.ndarray, batch: int = 16):
-        self.batches = iter([{"image": inputs[i:i + batch]} for i in range(0, len(inputs), batch)])
-
-    def get_next(self):
-        return next(self.batches, None)
-
-
 def quantize_int8(fp32: Path, out: Path, inputs: np.ndarray, metadata: str) -> dict:
     """Quantise the ONNX file ``fp32`` into ``out`` calibrated on ``inputs``; the top-1 agreement on them."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reader = type("Reader", (_Reader, CalibrationDataReader), {})(inputs)
+    class Reader(CalibrationDataReader):  # the calibration inputs, 16 at a time
+        def __init__(self):
+            self.batches = iter([{"image": inputs[i:i + 16]} for i in range(0, len(inputs), 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
     prepared = fp32.with_name(fp32.name + ".pre")  # shapes inferred and the graph folded, as onnxruntime advises
     try:
         quant_pre_process(str(fp32), str(prepared))
-        quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:
         prepared.unlink(missing_ok=True)

@@ -177,8 +177,7 @@ class Service:
             window_map = await self.batcher.on_model_thread(class_map, self.explainer, image, k, method)
         finally:
             self.occluding = False
-        c = self.predictor.classes[k]
-        found = {"index": k, "wnid": c["wnid"], "name": c["name"], "prob": round(float(probs[k]), 6)}
+        found = self.predictor.record(k, probs[k])
         drawn = await loop.run_in_executor(self.decoders, self._overlay, data, window_map, found)
         return JSONResponse({"class": found, "method": method, "model": self.model_name,
                              "overlay": "data:image/png;base64," + base64.b64encode(drawn).decode("ascii"),
@@ -189,8 +188,11 @@ class Service:
         from ..explain import on_photo
         from ..overlay import overlay, png_bytes
 
-        photo = shrunk(decode_photo(data, self.config.max_pixels, draft=OVERLAY_SIDE), OVERLAY_SIDE)
-        heat = on_photo(window_map, self.predictor.pipeline, *photo.shape[1:])
+        photo = decode_photo(data, self.config.max_pixels, draft=OVERLAY_SIDE)
+        height, width = photo.shape[1:]
+        scale = min(1.0, OVERLAY_SIDE / max(height, width))  # the map at the overlay's size, not the photo's
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        heat = on_photo(window_map, self.predictor.pipeline, *size)
         return png_bytes(overlay(photo, heat, f"{found['name']} {found['prob']:.3f}", max_side=OVERLAY_SIDE))
 
     async def healthz(self, request):
@@ -209,20 +211,6 @@ class Service:
         from starlette.responses import HTMLResponse
 
         return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
-
-
-def shrunk(photo, side: int):
-    """A uint8 (3, H, W) photo with its longer side at most ``side`` (antialiased)."""
-    import torch
-    from torch.nn import functional as F
-
-    h, w = photo.shape[1:]
-    scale = side / max(h, w)
-    if scale >= 1:
-        return photo
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    out = F.interpolate(photo[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-    return out[0].round().clamp(0, 255).to(torch.uint8)
 
 
 PAGE = importlib.resources.files("alexnet.use.serve").joinpath("page.html").read_text(encoding="utf-8")
