@@ -15,6 +15,7 @@ photos of the shared ImageNet samples whose class is one of CIFAR-10's, as one P
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ from alexnet.runs.load import load_run
 from alexnet.runtime import configure_process
 from alexnet.use.explain import METHODS, Explainer, random_squares, ranked_hiding
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the shared data folder: ALEXNET_MIRROR where it is set (as make does), else ../shared/data beside the clone
+SHARED = Path(os.environ.get("ALEXNET_MIRROR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def deletion(explainer: Explainer, x: torch.Tensor, labels: torch.Tensor, shares: list[float], batch: int,
@@ -91,7 +93,10 @@ def figure(run, path: Path, count: int = 8) -> None:
     e = Explainer(run.model, run.pipeline, torch.device("cpu"))
     rows = []
     for f in files[:count]:
-        stored, photo = read_photo(f, run.pipeline)
+        read = read_photo(f, run.pipeline)
+        if isinstance(read, str):  # the reason it cannot be read
+            raise SystemExit(f"benchmarks/explain.py --figure: {f}: {read} (set ALEXNET_MIRROR to the shared data)")
+        stored, photo = read
         x = e.input(stored[None])
         probs = e.probabilities(x)[0]
         k = int(probs.argmax())

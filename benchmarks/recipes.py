@@ -32,7 +32,9 @@ from pathlib import Path
 from alexnet.files import cache_root
 from alexnet.runs.folder import RunFolder
 
-TARBALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# in the shared data folder: ALEXNET_MIRROR where it is set (as make does), else ../shared/data beside the clone
+TARBALL = Path(os.environ.get("ALEXNET_MIRROR") or Path(__file__).resolve().parents[2] / "shared" / "data") / \
+    "cifar10-jpeg.tar.gz"
 GOAL = 0.8
 
 

@@ -18,6 +18,7 @@ top-1 error each transfer gains over scratch. ``KEY=VALUE`` arguments go to ever
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -29,7 +30,9 @@ from pathlib import Path
 
 from alexnet.runs.folder import RunFolder
 
-TARBALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# in the shared data folder: ALEXNET_MIRROR where it is set (as make does), else ../shared/data beside the clone
+TARBALL = Path(os.environ.get("ALEXNET_MIRROR") or Path(__file__).resolve().parents[2] / "shared" / "data") / \
+    "cifar10-jpeg.tar.gz"
 OLD = ("airplane", "automobile", "bird", "cat", "deer")  # the classes the network is trained on first
 NEW = ("dog", "frog", "horse", "ship", "truck")  # the classes it is moved to
 
