@@ -33,8 +33,9 @@ class TrainStep:
         (``init.path``) trains the layers it took from its init at ``optim.pretrained_lr_scale`` x fc8's rate."""
         device = next(model.parameters()).device
         pretrained = PRETRAINED if config.init.path else ()
-        return cls(net, make_optimizer(model, config.optim, pretrained),
-                   torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16"),
+        fp16 = config.train.precision == "fp16"
+        return cls(net, make_optimizer(model, config.optim, pretrained, fused_ok=not fp16),
+                   torch.amp.GradScaler(device.type, enabled=fp16),
                    config.train.precision, config.optim.label_smoothing, config.train.on_nonfinite == "skip")
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -60,10 +61,12 @@ def _all_finite(loss: torch.Tensor) -> bool:
 PRETRAINED = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # a fine-tune's layers from its init
 
 
-def make_optimizer(model: torch.nn.Module, cfg, pretrained: tuple[str, ...] = ()) -> torch.optim.SGD:
+def make_optimizer(model: torch.nn.Module, cfg, pretrained: tuple[str, ...] = (),
+                   fused_ok: bool = True) -> torch.optim.SGD:
     """SGD with momentum (``cfg`` an ``OptimConfig``); weight decay on weights (and on biases too if
     ``decay_biases``, as the paper). The layers named in ``pretrained`` form groups of their own whose
-    ``lr_scale`` is ``cfg.pretrained_lr_scale`` (the loop sets each group's rate to the schedule's x it)."""
+    ``lr_scale`` is ``cfg.pretrained_lr_scale`` (the loop sets each group's rate to the schedule's x it).
+    ``fused_ok`` False (under fp16's grad scaler) keeps the update out of the fused kernel."""
     groups = []
     for taken, scale in ((True, cfg.pretrained_lr_scale), (False, 1.0)):
         params = [(n, p) for n, p in model.named_parameters() if (n.split(".")[0] in pretrained) == taken]
@@ -72,8 +75,11 @@ def make_optimizer(model: torch.nn.Module, cfg, pretrained: tuple[str, ...] = ()
         groups += [{"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": scale},
                    {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale}]
     # fused: one kernel for the whole update (on the paper net 23 ms a step against foreach's 40 ms on a
-    # 2-core CPU; the same weights bit for bit over the tested steps); foreach where it is unsupported.
-    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    # 2-core CPU; the same weights bit for bit over the tested steps); foreach where it is unsupported,
+    # and under fp16's grad scaler (``fused_ok`` False): fused SGD hands the scaler's overflow check to its
+    # kernel, which on a skipped first step leaves the momentum buffer uninitialised (torch 2.14: weights
+    # of 1e35 one step later), so fp16 takes the optimiser the scaler skips itself.
+    fused = fused_ok and next(model.parameters()).device.type in ("cpu", "cuda")
     return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
                            nesterov=cfg.nesterov, fused=fused, foreach=None if fused else True)
 
