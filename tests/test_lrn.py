@@ -48,6 +48,15 @@ def test_lrn_matches_the_formula(channels_last):
     assert not torch.allclose(out, a / 2**0.75)  # the window term matters at this scale
 
 
+def test_the_dynamic_kernel_takes_any_batch_size_with_the_same_numbers():
+    """Inference's kernel (``dynamic=True``, use/inference.py): one compile for ragged batches."""
+    layer = LRN(relu=True, dynamic=True)
+    with torch.inference_mode():
+        for n in (3, 5):
+            z = (torch.randn(n, *SHAPE[1:]) * 30).contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(layer(z), lrn_formula(torch.relu(z).double()).float(), atol=1e-5, rtol=1e-5)
+
+
 def test_training_and_inference_paths_give_the_same_output():
     """With a gradient to come the forward pass keeps the window sum (autograd Function); without one
     it runs a pass that does not write it: same numbers, channels_last kept."""

@@ -29,6 +29,13 @@ def add_run_options(p, each: str) -> None:
     p.add_argument("--batch-size", type=int, default=64, metavar="N",
                    help="images decoded and run at once (default 64)")
     p.add_argument("--device", default="auto", help="auto (default: the GPU if there is one), cpu, cuda or cuda:N")
+    add_precision(p)
+
+
+def add_precision(p) -> None:
+    """``--precision``: how the network computes (``use/inference.py``)."""
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="auto (default): bf16 where the device computes it natively, else fp32")
 
 
 def per_file(batches: Iterable, outputs: Callable, command: str) -> Iterator[tuple[Path, str | None, object]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..data import views
 from ..errors import UsageError
 from .common import add_parser as _parser
-from .common import add_views
+from .common import add_precision, add_views
 
 EXAMPLES = """examples:
   alexnet eval --checkpoint runs/demo/checkpoints/best.pt
@@ -27,6 +27,7 @@ def add_parser(commands) -> None:
     add_views(p, None, "default: the run's train.eval_crops")
     p.add_argument("--ensemble", nargs="+", type=Path, default=[], metavar="CKPT",
                    help="more checkpoints whose softmax is averaged with --checkpoint's (the paper's '5 CNNs')")
+    add_precision(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.limit=1000")
     p.set_defaults(run=run)
 
@@ -36,6 +37,7 @@ def run(args) -> int:
     from ..runs.load import load_run
     from ..runtime import shutdown_distributed, start
     from ..use.evaluate import evaluate_views
+    from ..use.inference import choose, fast, ready
 
     first = load_run(args.checkpoint, args.overrides, args.data)
     members = [load_run(path) for path in args.ensemble]  # a bad file fails before the data is read
@@ -49,11 +51,12 @@ def run(args) -> int:
     if why := views.refusal(pipeline.kind, count):
         raise UsageError(f"--crops {count} for {args.checkpoint}: {why}")
     pipeline = pipeline.to(device)
-    # One batch shape (the ragged last batch is topped up): the run's compiled LRN kernels, compiled once.
-    models = [loaded.model.set_lrn_compiled(config.train.compile_lrn).to(device) for loaded in (first, *members)]
+    work = len(data.val_labels) * count if config.train.compile_lrn else 0  # train.compile_lrn=false: eager
+    settings = choose(device, work, args.precision)  # as predict and serve run
+    models = [fast(ready(loaded.model, device, settings), settings, copy=False) for loaded in (first, *members)]
     result = evaluate_views(models, data.val_images, data.val_labels, device=device, views=count,
                             batch_size=config.data.eval_batch_size, inputs=lambda x: pipeline.eval_inputs(x, count),
-                            precision=config.train.precision, ddp=ddp)
+                            precision=settings.precision, ddp=ddp)
     if ddp.main:
         print(json.dumps({**result, "crops": count, "models": len(models), "checkpoint": str(args.checkpoint)}))
     shutdown_distributed()

@@ -53,7 +53,7 @@ def run(args) -> int:
     from ..use.explain import Explainer
     from ..use.predictor import load_predictor
 
-    predictor = load_predictor(args.checkpoint, args.device, 1)
+    predictor = load_predictor(args.checkpoint, args.device, 1, work=1)  # a few photos: the eager LRN, no compiling
     try:
         explainer = Explainer(predictor.model, predictor.pipeline, predictor.device, args.window, args.stride,
                               args.batch_size)

@@ -40,11 +40,12 @@ def run(args) -> int:
 
     if args.topk < 1:
         raise UsageError(f"--topk must be at least 1; got {args.topk}")
-    predictor = load_predictor(args.checkpoint, args.device, args.batch_size)
+    files, folders = image_files(args.inputs)
+    predictor = load_predictor(args.checkpoint, args.device, args.batch_size, len(files) * args.crops, args.precision)
     if why := predictor.refusal(args.crops):
         raise UsageError(f"--crops {args.crops} for {args.checkpoint}: {why}")
-    files, folders = image_files(args.inputs)
-    batches = read_batches(files, predictor.pipeline, args.batch_size, progress="predict" if folders else None)
+    batches = read_batches(files, predictor.pipeline, args.batch_size, progress="predict" if folders else None,
+                           ahead=predictor.decode_ahead())
     failed = 0
     for path, error, top in per_file(batches, lambda batch: tops(predictor, batch.images, args.crops, args.topk),
                                      "predict"):

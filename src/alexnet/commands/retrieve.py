@@ -40,11 +40,12 @@ def run(args) -> int:
         raise UsageError(f"--k must be at least 1; got {args.k}")
     if not args.gallery.is_dir():
         raise UsageError(f"--gallery {args.gallery}: no such folder; give a folder of image files")
-    predictor = load_predictor(args.checkpoint, args.device, args.batch_size)
+    files, _ = image_files(args.queries)
+    gallery_size = sum(1 for _ in args.gallery.rglob("*"))  # an upper bound on its images: the work to set up for
+    predictor = load_predictor(args.checkpoint, args.device, args.batch_size, gallery_size + len(files), args.precision)
     gallery = gallery_features(predictor, args.gallery)
     if not gallery.files:
         raise UsageError(f"--gallery {args.gallery}: none of its image files could be read")
-    files, _ = image_files(args.queries)
     failed = 0
     batches = read_batches(files, predictor.pipeline, args.batch_size)
     for path, error, feature in per_file(batches, lambda batch: query_features(predictor, batch, gallery), "retrieve"):

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..use.serve.app import ServeConfig
 from .common import add_parser as _parser
+from .common import add_precision
 
 EXAMPLES = """examples:
   alexnet serve --checkpoint runs/demo/checkpoints/best.pt            # http://127.0.0.1:8000
@@ -23,6 +24,7 @@ def add_parser(commands) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="0: any free port (the address line says which)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    add_precision(p)
     p.add_argument("--workers", type=int, default=d.decode_threads, help="threads decoding uploads (the network "
                    f"runs on one more); default {d.decode_threads}")
     p.add_argument("--threads", type=int, help="torch threads for the network on the CPU (default: torch's)")
@@ -61,12 +63,16 @@ def config_from(args) -> ServeConfig:
 def run(args) -> int:
     import torch
 
+    from ..runtime import log
     from ..use.predictor import load_predictor
     from ..use.serve.app import model_name, serve
 
     config = config_from(args)
     if args.threads:
         torch.set_num_threads(args.threads)  # the command's process: the network's one thread uses this many cores
-    predictor = load_predictor(args.checkpoint, args.device, config.max_batch)  # a checkpoint or an exported .onnx
+    predictor = load_predictor(args.checkpoint, args.device, config.max_batch, None, args.precision)  # or an .onnx
+    if predictor.settings.lrn == "compiled":  # before the first request, not during it
+        log("serve: compiling the LRN for the first batches (a few seconds, once)")
+        predictor.warm_up()
     serve(predictor, model_name(Path(args.checkpoint)), args.host, args.port, config)
     return 0

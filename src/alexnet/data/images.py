@@ -16,6 +16,7 @@ its maps are of the photo's own size.
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import sys
@@ -138,10 +139,10 @@ class Batch:
 
 
 def read_batches(files: list[Path], pipeline: Pipeline, batch_size: int, progress: str | None = None,
-                 workers: int | None = None) -> Iterator[Batch]:
+                 workers: int | None = None, ahead: int = 1) -> Iterator[Batch]:
     """``files`` decoded (``decode_file``) ``batch_size`` at a time by a pool of threads (Pillow
-    releases the GIL), the next batch decoding while the caller uses this one; a tqdm bar named
-    ``progress`` on stderr unless None."""
+    releases the GIL), the next ``ahead`` batches decoding while the caller uses this one (more: while
+    it compiles, say); a tqdm bar named ``progress`` on stderr unless None."""
     from tqdm import tqdm
 
     chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
@@ -149,11 +150,12 @@ def read_batches(files: list[Path], pipeline: Pipeline, batch_size: int, progres
     with ThreadPoolExecutor(worker_count(workers)) as pool, \
             tqdm(total=len(files), desc=progress, unit="img", file=sys.stderr, disable=progress is None) as bar:
         say = functools.partial(tqdm.write, file=sys.stderr)
-        pending = [pool.submit(read_image, path, pipeline) for path in chunks[0]] if chunks else []
+        pending = collections.deque([pool.submit(read_image, path, pipeline) for path in chunk]
+                                    for chunk in chunks[:1 + ahead])
         for i, chunk in enumerate(chunks):
-            results = [f.result() for f in pending]
-            if i + 1 < len(chunks):
-                pending = [pool.submit(read_image, path, pipeline) for path in chunks[i + 1]]
+            results = [f.result() for f in pending.popleft()]
+            if i + 1 + ahead < len(chunks):
+                pending.append([pool.submit(read_image, path, pipeline) for path in chunks[i + 1 + ahead]])
             images = [r for r in results if isinstance(r, torch.Tensor)]
             errors = [None if isinstance(r, torch.Tensor) else r for r in results]
             stacked = torch.stack(images) if images else torch.zeros(0, 3, side, side, dtype=torch.uint8)

@@ -281,11 +281,12 @@ class AlexNet(nn.Module):
         """The layers that learn, conv1 ... fc8."""
         return [getattr(self, name) for name in LAYERS]
 
-    def set_lrn_compiled(self, compiled: bool) -> AlexNet:
-        """Run the LRN layers' compiled kernels (a few fixed shapes) or their eager ones (any shape)."""
+    def set_lrn_compiled(self, compiled: bool, dynamic: bool = False) -> AlexNet:
+        """Run the LRN layers' compiled kernels (a few fixed shapes, or any batch size if ``dynamic``) or
+        their eager ones (any shape, no compiling)."""
         for lrn in (self.lrn1, self.lrn2):
             if isinstance(lrn, LocalResponseNorm):
-                lrn.compiled = compiled
+                lrn.compiled, lrn.dynamic = compiled, dynamic
         return self
 
     @torch.no_grad()

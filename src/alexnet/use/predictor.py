@@ -20,6 +20,7 @@ from ..errors import UsageError
 from ..runs.load import LoadedRun, load_run
 from ..runtime import autocast, pick_device
 from .evaluate import mean_softmax
+from .inference import Settings, choose, fast, ready
 
 
 @dataclass
@@ -30,8 +31,16 @@ class Predictor:
     pipeline: Pipeline  # on ``device``
     classes: list[dict]  # [{"index", "wnid", "name"}], one per output
     device: torch.device
-    precision: str = "fp32"
+    settings: Settings = Settings()  # precision, layout, LRN kernels (``use/inference.py``)
     batch_size: int = 64  # images per forward pass (x views)
+    net: torch.nn.Module | None = None  # what the forward passes run (``inference.fast``); None: ``model``
+
+    def __post_init__(self):
+        self.net = self.model if self.net is None else self.net
+
+    @property
+    def precision(self) -> str:
+        return self.settings.precision
 
     @classmethod
     def from_onnx(cls, path: Path, batch_size: int = 64) -> Predictor:
@@ -44,22 +53,35 @@ class Predictor:
         model = OnnxModel(path)
         outputs = int(info.get("model", {}).get("num_classes") or len(info.get("classes") or []))
         return cls(model, pipeline_from_info(info, path), classes_from_info(info, outputs), torch.device("cpu"),
-                   "fp32", batch_size)
+                   Settings(), batch_size)
 
     @classmethod
-    def from_run(cls, loaded: LoadedRun, device: torch.device | str = "cpu", batch_size: int = 64) -> Predictor:
+    def from_run(cls, loaded: LoadedRun, device: torch.device | str = "cpu", batch_size: int = 64,
+                 settings: Settings | None = None) -> Predictor:
         """A ``LoadedRun`` made ready on ``device``: its class list or, where the checkpoint has none, the
-        outputs' indices. The LRN runs its eager kernels: batches here have any size, and compiling
-        for each new one would cost seconds. bf16 on a GPU (the run's precision), fp32 on a CPU."""
+        outputs' indices. ``settings``: how the network runs (default: ``inference.choose`` for a
+        long-lived use, e.g. bf16, channels_last and the compiled LRN on this CPU)."""
         device = torch.device(device)
+        settings = settings or choose(device, None)
         if loaded.pipeline is None:
             raise UsageError(f"checkpoint {loaded.path} stores no input pipeline and its network needs the training "
                              "data's mean image; evaluate it with alexnet eval --data, or save it with its pipeline")
         outputs = loaded.config.model.num_classes
         classes = loaded.classes or [{"index": i, "wnid": str(i), "name": str(i)} for i in range(outputs)]
-        precision = loaded.config.train.precision if device.type == "cuda" else "fp32"
-        model = loaded.model.set_lrn_compiled(False).to(device).eval()
-        return cls(model, loaded.pipeline.to(device), classes, device, precision, batch_size)
+        model = ready(loaded.model, device, settings)
+        return cls(model, loaded.pipeline.to(device), classes, device, settings, batch_size, fast(model, settings))
+
+    def warm_up(self, views: int = 1) -> None:
+        """Run batches of 1 and 2 images once, so that a compiled LRN is compiled before the first caller
+        waits for it (batch 1 is a specialisation of its own)."""
+        side = self.pipeline.stored
+        for n in (1, 2):
+            self.probabilities(torch.zeros(n, 3, side, side, dtype=torch.uint8), views)
+
+    def decode_ahead(self, images: int = 512) -> int:
+        """Batches worth decoding ahead of the network (``read_batches``): about ``images`` while a compiled
+        LRN compiles on its first batch (seconds), else the next one."""
+        return max(1, images // self.batch_size) if self.settings.lrn == "compiled" else 1
 
     def refusal(self, views: int) -> str | None:
         """Why this network cannot be tested on ``views`` views of each image, or None."""
@@ -73,20 +95,20 @@ class Predictor:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size].to(self.device)
             batches = self.pipeline.eval_inputs(chunk, views)
-            out.append(mean_softmax([self.model], batches, len(chunk), self.device, self.precision).cpu())
+            out.append(mean_softmax([self.net], batches, len(chunk), self.device, self.precision).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
 
     @torch.no_grad()
     def features(self, images: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
         """uint8 (N, 3, S, S) stored images -> float32 (N, D) activations at ``layer`` on the CPU, of the
         centre view as in evaluation (``AlexNet.features``), flattened."""
-        if not hasattr(self.model, "features"):
+        if not hasattr(self.net, "features"):
             raise UsageError("features need the network's layers: give a checkpoint (.pt), not an exported .onnx")
         out = []
         for start in range(0, len(images), self.batch_size):
             x = self.pipeline.eval_input(images[start:start + self.batch_size].to(self.device))
             with autocast(self.device, self.precision):
-                out.append(self.model.features(x, layer).float().flatten(1).cpu())
+                out.append(self.net.features(x, layer).float().flatten(1).cpu())
         return torch.cat(out) if out else torch.zeros(0, 0)
 
     def top(self, probs: torch.Tensor, k: int = 5) -> list[list[dict]]:
@@ -101,8 +123,10 @@ class Predictor:
         return {"index": index, "wnid": c["wnid"], "name": c["name"], "prob": round(float(prob), 6)}
 
 
-def load_predictor(checkpoint: Path, device: str = "auto", batch_size: int = 64) -> Predictor:
-    """The checkpoint's network on ``device`` (auto: the GPU if there is one), batched by ``batch_size``."""
+def load_predictor(checkpoint: Path, device: str = "auto", batch_size: int = 64, work: int | None = None,
+                   precision: str = "auto") -> Predictor:
+    """The checkpoint's network on ``device`` (auto: the GPU if there is one), batched by ``batch_size``, set
+    up for ``work`` images x views (None: a server's any amount) in ``precision`` (``inference.choose``)."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1; got {batch_size}")
     try:
@@ -112,4 +136,5 @@ def load_predictor(checkpoint: Path, device: str = "auto", batch_size: int = 64)
                          "is visible") from None
     if Path(checkpoint).suffix == ".onnx":  # an exported file: onnxruntime on the CPU, nothing of the training side
         return Predictor.from_onnx(Path(checkpoint), batch_size)
-    return Predictor.from_run(load_run(checkpoint), where, batch_size)
+    settings = choose(where, work, precision)  # an unknown --precision is refused before the file is read
+    return Predictor.from_run(load_run(checkpoint), where, batch_size, settings)
