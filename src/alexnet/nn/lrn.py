@@ -180,7 +180,7 @@ class LocalResponseNorm(nn.Module):
             # (same formula: alpha / size, window size centred); TorchScript gets the standard op.
             x = torch.relu(x) if self.relu else x
             if torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing():
-                return export_op()(x, self.size, self.alpha, self.beta, self.k)
+                return lrn_by_band(x, self.size, self.alpha, self.beta, self.k)
             return nn.functional.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
         if not (torch.is_grad_enabled() and x.requires_grad):  # inference, or a frozen layer below
             return self.passes(x, keep_sum=False)[0]
@@ -210,6 +210,19 @@ class LocalResponseNorm(nn.Module):
     def extra_repr(self) -> str:
         return (f"size={self.size}, alpha={self.alpha} (divided by size), beta={self.beta}, k={self.k}, "
                 f"relu={self.relu}, compiled={self.compiled}, dynamic={self.dynamic}")
+
+
+def lrn_by_band(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """The LRN in ops every runtime runs fast, for ONNX export: the window sum of squares as a 1x1
+    convolution with a 0/1 band matrix (channel j counts for channel i where |i - j| <= size // 2, zero
+    beyond the edges: ONNX's and cuda-convnet's centred window), then x / (k + alpha / size * sum) ** beta.
+    onnxruntime's own ``LRN`` kernel took 13 ms an image at the paper's shapes, 59% of the int8
+    network's time (2-core EPYC); this runs as one GEMM and three elementwise passes."""
+    channels = int(x.shape[1])
+    band = torch.tensor([[[[float(abs(i - j) <= size // 2)]] for j in range(channels)] for i in range(channels)],
+                        dtype=x.dtype, device=x.device)  # (C, C, 1, 1) built from numbers: a constant in the file
+    window = F.conv2d(x * x, band)
+    return x * torch.exp(torch.log(k + (alpha / size) * window) * -beta)  # onnxruntime's Pow: 2.4x Exp + Log
 
 
 @functools.cache

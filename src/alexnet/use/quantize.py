@@ -55,8 +55,10 @@ def quantize_int8(fp32: Path, out: Path, inputs: np.ndarray, metadata: str) -> d
     prepared = fp32.with_name(fp32.name + ".pre")  # shapes inferred and the graph folded, as onnxruntime advises
     try:
         quant_pre_process(str(fp32), str(prepared))
+        band = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv" and _one_by_one(n)]
         quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "Gemm", "MatMul", "MaxPool"], nodes_to_exclude=band)
     finally:
         prepared.unlink(missing_ok=True)
     model = onnx.load(str(out))
@@ -66,6 +68,15 @@ def quantize_int8(fp32: Path, out: Path, inputs: np.ndarray, metadata: str) -> d
     onnx.save(model, str(out))
     top_fp32, top_int8 = (_top1(path, inputs) for path in (fp32, out))
     return {"calibration_images": len(inputs), "top1_agreement": round(float((top_fp32 == top_int8).mean()), 4)}
+
+
+def _one_by_one(node) -> bool:
+    """Whether a Conv node is the LRN's 1x1 window sum (``nn.lrn.lrn_by_band``), which stays float: its
+    input, the squares, spans too many decades for 8 bits."""
+    import onnx
+
+    shape = [onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "kernel_shape"]
+    return bool(shape) and list(shape[0]) == [1, 1]
 
 
 def _top1(path: Path, inputs: np.ndarray) -> np.ndarray:
