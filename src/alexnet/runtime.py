@@ -114,7 +114,10 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and local_rank:
         name = f"cuda:{local_rank}"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"device {name!r} is not one torch knows; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu or auto")
     return device
