@@ -22,6 +22,7 @@ from PIL import Image
 from usage_sites import usage_sites
 
 from alexnet.cli import main
+from alexnet.errors import UsageError
 from fixtures import TINY_CLASSES, caffe_blobs, write_caffemodel
 
 # (argv with {fixture} names, a fragment of the one-line message); ids below. {out} is a path that must not
@@ -237,7 +238,8 @@ ROWS = {
                                 "--out {out}", "is not a Caffe BlobProto mean"),
     # ---- prepare
     "prepare-needs-out": ("prepare imagenet --src {folder}/photos", "needs --src PATH"),
-    "prepare-workers": ("prepare imagenet --src {folder}/imagefolder --out {out} --workers 0", "--workers 0"),
+    "prepare-workers": ("prepare imagenet --src {folder}/imagefolder --out {out} --workers 0",
+                        "--workers must be at least 1"),
     "prepare-src-missing": ("prepare imagenet --src {folder}/missing --out {out}", "missing: no such folder"),
     "prepare-src-empty": ("prepare imagenet --src {folder}/empty --out {out}", "no ImageNet layout found"),
     "prepare-src-file": ("prepare imagenet --src {img} --out {out}", "is a file, pass the folder"),
@@ -309,6 +311,28 @@ ROWS = {
     "unknown-command": ("tran", "invalid choice: 'tran'"),
     "stray-argument": ("report {folder}/run extra", "unrecognized arguments: extra"),
 }
+# Rows that need more than a command line: environment variables, or another download address.
+ROWS.update({
+    "train-torchrun-no-out": ("train optim.epochs=1", "under torchrun pass --out RUN_DIR",
+                              {"env": {"TORCHELASTIC_RESTART_COUNT": "0"}}),
+    "prepare-cifar-cache-unwritable": ("prepare cifar10", "cannot create the data cache",
+                                       {"env": {"ALEXNET_DATA": "{img}/cache"}}),
+    "prepare-cifar-download-damaged": ("prepare cifar10", "has md5", {"url": "file://{folder}/text.pt"}),
+    "prepare-out-unwritable": ("prepare imagenet --src {folder}/imagefolder --out {img}/sub",
+                               "cannot write the output folder"),
+    "eval-shard-crc": ("eval --checkpoint {tiny} --data {folder}/crcshard", "fails its crc32 check"),
+    "eval-shard-undecodable": ("eval --checkpoint {tiny} --data {folder}/junkshard", "does not decode"),
+    "eval-shard-raw-length": ("eval --checkpoint {tiny} --data {folder}/rawshard", "raw record for global index"),
+    "eval-shard-missing": ("eval --checkpoint {tiny} --data {folder}/nodatashard", "cannot open the shard"),
+    "eval-shards-mixed": ("eval --checkpoint {tiny} --data {folder}/mixedshards", "shards mix the formats"),
+    "import-tv-extra-key": ("import torchvision {folder}/tv-extra.pth --out {out}", "which torchvision's AlexNet"),
+    "predict-onnx-no-info": ("predict --checkpoint {folder}/noinfo.onnx {img}", "carries no alexnet export"),
+    "predict-onnx-no-sidecar": ("predict --checkpoint {folder}/nosidecar.onnx {img}", "which is missing"),
+    "predict-onnx-no-pipeline": ("predict --checkpoint {folder}/nopre.onnx {img}", "carries no preprocessing"),
+    "predict-onnx-bad-graph": ("predict --checkpoint {folder}/badgraph.onnx {img}", "onnxruntime cannot load"),
+    "retrieve-onnx": ("retrieve --checkpoint {folder}/ident.onnx --gallery {folder}/photos {img}",
+                      "features need the network's layers"),
+})
 # Known to end in a traceback still: reading a damaged .onnx (use/export.py, changed elsewhere at the time).
 ONNX = "a damaged .onnx ends in onnx's DecodeError: use/export.py's metadata reader does not catch it"
 KNOWN = {"predict-onnx-text": ONNX, "explain-onnx": ONNX, "serve-onnx": ONNX}
@@ -372,10 +396,24 @@ def argparse_namespace():
     return argparse.Namespace(a=1)  # any object outside weights_only's allow-list
 
 
+def torchvision_shaped() -> dict:
+    """torchvision AlexNet's keys and shapes in a few bytes: each tensor one zero, expanded (torch.save keeps
+    the one-element storage)."""
+    from alexnet import AlexNet, ModelConfig
+
+    with torch.device("meta"):
+        own = AlexNet(ModelConfig(variant="torchvision", num_classes=3)).state_dict()
+    from alexnet.use.pretrained import TORCHVISION_NAMES
+
+    return {f"{old}.{kind}": torch.zeros(1).expand(own[f"{new}.{kind}"].shape)
+            for old, new in TORCHVISION_NAMES.items() for kind in ("weight", "bias")}
+
+
 def weights(f):
     """torchvision state_dicts and Caffe models, each wrong in one way, and mean files."""
     torch.save({"features.0.weight": torch.zeros(1)}, f / "tv-nofc8.pth")
     torch.save({"classifier.6.weight": torch.zeros(3, 4096)}, f / "tv-onlyfc8.pth")
+    torch.save({**torchvision_shaped(), "classifier.7.weight": torch.zeros(1)}, f / "tv-extra.pth")
     torch.save({"classifier.6.weight": torch.zeros(3, 4096), "features.0.weight": torch.zeros(2, 3, 3, 3)},
                f / "tv-shape.pth")
     blobs = caffe_blobs()
@@ -478,6 +516,53 @@ def prepared(f):
             write(p, p.read_bytes()[:10])
 
 
+def shards(f):
+    """Prepared copies whose shards are damaged where only reading the records finds it."""
+    import zlib
+
+    good = f / "prepared"
+    for name in ("crcshard", "junkshard", "rawshard", "nodatashard", "mixedshards"):
+        shutil.copytree(good, f / name)
+    data, index = f / "crcshard" / "val" / "shard-00000.bin", f / "crcshard" / "val" / "shard-00000.idx.npz"
+    blob = bytearray(data.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # same size, another checksum
+    write(data, bytes(blob))
+    keys = dict(np.load(index))
+    junk = np.random.default_rng(0).bytes(int(keys["lengths"].sum()))
+    write(f / "junkshard" / "val" / "shard-00000.bin", junk)
+    offsets, lengths = keys["offsets"], keys["lengths"]
+    crcs = [zlib.crc32(junk[o:o + n]) for o, n in zip(offsets.tolist(), lengths.tolist())]
+    np.savez(f / "junkshard" / "val" / "shard-00000.idx.npz", **{**keys, "crc32": np.array(crcs, np.uint32)})
+    np.savez(f / "rawshard" / "val" / "shard-00000.idx.npz", **{**keys, "format": np.array("raw")})
+    (f / "nodatashard" / "val" / "shard-00000.bin").unlink()
+    shutil.copy(good / "val" / "shard-00000.bin", f / "mixedshards" / "val" / "shard-00001.bin")
+    np.savez(f / "mixedshards" / "val" / "shard-00001.idx.npz", **{**keys, "format": np.array("raw")})
+
+
+def exports(f):
+    """Tiny .onnx files that are not what `alexnet export` writes, each in one way."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def model(path, info: dict | None, op: str = "Identity"):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 224, 224])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3, 224, 224])
+        graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g", [x], [y])
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        if info is not None:
+            helper.set_model_props(proto, {"alexnet": json.dumps(info)})
+        onnx.save(proto, str(path))
+
+    pre = {"kind": "imagenet", "size": 224, "stored": 256, "resize": "center", "mean_kind": "channel",
+           "mean": [115.0, 115.0, 115.0], "std": None}
+    info = {"model": {"num_classes": 3}, "classes": TINY_CLASSES, "preprocessing": pre}
+    model(f / "noinfo.onnx", None)
+    model(f / "nosidecar.onnx", {**info, "preprocessing": {**pre, "mean_kind": "image", "mean": "see the .json"}})
+    model(f / "nopre.onnx", {**info, "preprocessing": None})
+    model(f / "badgraph.onnx", info, op="NoSuchOperator")
+    model(f / "ident.onnx", info)
+
+
 def runs(f):
     """Run folders: one that holds a run, damaged metrics and summaries, an ablation arm with another config."""
     write(f / "run" / "checkpoints" / "last.pt", (f / "tiny.pt").read_bytes())
@@ -502,6 +587,8 @@ def made(tmp_path_factory):
     photos(f)
     imagenet_sources(f)
     prepared(f)
+    shards(f)
+    exports(f)
     runs(f)
     return f, snapshot(f)
 
@@ -539,7 +626,14 @@ def test_mistake(name, made, busy_port, offline, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ALEXNET_MIRROR", str(folder / "empty"))
     names = {"folder": folder, "tiny": folder / "tiny.pt", "img": folder / "img.jpg", "out": work / "out",
              "busy": busy_port, "cifar_images": folder / "cifar_images"}
-    command, fragment = (text.format(**names) for text in ROWS[name])
+    command, fragment, *more = ROWS[name]
+    command, fragment, options = command.format(**names), fragment.format(**names), (more or [{}])[0]
+    for key, value in options.get("env", {}).items():
+        monkeypatch.setenv(key, value.format(**names))
+    if "url" in options:
+        from alexnet.data.cifar import source
+
+        monkeypatch.setattr(source, "URL", options["url"].format(**names))
     try:
         code = main(command.split())
     except SystemExit as exit:  # argparse's own refusals
@@ -553,6 +647,49 @@ def test_mistake(name, made, busy_port, offline, tmp_path, monkeypatch, capsys):
     written = [p for p in work.rglob("*") if p.is_file() and "cache" not in p.relative_to(work).parts]
     assert not written, "a refused command wrote files"  # besides a data cache ($ALEXNET_DATA: decoded CIFAR-10)
     assert snapshot(folder) == before, "a refused command changed the fixtures"
+
+
+def _library_guards(f):
+    """The library's own refusals of values the command line never passes (its options and the config refuse
+    them first): calls into the library, each with the fragment of its one-line message."""
+    from alexnet.data.cifar.load import load_cifar10
+    from alexnet.data.imagenet import shards
+    from alexnet.data.imagenet.prepare import prepare_imagenet
+    from alexnet.data.subset import balanced_indices
+    from alexnet.paper.figure1 import Figure1Config
+    from alexnet.runs.folder import RunFolder
+    from alexnet.runtime import autocast
+    from alexnet.use.export import export
+
+    src, out = f / "imagefolder", f / "empty" / "never"
+    return {
+        "cifar-limit": (lambda: load_cifar10(str(f / "cifar_images"), limit=-1), "data limit must be a positive"),
+        "subset-negative": (lambda: balanced_indices(torch.zeros(4), 2, -1, 0), "must not be negative"),
+        "prepare-resize": (lambda: prepare_imagenet(src, out, resize="crop"), "resize must be center or squash"),
+        "prepare-format": (lambda: prepare_imagenet(src, out, fmt="png"), "unknown format 'png'"),
+        "prepare-quality": (lambda: prepare_imagenet(src, out, quality=0), "JPEG quality must be 1..100"),
+        "prepare-shard-size": (lambda: prepare_imagenet(src, out, shard_size=0), "shard size must be a positive"),
+        "shard-format": (lambda: shards.encode(torch.zeros(3, 2, 2, dtype=torch.uint8), "png"), "unknown shard"),
+        "autocast-precision": (lambda: autocast(torch.device("cpu"), "fp8"), "train.precision must be one of"),
+        "figure1-setup": (lambda: Figure1Config(setup="vintage"), "--setup must be one of"),
+        "export-format": (lambda: export(f / "tiny.pt", "png", out), "export format 'png' is unknown"),
+        "resume-nothing": (lambda: RunFolder(f / "empty").start("", resume=True), "--resume: no checkpoint at"),
+    }
+
+
+GUARDS = ("cifar-limit", "subset-negative", "prepare-resize", "prepare-format", "prepare-quality",
+          "prepare-shard-size", "shard-format", "autocast-precision", "figure1-setup", "export-format",
+          "resume-nothing")
+
+
+@pytest.mark.parametrize("name", GUARDS)
+def test_library_guard(name, made):
+    folder, before = made
+    call, fragment = _library_guards(folder)[name]
+    with pytest.raises(UsageError) as refused:
+        call()
+    assert fragment in str(refused.value) and "\n" not in str(refused.value)
+    assert snapshot(folder) == before
 
 
 def test_every_usage_error_site_is_listed():

@@ -2,13 +2,18 @@
 
     python tests/usage_sites.py            # one site a line, then the count
     python tests/usage_sites.py --files    # the count per file
+    python tests/usage_sites.py --coverage coverage.json   # the sites no test reached, then the counts
 
-test_errors.py runs it; which sites a test reaches is measured with coverage (see the module's docstring).
+test_errors.py runs it. Which sites the tests reach is measured with coverage (not a dependency of the
+project: ``pip install coverage`` into the virtual environment to measure):
+
+    coverage run --source=src/alexnet -m pytest tests/test_errors.py && coverage json -o coverage.json
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -33,8 +38,23 @@ def _names_usage_error(exc: ast.expr | None) -> bool:
         isinstance(call, ast.Attribute) and call.attr == "UsageError"
 
 
+def unreached(sites: list[tuple[str, int]], coverage_json: Path) -> list[tuple[str, int]]:
+    """The ``sites`` whose line ``coverage json`` did not record as executed."""
+    files = json.loads(Path(coverage_json).read_text())["files"]
+    ran = {}
+    for name, data in files.items():
+        key = name[name.index("alexnet/"):] if "alexnet/" in name else name
+        ran[key] = set(data["executed_lines"])
+    return [(path, line) for path, line in sites if line not in ran.get(path, set())]
+
+
 def main(argv: list[str]) -> int:
     sites = usage_sites()
+    if "--coverage" in argv:
+        missed = unreached(sites, Path(argv[argv.index("--coverage") + 1]))
+        print("\n".join(f"{path}:{line}" for path, line in missed))
+        print(f"{len(sites)} raise UsageError sites, {len(sites) - len(missed)} reached, {len(missed)} not")
+        return 0
     if "--files" in argv:
         for path, count in sorted(Counter(path for path, _ in sites).items()):
             print(f"{count:4d}  {path}")

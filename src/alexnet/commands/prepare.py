@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .common import add_parser as _parser
-from .common import at_least, out_folder
+from .common import out_folder
 
 EXAMPLES = """examples:
   alexnet prepare imagenet --src /data/ilsvrc2012 --out /data/imagenet-256   # official tars + devkit
@@ -35,7 +35,6 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    at_least(workers=(args.workers, 1))
     out_folder("--out", args.out)
     if args.dataset == "cifar10":
         from ..data.cifar.load import load_cifar10
