@@ -148,7 +148,8 @@ ROWS = {
                                    "neither class folders (train/<class>/) nor per-class tars"),
     # ---- eval
     "eval-missing": ("eval --checkpoint {folder}/missing.pt", "missing.pt not found"),
-    "eval-folder": ("eval --checkpoint {folder}/empty", "not found; pass the .pt file"),
+    "eval-folder": ("eval --checkpoint {folder}/empty", "is a folder; pass the .pt file"),
+    "predict-run-folder": ("predict --checkpoint {folder}/run {img}", "run/checkpoints/last.pt"),
     "eval-text-pt": ("eval --checkpoint {folder}/text.pt", "is not a PyTorch checkpoint (it starts with bytes"),
     "eval-empty-file": ("eval --checkpoint {folder}/zero.pt", "starts with bytes none"),
     "eval-truncated": ("eval --checkpoint {folder}/trunc.pt", "is unreadable or truncated"),
@@ -330,6 +331,15 @@ ROWS.update({
     "predict-onnx-no-sidecar": ("predict --checkpoint {folder}/nosidecar.onnx {img}", "which is missing"),
     "predict-onnx-no-pipeline": ("predict --checkpoint {folder}/nopre.onnx {img}", "carries no preprocessing"),
     "predict-onnx-bad-graph": ("predict --checkpoint {folder}/badgraph.onnx {img}", "onnxruntime cannot load"),
+    "train-resume-towers": ("train --resume --out {folder}/run --data {folder}/prepared data.batch_size=2 "
+                            "model.tower_devices=cpu,cpu",
+                            "continue it with a empty model.tower_devices"),
+    "train-resume-classes": ("train --resume --out {folder}/run --data {folder}/otherclasses data.batch_size=2",
+                             "learned other classes than the dataset holds"),
+    "train-imagenet-devkit-ids": ("train --out {out} --recipe imagenet --data {folder}/devkitids",
+                                  "uses ILSVRC2012_IDs [99]"),
+    "figures-empty-split": ("figures --checkpoint {folder}/cifar.pt --data {folder}/emptybatches --out {out}",
+                            "the dataset's val split is empty"),
     "retrieve-onnx": ("retrieve --checkpoint {folder}/ident.onnx --gallery {folder}/photos {img}",
                       "features need the network's layers"),
 })
@@ -342,6 +352,8 @@ ROWS["serve-onnx"] = ("serve --checkpoint {folder}/fake.onnx", "fake.onnx")
 if not torch.cuda.is_available():  # only where no GPU is visible
     ROWS["train-no-gpu"] = ("train --out {out} train.device=cuda", "no CUDA GPU is visible")
     ROWS["predict-no-gpu"] = ("predict --checkpoint {tiny} {img} --device cuda", "--device cuda")
+else:  # only where one is
+    ROWS["train-gpu-index"] = ("train --out {out} train.device=cuda:99", "device cuda:99 but this machine shows")
 
 
 def image(path, size=(40, 30), colour=(200, 30, 30)):
@@ -369,10 +381,22 @@ def small_checkpoint(path, mean=115.0):
                            config={"data": {"dataset": "imagenet"}})
 
 
+def cifar_checkpoint(path):
+    """A CIFAR-10 network (its config: the cifar10 dataset) at a sixteenth of the width."""
+    from alexnet import AlexNet, ModelConfig, save_checkpoint
+    from alexnet.data.pipeline import CIFAR10_MEAN, CIFAR10_STD, Pipeline
+
+    model = AlexNet(ModelConfig(variant="cifar", num_classes=10, input_size=32, width=1 / 16)).eval()
+    pipeline = Pipeline(kind="cifar10", size=32, stored=32, mean=torch.tensor(CIFAR10_MEAN).view(3, 1, 1) * 255,
+                        mean_kind="channel", std=torch.tensor(CIFAR10_STD).view(3, 1, 1) * 255)
+    return save_checkpoint(path, model, pipeline=pipeline.state_dict())
+
+
 def checkpoints(f):
     """The small checkpoint and its damaged or refused variants."""
     tiny = small_checkpoint(f / "tiny.pt")
     small_checkpoint(f / "other.pt", mean=100.0)
+    cifar_checkpoint(f / "cifar.pt")
     ckpt = torch.load(tiny, weights_only=True)
     write(f / "text.pt", "hello\n")
     write(f / "zero.pt")
@@ -457,6 +481,9 @@ def photos(f):
 
     for name in (*[f"data_batch_{k}" for k in range(1, 6)], "test_batch"):
         write(f / "batches-labels" / "cifar-10-batches-py" / name, pickle.dumps(batch))
+    empty = {b"data": np.zeros((0, 3072), np.uint8), b"labels": []}
+    for name in (*[f"data_batch_{k}" for k in range(1, 6)], "test_batch"):
+        write(f / "emptybatches" / "cifar-10-batches-py" / name, pickle.dumps(empty))
     write(f / "fake" / "cifar-10-python.tar.gz", "not a tarball")
     tar_of(f / "part.tar", {"cifar-10-batches-py/data_batch_1": b"x"})
     noise = np.random.default_rng(0).bytes(100_000)
@@ -487,6 +514,11 @@ def imagenet_sources(f):
     write(f / "flatval" / "val" / "ILSVRC2012_val_00000001.JPEG", jpeg)
     write(f / "baddevkit" / "val" / "ILSVRC2012_val_00000001.JPEG", jpeg)
     write(f / "baddevkit" / "ILSVRC2012_devkit_t12.tar.gz", "not a devkit")
+    from test_imagenet_prepare import devkit_files
+
+    write(f / "devkitids" / "val" / "ILSVRC2012_val_00000001.JPEG", jpeg)
+    for name, data in devkit_files().items():
+        write(f / "devkitids" / name, b"99\n" if name.endswith(".txt") else data)
     write(f / "loosetrain" / "train" / "readme.txt", "no classes")
     write(f / "looseval" / "val" / "readme.txt", "no classes")
     tar_of(f / "emptytar" / "ILSVRC2012_img_train.tar", {"readme.txt": b"no class tars"})
