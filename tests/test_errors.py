@@ -440,8 +440,11 @@ def weights(f):
     torch.save({**torchvision_shaped(), "classifier.7.weight": torch.zeros(1)}, f / "tv-extra.pth")
     torch.save({"classifier.6.weight": torch.zeros(3, 4096), "features.0.weight": torch.zeros(2, 3, 3, 3)},
                f / "tv-shape.pth")
-    blobs = caffe_blobs()
-    write_caffemodel(f / "good.caffemodel", blobs)
+    full = caffe_blobs()
+    write_caffemodel(f / "good.caffemodel", full)
+    # The others are refused before fc6 and fc7 are looked at (fc6's row: before fc7): a few numbers there.
+    blobs = {**full, "fc6": (np.zeros((512, 1), np.float32), full["fc6"][1]),
+             "fc7": (np.zeros((512, 1), np.float32), full["fc7"][1])}
     write_caffemodel(f / "noconv1.caffemodel", {k: v for k, v in blobs.items() if k != "conv1"})
     write_caffemodel(f / "blobsize.caffemodel", blobs, shape_of={("conv1", 4): (12, 3, 11, 12)})
     bad_conv1 = np.zeros((12, 3, 5, 5), np.float32)
@@ -724,8 +727,16 @@ def test_library_guard(name, made):
     assert snapshot(folder) == before
 
 
-def test_every_usage_error_site_is_listed():
-    """tests/usage_sites.py finds the sites this table is meant to reach (see its docstring)."""
+def test_every_usage_error_site_is_listed(capsys):
+    """tests/usage_sites.py, run as a script: one FILE:LINE per ``raise UsageError`` of src/alexnet, each a
+    raise on that line, then the count."""
+    from usage_sites import SRC
+    from usage_sites import main as list_sites
+
+    assert list_sites([]) == 0
+    *lines, count = capsys.readouterr().out.splitlines()
     sites = usage_sites()
-    assert len(sites) > 100 and all(path.endswith(".py") and line > 0 for path, line in sites)
-    assert ("alexnet/commands/serve.py" in {path for path, _ in sites})
+    assert count == f"{len(sites)} raise UsageError sites" and lines == [f"{p}:{n}" for p, n in sites]
+    assert len(sites) > 100 and ("alexnet/commands/serve.py" in {path for path, _ in sites})
+    for path, line in sites:
+        assert "raise" in (SRC.parent / path).read_text().splitlines()[line - 1]
