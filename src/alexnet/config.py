@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -24,6 +26,58 @@ from .data import views
 from .data.pipeline import CIFAR10_MEAN, CIFAR10_STD, PCA_SCALES, RESIZE
 from .errors import UsageError
 from .nn.model import LAYERS, ModelConfig, pool5_side
+
+
+def _at_least(low):
+    return lambda v: v >= low, f"at least {low}"
+
+
+def _within(low, high, open_high: bool = False):
+    test = (lambda v: low <= v < high) if open_high else (lambda v: low <= v <= high)
+    return test, f"in [{low}, {high}{')' if open_high else ']'}"
+
+
+def _one_of(*choices):
+    return lambda v: v in choices, f"one of {', '.join(map(str, choices))}"
+
+
+SCHEDULES = ("plateau", "step", "onecycle", "cosine")
+# What each number and word may be, checked whenever a config is made (a recipe, key=value overrides, a stored
+# run's config.toml), so before anything is read or written; a nan fails every range. The choices and ranges that
+# a dataclass's __post_init__ checks by itself are not repeated here.
+LIMITS = {
+    "seed": _at_least(0), "model.input_size": _at_least(1),
+    "data.batch_size": _at_least(1), "data.eval_batch_size": _at_least(1), "data.limit": _at_least(0),
+    "data.crop_padding": _at_least(0), "data.pca_std": _at_least(0), "data.workers": _at_least(-1),
+    "optim.epochs": _at_least(1), "optim.lr": _at_least(0), "optim.momentum": _within(0, 1, True),
+    "optim.weight_decay": _at_least(0), "optim.warmup_epochs": _at_least(0), "optim.plateau_patience": _at_least(0),
+    "optim.plateau_max_drops": _at_least(0), "optim.step_epochs": _at_least(1),
+    "optim.final_lr_fraction": _within(0, 1), "optim.label_smoothing": _within(0, 1, True),
+    "optim.schedule": _one_of(*SCHEDULES),
+    "train.precision": _one_of("fp32", "bf16", "fp16"), "train.threads": _at_least(0), "train.eval_every": _at_least(1),
+}
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _check_limits(values, section: str = "") -> None:
+    """Every field of the dataclass ``values`` in its range (``LIMITS``) and finite: a one-line error naming the
+    key, the value and one to give instead (the default)."""
+    for f in dataclasses.fields(values):
+        key, value = f"{section}.{f.name}" if section else f.name, getattr(values, f.name)
+        test, what = LIMITS.get(key, (lambda v: True, ""))
+        if isinstance(value, float) and not math.isfinite(value):
+            test, what = (lambda v: False), "a finite number"
+        if not test(value):
+            raise ValueError(f"{key}={value!r}: must be {what}; e.g. {key}={f.default!r}")
+
+
+def _check_stats(data: DataConfig) -> None:
+    """``data.mean`` and ``data.std``: three numbers each, the std's positive."""
+    for key, stats, default in (("mean", data.mean, CIFAR10_MEAN), ("std", data.std, CIFAR10_STD)):
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in stats)
+        if len(stats) != 3 or not numbers or (key == "std" and min(stats) <= 0):
+            raise ValueError(f"data.{key}={list(stats)}: must be three {'positive ' if key == 'std' else ''}numbers, "
+                             f"one per channel (R, G, B) on the 0..1 scale; e.g. data.{key}={list(default)}")
 
 
 @dataclass
@@ -72,6 +126,8 @@ class DataConfig:
         return self.limit if self.val_limit < 0 else self.val_limit
 
     def __post_init__(self):
+        _check_limits(self, "data")
+        _check_stats(self)
         if self.dataset not in ("cifar10", "imagenet"):
             raise ValueError(f"data.dataset must be cifar10 or imagenet; got {self.dataset!r}")
         if self.pca_scale not in PCA_SCALES:
@@ -114,6 +170,7 @@ class OptimConfig:
     pretrained_lr_scale: float = 1.0
 
     def __post_init__(self):
+        _check_limits(self, "optim")
         f = self.freeze_after
         if len(f) > 5 or any(not isinstance(e, int) or e < 1 for e in f) or list(f) != sorted(f):
             raise ValueError(f"optim.freeze_after must be at most 5 non-decreasing epoch counts >= 1 "
@@ -156,6 +213,9 @@ class TrainConfig:
     on_nonfinite: str = "stop"  # a nan/inf loss: stop (naming the step, last good checkpoint kept) | skip the step
 
     def __post_init__(self):
+        _check_limits(self, "train")
+        if not DEVICE.fullmatch(self.device):
+            raise ValueError(f"train.device={self.device!r}: must be auto, cpu, cuda or cuda:N (e.g. cuda:1)")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be stop or skip; got {self.on_nonfinite!r}")
         if self.eval_crops not in views.COUNTS:
@@ -199,6 +259,11 @@ def _check_run(config: RunConfig) -> None:
     """What no one section can check alone: a low-resolution or shrink size the network cannot take
     (fc6 is built for model.input_size), and validation views the dataset cannot give."""
     size, model, d = config.data.low_res_size, config.model, config.data
+    _check_limits(config)
+    _check_limits(model, "model")
+    if (side := pool5_side(model, model.input_size)) < 1:
+        raise ValueError(f"model.input_size={model.input_size} leaves the {model.variant} network a pool5 map of "
+                         f"{side}x{side}; give at least the variant's usual size (224, cifar 32)")
     if size and d.low_res_epochs and not _fits(model, size):
         fits = [s for s in range(8, model.input_size + 1) if _fits(model, s)]
         hint = f"choose one of {fits[0]}..{fits[-1]}" if fits else "set data.low_res_size=0"
@@ -283,12 +348,17 @@ def build_config(recipe: dict[str, Any], overrides: list[str] = (),
     if data_path is not None:
         flat["data.path"] = str(data_path)
     _older_spellings(flat)
-    unknown = sorted(k for k in flat if k not in valid_keys())
-    if unknown:
-        near = difflib.get_close_matches(unknown[0], valid_keys(), n=1)
-        hint = f"did you mean {near[0]!r}? " if near else ""
-        raise UsageError(f"unknown config key {unknown[0]!r}; {hint}valid keys: {' '.join(valid_keys())}")
+    if unknown := sorted(k for k in flat if k not in valid_keys()):
+        raise UsageError(unknown_key(unknown[0]))
     return from_flat(flat)
+
+
+def unknown_key(key: str) -> str:
+    """The message for a key no dataclass has: the nearest valid key (a misspelling), then all of them."""
+    near = difflib.get_close_matches(key, valid_keys(), n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    keys = valid_keys()
+    return f"unknown config key {key!r}; {hint}valid keys: {' '.join(keys)}"
 
 
 def _older_spellings(flat: dict[str, Any]) -> None:
@@ -315,6 +385,7 @@ def _older_spellings(flat: dict[str, Any]) -> None:
 
 def from_flat(flat: dict[str, Any]) -> RunConfig:
     top = {k: v for k, v in flat.items() if "." not in k}
+    _check_types(RunConfig, "", top)
     sections = {}
     for name, cls in SECTIONS.items():
         values = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(name + ".")}
@@ -332,19 +403,28 @@ def from_flat(flat: dict[str, Any]) -> RunConfig:
 def _make(cls, section: str, values: dict[str, Any]):
     if cls is ModelConfig:
         values.setdefault("num_classes", None)  # from the data, see _model_from_data
-    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    _check_types(cls, section, values)
+    try:
+        return cls(**values)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _check_types(cls, section: str, values: dict[str, Any]) -> None:
+    """``values`` of the dataclass ``cls``, each of its field's type (TOML lists as tuples, ints as floats where a
+    float is expected), or a one-line error naming the key, the value and the type."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in values.items():
-        expected = str(types[key])
+        expected, name = str(fields[key].type), f"{section}.{key}" if section else key
         if "tuple" in expected and isinstance(value, list):
             values[key] = tuple(value)
         elif expected == "float" and isinstance(value, int) and not isinstance(value, bool):
             values[key] = float(value)
         elif not _type_ok(expected, values[key]):
-            raise UsageError(f"{section}.{key} must be {expected}, got {value!r}")
-    try:
-        return cls(**values)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+            default = fields[key].default
+            example = list(default) if isinstance(default, tuple) else default
+            raise UsageError(f"{name} must be {expected}, got {value!r} ({type(value).__name__}); "
+                             f"e.g. {name}={example!r}")
 
 
 def _type_ok(expected: str, value: Any) -> bool:
@@ -352,6 +432,8 @@ def _type_ok(expected: str, value: Any) -> bool:
               "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}
     if expected.endswith(" | None"):  # left out: None; given: the type before it
         return value is None or _type_ok(expected.removesuffix(" | None"), value)
+    if expected.startswith("tuple"):
+        return isinstance(value, tuple)
     return checks.get(expected, lambda v: True)(value)
 
 

@@ -9,6 +9,7 @@ from .. import config as cfgmod
 from ..errors import UsageError
 from ..paper.ablate import REGIMES, STUDIES, ablate, budget_overrides, select_arms
 from .common import add_parser as _parser
+from .common import out_folder
 
 EXAMPLES = """examples:
   alexnet ablate --study lrn                          # baseline + no-LRN, 3 seeds, the recipe's budget
@@ -42,6 +43,7 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
+    out_folder("--out", args.out)
     regime, default_study = REGIMES[args.regime]
     arms = select_arms(args.study or default_study)
     if args.seeds < 1:

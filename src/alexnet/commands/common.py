@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..data import views
+from ..errors import UsageError
 
 FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -48,3 +49,24 @@ def per_file(batches: Iterable, outputs: Callable, command: str) -> Iterator[tup
             if error:
                 batch.say(f"alexnet {command}: {path}: {error}")
             yield path, error, None if error else next(results)
+
+
+def at_least(**limits: tuple[float | None, float]) -> None:
+    """``at_least(topk=(args.topk, 1))``: every option given is at least its low (None: left out, its default),
+    else the first that is not is refused in one line, before anything is read or written."""
+    for name, (value, low) in limits.items():
+        if value is not None and not value >= low:
+            raise UsageError(f"--{name.replace('_', '-')} {value}: must be at least {low}")
+
+
+def out_folder(option: str, path: Path | None) -> None:
+    """An output folder (made if missing) must not be a file."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is a file; give a folder (it is made if missing), e.g. "
+                         f"{option} {path.with_suffix('')}-out")
+
+
+def out_file(option: str, path: Path, example: str) -> None:
+    """An output file must not be a folder."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file to write, e.g. {option} {path / example}")

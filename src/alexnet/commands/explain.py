@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..runtime import log
 from .common import add_parser as _parser
+from .common import at_least, out_folder
 
 EXAMPLES = """examples:
   alexnet explain --checkpoint runs/demo/checkpoints/best.pt cat.jpg dog.png        # Grad-CAM, top class
@@ -53,6 +54,8 @@ def run(args) -> int:
     from ..use.explain import Explainer
     from ..use.predictor import load_predictor
 
+    at_least(window=(args.window, 0), stride=(args.stride, 0), batch_size=(args.batch_size, 1))
+    out_folder("--out", args.out)
     predictor = load_predictor(args.checkpoint, args.device, 1, work=1)  # a few photos: the eager LRN, no compiling
     try:
         explainer = Explainer(predictor.model, predictor.pipeline, predictor.device, args.window, args.stride,

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..use.export import FORMATS, TOLERANCE, export
 from .common import add_parser as _parser
+from .common import out_file
 
 AGREEMENT = 0.95  # int8's top-1 agreement with float32 below which the command warns
 
@@ -41,6 +42,7 @@ def add_parser(commands) -> None:
 def run(args) -> int:
     if (args.quantize is None) != (args.calibration is None):
         raise UsageError("--quantize int8 and --calibration DIR go together (the photos set the int8 ranges)")
+    out_file("--out", args.out, f"model.{args.format}")
     result = export(args.checkpoint, args.format, args.out, args.calibration)
     print(json.dumps(result))
     if "top1_agreement" in result:

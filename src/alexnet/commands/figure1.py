@@ -12,6 +12,7 @@ from ..paper.figure1 import SETUPS, Figure1Config, figure1
 from ..paper.figure1_results import ACTIVATIONS
 from ..runtime import worker_count
 from .common import add_parser as _parser
+from .common import at_least, out_folder
 
 EXAMPLES = """examples:
   alexnet figure1                                   # full CIFAR-10, 3 seeds x 2 nets x 40 epochs: 2-3 h on 2 CPU cores
@@ -49,6 +50,8 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
+    at_least(threads=(args.threads, 0))
+    out_folder("--out", args.out)
     config = Figure1Config(setup=args.setup, lrs=tuple(parse_lrs(args.lrs)) if args.lrs is not None else (),
                            chosen=parse_chosen(args.lr) if args.lr else (), epochs=args.epochs,
                            sweep_epochs=args.sweep_epochs, batch_size=args.batch_size, limit=args.limit,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .common import add_parser as _parser
+from .common import out_folder
 
 EXAMPLES = """examples:
   alexnet figures --checkpoint runs/demo/checkpoints/best.pt          # into runs/demo/figures
@@ -47,6 +48,7 @@ def run(args) -> int:
     from ..paper.figures import make_all
     from ..runtime import pick_device
 
+    out_folder("--out", args.out)
     paths = make_all(args.checkpoint, args.images, args.gallery, args.gallery_limit, args.data,
                      pick_device(args.device), args.out, unit_layers(args.units))
     print(json.dumps({key: str(path) for key, path in paths.items()}))

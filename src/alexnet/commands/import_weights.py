@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .common import add_parser as _parser
+from .common import out_file
 
 EXAMPLES = """examples:
   alexnet import torchvision alexnet-owt-7be5be79.pth --out alexnet-torchvision.pt
@@ -36,6 +37,7 @@ def add_parser(commands) -> None:
 def run(args) -> int:
     from ..use.pretrained import import_caffe, import_torchvision
 
+    out_file("--out", args.out, f"alexnet-{args.source}.pt")
     if not args.file.is_file():
         raise UsageError(f"{args.file} not found; pass the weight file to import")
     start = time.perf_counter()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .common import add_parser as _parser
+from .common import out_folder
 
 EXAMPLES = """examples:
   alexnet prepare imagenet --src /data/ilsvrc2012 --out /data/imagenet-256   # official tars + devkit
@@ -34,6 +35,7 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
+    out_folder("--out", args.out)
     if args.dataset == "cifar10":
         from ..data.cifar.load import load_cifar10
 

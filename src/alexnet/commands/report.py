@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .common import add_parser as _parser
+from .common import out_folder
 
 EXAMPLES = """examples:
   alexnet report runs/demo                 # runs/demo/report.html, report.md, report_curves.png
@@ -24,5 +25,6 @@ def add_parser(commands) -> None:
 def run(args) -> int:
     from ..paper.report import write_report
 
+    out_folder("--out", args.out)
     print(json.dumps(write_report(args.run_dir, args.out)))
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..use.serve.app import ServeConfig
 from .common import add_parser as _parser
-from .common import add_precision
+from .common import add_precision, at_least
 
 EXAMPLES = """examples:
   alexnet serve --checkpoint runs/demo/checkpoints/best.pt            # http://127.0.0.1:8000
@@ -67,6 +67,9 @@ def run(args) -> int:
     from ..use.predictor import load_predictor
     from ..use.serve.app import model_name, serve
 
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: a TCP port is 0..65535 (0: any free one); e.g. --port 8000")
+    at_least(threads=(args.threads, 1))
     config = config_from(args)
     if args.threads:
         torch.set_num_threads(args.threads)  # the command's process: the network's one thread uses this many cores

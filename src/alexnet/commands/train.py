@@ -11,6 +11,7 @@ from .. import config as cfgmod
 from ..errors import UsageError
 from ..runs.folder import RunFolder
 from .common import add_parser as _parser
+from .common import out_folder
 
 EXAMPLES = """examples:
   alexnet train                                   # CIFAR-10 default recipe into runs/cifar10-<time>
@@ -52,6 +53,7 @@ def run(args) -> int:
     from ..runs.load import load_run
     from ..train.loop import train
 
+    out_folder("--out", args.out)
     resume = args.resume or _torchrun_restart(args)
     if args.init is not None and args.resume:
         raise UsageError("--init starts a new run from a checkpoint's weights and --resume continues a run in --out: "

@@ -47,6 +47,10 @@ def checkpoint_dict(model: AlexNet, config: dict[str, Any] | None = None, **stat
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; anything else is refused with a clear message."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoints" / "last.pt"
+        example = inside if inside.is_file() else path / "checkpoints" / "last.pt"
+        raise UsageError(f"checkpoint {path} is a folder; pass the .pt file, e.g. {example}")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} not found; pass the .pt file a training run wrote (RUN_DIR/checkpoints/last.pt)")
     with open(path, "rb") as f:

@@ -110,6 +110,8 @@ def _begin(config, folder: RunFolder, resume: LoadedRun | None, init: LoadedRun 
            stop: StopRequest) -> Training:
     """Build the model, its step and schedule, and restore them from ``resume`` when continuing; a
     fine-tune starts from ``init``'s network."""
+    if resume is not None:
+        state.check_resume(resume, config, data)  # before folder.start rewrites the run's config.toml
     model = _model(config, resume, init, data).to(device)
     model.set_lrn_compiled(config.train.compile_lrn)
     if config.train.channels_last:

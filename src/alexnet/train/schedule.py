@@ -5,17 +5,13 @@ from __future__ import annotations
 import math
 
 from ..config import OptimConfig
-from ..errors import UsageError
-
-SCHEDULES = ("plateau", "step", "onecycle", "cosine")
 
 
 class Schedule:
     """The learning rate for every optimiser step; ``end_epoch`` feeds the plateau rule."""
 
     def __init__(self, cfg: OptimConfig, steps_per_epoch: int):
-        if cfg.schedule not in SCHEDULES:
-            raise UsageError(f"optim.schedule must be one of {', '.join(SCHEDULES)}; got {cfg.schedule!r}")
+        # cfg.schedule is one of config.SCHEDULES: OptimConfig refuses any other
         self.cfg, self.steps_per_epoch = cfg, steps_per_epoch
         self.factor = 1.0  # plateau: 0.1 ** drops
         self.drops = 0

@@ -123,17 +123,23 @@ def save(training, best: bool, order: torch.Tensor | None = None, generator: tor
         raise UsageError("rank 0 could not write a checkpoint (see its message); stopping every process")
 
 
-def restore(training, resume, data) -> None:
-    """Continue ``training`` from ``resume`` (a ``runs.load.LoadedRun``; its weights are already the
-    model's): optimiser, schedule, scaler, progress and this process's random states; refused when
-    ``data`` holds other classes than the run learned (another --data)."""
-    t, ckpt, path = training, resume.checkpoint, resume.path
+def check_resume(resume, config, data) -> None:
+    """Refuse, before the run folder is touched (its config.toml rewritten), to continue ``resume`` on ``data``
+    that holds other classes than the run learned (another --data), or with the two-device tower split
+    switched on or off."""
     resume.check_classes(data)
-    stored = ckpt.get("config", {}).get("model", {}).get("tower_devices", "")
-    if bool(stored) != bool(t.config.model.tower_devices):  # the split net's optimiser state is per half
-        raise UsageError(f"{path} was trained with model.tower_devices={stored!r}; continue it with a "
+    stored = resume.checkpoint.get("config", {}).get("model", {}).get("tower_devices", "")
+    if bool(stored) != bool(config.model.tower_devices):  # the split net's optimiser state is per half
+        raise UsageError(f"{resume.path} was trained with model.tower_devices={stored!r}; continue it with a "
                          f"{'non-empty' if stored else 'empty'} model.tower_devices (the optimiser state is per tower "
                          "half when split), or start a new run from its weights")
+
+
+def restore(training, resume, data) -> None:
+    """Continue ``training`` from ``resume`` (a ``runs.load.LoadedRun``; its weights are already the
+    model's, ``check_resume`` has accepted it): optimiser, schedule, scaler, progress and this process's
+    random states."""
+    t, ckpt, path = training, resume.checkpoint, resume.path
     t.step.optimizer.load_state_dict(ckpt["optimizer"])
     t.schedule.load_state_dict(ckpt["schedule"])
     t.step.scaler.load_state_dict(ckpt["scaler"])

@@ -119,7 +119,8 @@ def gallery_features(predictor: Predictor, folder: Path) -> GalleryFeatures:
     kept = {e["sha1"] for e in table.values()}
     rows = {d: r for d, r in rows.items() if d in kept}
     bad = {d: r for d, r in bad.items() if d in kept}
-    if todo or rows.keys() != cached["rows"].keys() or table != cached["table"]:
+    changed = todo or rows.keys() != cached["rows"].keys() or table != cached["table"]
+    if changed and rows:  # a gallery with no readable image is refused (commands/retrieve.py): nothing written
         write_cache(path, folder, table, rows, bad)
     good = [rel for rel, e in table.items() if e["sha1"] in rows]
     digests = [table[rel]["sha1"] for rel in good]
