@@ -343,9 +343,7 @@ ROWS.update({
     "retrieve-onnx": ("retrieve --checkpoint {folder}/ident.onnx --gallery {folder}/photos {img}",
                       "features need the network's layers"),
 })
-# Known to end in a traceback still: reading a damaged .onnx (use/export.py, changed elsewhere at the time).
-ONNX = "a damaged .onnx ends in onnx's DecodeError: use/export.py's metadata reader does not catch it"
-KNOWN = {"predict-onnx-text": ONNX, "explain-onnx": ONNX, "serve-onnx": ONNX}
+KNOWN: dict[str, str] = {}  # rows that still end in a traceback: none
 ROWS["predict-onnx-text"] = ("predict --checkpoint {folder}/fake.onnx {img}", "fake.onnx")
 ROWS["explain-onnx"] = ("explain --checkpoint {folder}/fake.onnx {img} --out {out}", "fake.onnx")
 ROWS["serve-onnx"] = ("serve --checkpoint {folder}/fake.onnx", "fake.onnx")

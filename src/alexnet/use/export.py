@@ -126,7 +126,14 @@ def metadata_text(info: dict, side: Path) -> str:
 def read_info(path: Path) -> dict:
     """The JSON an exported file carries (mean image from ``<path>.json`` where the metadata names it)."""
     path = Path(path)
-    text = _read_metadata(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file; give a file `alexnet export` wrote")
+    try:
+        text = _read_metadata(path)
+    except Exception as err:  # noqa: BLE001 - onnx's DecodeError, safetensors' and zipfile's errors on damaged files
+        said = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        raise UsageError(f"{path} is not a readable {path.suffix.lstrip('.') or 'export'} file ({said}); give a "
+                         "file `alexnet export` wrote, whole") from None
     if text is None:
         raise UsageError(f"{path} carries no alexnet export metadata; give a file `alexnet export` wrote")
     info = json.loads(text)
