@@ -341,7 +341,7 @@ ROWS.update({
     "figures-empty-split": ("figures --checkpoint {folder}/cifar.pt --data {folder}/emptybatches --out {out}",
                             "the dataset's val split is empty"),
     "retrieve-onnx": ("retrieve --checkpoint {folder}/ident.onnx --gallery {folder}/photos {img}",
-                      "features need the network's layers"),
+                      "gives no fc7 output"),
 })
 KNOWN: dict[str, str] = {}  # rows that still end in a traceback: none
 ROWS["predict-onnx-text"] = ("predict --checkpoint {folder}/fake.onnx {img}", "fake.onnx")

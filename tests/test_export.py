@@ -234,3 +234,41 @@ def test_predict_and_serve_take_an_exported_onnx_file_with_its_classes(tmp_path,
         assert refused.status_code == 501 and ".onnx" in refused.json()["error"]
     finally:
         running.stop()
+
+
+def test_eval_and_retrieve_take_an_exported_onnx_file(tmp_path, capsys, data_cache):
+    """eval reads the dataset an export's preprocessing names and gives the checkpoint's numbers (float32)
+    on the views its one input side allows; retrieve ranks by the file's fc7 output as by the checkpoint's."""
+    import shutil
+
+    from alexnet import AlexNet
+    from alexnet.config import build_config, read_recipe, to_dict
+    from fixtures import SAMPLES
+
+    torch.manual_seed(0)
+    config = build_config(read_recipe("cifar10"), ["model.width=0.25"])  # 28x28 windows of 32x32 images
+    ckpt = save_checkpoint(tmp_path / "cifar.pt", AlexNet(config.model).eval(), to_dict(config))
+    onnx_file = tmp_path / "cifar.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(onnx_file)]) == 0
+    capsys.readouterr()
+
+    def last_json(*args) -> dict:
+        assert main([*map(str, args)]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    theirs = last_json("eval", "--checkpoint", onnx_file, "data.limit=64")
+    ours = last_json("eval", "--checkpoint", ckpt, "--crops", "2", "--precision", "fp32", "data.limit=64")
+    assert theirs["crops"] == 2 and theirs["examples"] == ours["examples"] == 64  # the run's 4 views need 28x28
+    assert theirs["val_top1_err"] == ours["val_top1_err"] and theirs["val_loss"] == pytest.approx(ours["val_loss"], abs=1e-4)
+    assert main(["eval", "--checkpoint", str(onnx_file), "--crops", "10"]) == 2
+    assert "takes 32x32 inputs only" in capsys.readouterr().err
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for f in sorted(SAMPLES.glob("*.JPEG"))[:6]:
+        shutil.copy(f, gallery / f.name)
+    query = sorted(SAMPLES.glob("*.JPEG"))[10]
+    found = [last_json("retrieve", "--checkpoint", model, "--gallery", gallery, query, "--k", 3, "--json",
+                       "--precision", "fp32") for model in (ckpt, onnx_file)]
+    assert [n["file"] for n in found[0]["neighbours"]] == [n["file"] for n in found[1]["neighbours"]]
+    assert [n["distance"] for n in found[1]["neighbours"]] == pytest.approx([n["distance"] for n in found[0]["neighbours"]],
+                                                                           rel=1e-4)

@@ -32,16 +32,21 @@ SPLIT = "ours_tower_split"  # measured for comparison, never the "best" of our v
 
 
 def bench_model(batch: int = 128, steps: int = 10, rounds: int = 3, device: str = "auto",
-                compile: bool | None = None, width: float = 1.0, json_out: bool = False) -> dict:
+                compile: bool | None = None, width: float = 1.0, json_out: bool = False,
+                onnx: bool | None = None) -> dict:
     """Measure (see the module docstring); print one JSON line (``json_out``) or a short table, return
-    the dict. ``compile=None``: also try torch.compile on CUDA, eager only on the CPU."""
+    the dict. ``compile=None``: also try torch.compile on CUDA, eager only on the CPU. ``onnx`` (default:
+    on the CPU): also the network exported to ONNX, float32 and int8, in onnxruntime (``_onnx_variants``)."""
     dev = pick_device(device)
     compile = dev.type == "cuda" if compile is None else compile
+    onnx = dev.type == "cpu" if onnx is None else onnx
     config, ours, theirs = _model_pair(width, dev)
     x = torch.randn(batch, 3, CROP, CROP, device=dev)
     y = torch.randint(0, 1000, (batch,), device=dev)
     train_variants = _train_variants(config, ours, theirs, x, y, compile)
     infer_variants = _infer_variants(config, ours, theirs, x, compile)
+    if onnx:
+        infer_variants.update(_onnx_variants(ours, x))
     compile_s: dict[str, float] = {}
     calls = min(3, steps)  # warm-up calls per variant
     train = _rounds(_warm(train_variants, compile_s, "train", calls), batch, steps, rounds)
@@ -136,6 +141,32 @@ def _bf16_infer(model: torch.nn.Module, x: torch.Tensor):
     return step
 
 
+def _onnx_variants(model: AlexNet, x: torch.Tensor) -> dict:
+    """``onnx`` and ``onnx_int8``: the network as ``alexnet export`` writes it, in an onnxruntime session with
+    torch's thread count; int8 as ``--quantize int8`` makes it, calibrated on ``x`` (ranges only matter
+    for accuracy, which ``alexnet export`` reports, not for speed)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ..use.export import write_onnx
+    from ..use.onnx_model import OnnxModel
+    from ..use.quantize import quantize_int8
+
+    folder = Path(tempfile.mkdtemp(prefix="alexnet-bench-"))
+    fp32, int8 = folder / "model.onnx", folder / "model-int8.onnx"
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format).float().cpu().eval()
+    write_onnx(plain, fp32, {"preprocessing": None}, folder / "model.onnx.json")
+    inputs = x.float().cpu().contiguous().numpy()
+    quantize_int8(fp32, int8, inputs[:16], "{}")
+    sessions = {name: OnnxModel(path) for name, path in (("onnx", fp32), ("onnx_int8", int8))}
+    shutil.rmtree(folder)  # the sessions hold the networks
+
+    def infer(session):
+        return lambda: session(x)
+    return {name: infer(session) for name, session in sessions.items()}
+
+
 def _warm(variants: dict, compile_s: dict, kind: str, calls: int = 3) -> dict:
     """Run each variant ``calls`` times (compilation, autotuning, caches); record the seconds of
     compiling variants in ``compile_s``; drop a variant that fails (torch.compile on a machine
@@ -174,7 +205,7 @@ def _rounds(variants: dict, batch: int, steps: int, rounds: int) -> dict[str, li
 
 
 def _best(rates: dict[str, list[float]]) -> tuple[str, float, float]:
-    """Our fastest variant by median (the two-device split left out), its median and the median
+    """Our fastest PyTorch variant by median (the two-device split left out), its median and the median
     per-round ratio to torchvision."""
     name = max((k for k in rates if k.startswith("ours_") and k != SPLIT), key=lambda k: statistics.median(rates[k]))
     ratio = statistics.median(a / b for a, b in zip(rates[name], rates["torchvision"]))
@@ -186,7 +217,11 @@ def _model_summary(train, infer, compile_s, config, batch, steps, rounds, dev, w
     infer_best, infer_rate, infer_ratio = _best(infer)
     medians = {f"{kind}_{name.removeprefix('ours_')}_images_per_s": round(statistics.median(v), 1)
                for kind, rates in (("train", train), ("inference", infer)) for name, v in rates.items()
-               if name != "torchvision"}
+               if name != "torchvision" and not name.startswith("onnx")}
+    onnx = {f"{name}_inference_images_per_s": round(statistics.median(v), 1) for name, v in infer.items()
+            if name.startswith("onnx")}
+    onnx.update({f"{name}_speedup_vs_pytorch": round(statistics.median(
+        a / b for a, b in zip(infer[name], infer[f"ours_{infer_best}"])), 2) for name in infer if name.startswith("onnx")})
     return {
         "bench": "model", "train_images_per_s": round(train_rate, 1),
         "torchvision_train_images_per_s": round(statistics.median(train["torchvision"]), 1),
@@ -194,7 +229,7 @@ def _model_summary(train, infer, compile_s, config, batch, steps, rounds, dev, w
         "inference_images_per_s": round(infer_rate, 1),
         "torchvision_inference_images_per_s": round(statistics.median(infer["torchvision"]), 1),
         "inference_speedup_vs_torchvision": round(infer_ratio, 2),
-        "train_variant": train_best, "inference_variant": infer_best, **medians, "compile_s": compile_s,
+        "train_variant": train_best, "inference_variant": infer_best, **medians, **onnx, "compile_s": compile_s,
         "batch_size": batch, "steps": steps, "rounds": rounds, "threads": torch.get_num_threads(),
         "precision": config.train.precision, "channels_last": True, "compile": sorted(compile_s),
         "lrn_compiled": config.train.compile_lrn and compile_available(), "width": width,
@@ -211,5 +246,8 @@ def model_table(r: dict) -> str:
         f"({r['torchvision_train_images_per_s']:.1f}, fp32 eager)",
         f"  inference  ours ({r['precision']}, {r['inference_variant']})  {r['inference_images_per_s']:>10.1f}"
         f"   {r['inference_speedup_vs_torchvision']:.2f}x torchvision ({r['torchvision_inference_images_per_s']:.1f})",
+        *[f"  inference  {name + ' (onnxruntime)':<24}{r[name + '_inference_images_per_s']:>10.1f}   "
+          f"{r[name + '_speedup_vs_pytorch']:.2f}x ours" for name in ("onnx", "onnx_int8")
+          if name + "_inference_images_per_s" in r],
         f"  compile seconds: {r['compile_s'] or 'none'}",
     ])

@@ -46,6 +46,9 @@ def add_parser(commands) -> None:
     bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="model: also time whole-network torch.compile (and CUDA graphs on a GPU), keep the "
                             "faster (default: on a GPU only)")
+    bench.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                       help="model: also time the network exported to ONNX, float32 and int8, in onnxruntime "
+                            "(default: on the CPU)")
     bench.add_argument("--width", type=float, default=1.0, help=argparse.SUPPRESS)  # model: smaller net for tests
     bench.add_argument("--recipe", default="paper", help="train: a recipe name or TOML file (default paper)")
     bench.add_argument("--data", type=Path, help="train: the data folder (data.path)")
@@ -74,7 +77,7 @@ def run(args) -> int:
             raise UsageError("bench model needs --batch-size, --steps and --rounds of at least 1")
         from ..bench.model import bench_model
 
-        bench_model(args.batch_size, steps, args.rounds, args.device, args.compile, args.width, args.json)
+        bench_model(args.batch_size, steps, args.rounds, args.device, args.compile, args.width, args.json, args.onnx)
     else:
         steps = 50 if args.steps is None else args.steps
         if steps < 1 or args.warmup < 0 or args.epoch < 0:

@@ -39,6 +39,8 @@ def run(args) -> int:
     from ..use.evaluate import evaluate_views
     from ..use.inference import choose, fast, ready
 
+    if Path(args.checkpoint).suffix == ".onnx":
+        return run_onnx(args)
     first = load_run(args.checkpoint, args.overrides, args.data)
     members = [load_run(path) for path in args.ensemble]  # a bad file fails before the data is read
     config = first.config
@@ -60,4 +62,33 @@ def run(args) -> int:
     if ddp.main:
         print(json.dumps({**result, "crops": count, "models": len(models), "checkpoint": str(args.checkpoint)}))
     shutdown_distributed()
+    return 0
+
+
+def run_onnx(args) -> int:
+    """``alexnet eval`` of an exported ``.onnx`` file: its classes and preprocessing, onnxruntime on the CPU,
+    the dataset its preprocessing names (``--data`` for an ImageNet-style one)."""
+    from ..data.datasets import load_dataset
+    from ..runtime import Dist
+    from ..use.evaluate import evaluate_views
+    from ..use.onnx_model import check_classes, onnx_config
+    from ..use.predictor import Predictor
+
+    if args.ensemble:
+        raise UsageError("--ensemble takes checkpoints (.pt); evaluate an exported .onnx file on its own")
+    from ..use.export import read_info
+
+    predictor = Predictor.from_onnx(args.checkpoint)
+    config = onnx_config(args.checkpoint, args.overrides, args.data)
+    count = args.crops or read_info(args.checkpoint).get("eval_crops") or 1  # as the run was validated, where the
+    if not args.crops and predictor.refusal(count):  # file can take it (one input side): else whole images
+        count = 2 if predictor.refusal(2) is None else 1
+    if why := predictor.refusal(count):
+        raise UsageError(f"--crops {count} for {args.checkpoint}: {why}")
+    data = load_dataset(config.data, config.seed, Dist())
+    check_classes(args.checkpoint, predictor.classes, data.classes)
+    result = evaluate_views([predictor.net], data.val_images, data.val_labels, device=predictor.device, views=count,
+                            batch_size=config.data.eval_batch_size,
+                            inputs=lambda x: predictor.pipeline.eval_inputs(x, count))
+    print(json.dumps({**result, "crops": count, "models": 1, "checkpoint": str(args.checkpoint)}))
     return 0

@@ -176,8 +176,8 @@ class LocalResponseNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             # Exporters cannot see inside a custom autograd Function. The ONNX exporter (torch.export
-            # based) gets ReLU, then one opaque op that ``use/export.py`` writes as ONNX's ``LRN`` node
-            # (same formula: alpha / size, window size centred); TorchScript gets the standard op.
+            # based) gets ReLU, then the same formula in plain ops (``lrn_by_band``: alpha / size, window
+            # centred); TorchScript gets the standard op.
             x = torch.relu(x) if self.relu else x
             if torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing():
                 return lrn_by_band(x, self.size, self.alpha, self.beta, self.k)
@@ -224,18 +224,3 @@ def lrn_by_band(x: torch.Tensor, size: int, alpha: float, beta: float, k: float)
     window = F.conv2d(x * x, band)
     return x * torch.exp(torch.log(k + (alpha / size) * window) * -beta)  # onnxruntime's Pow: 2.4x Exp + Log
 
-
-@functools.cache
-def export_op():
-    """``alexnet::local_response_norm`` (registered on first use): ``nn.functional.local_response_norm``
-    as one op that ``torch.export`` keeps whole, so ONNX export can write it as a single ``LRN`` node."""
-
-    @torch.library.custom_op("alexnet::local_response_norm", mutates_args=())
-    def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-        return nn.functional.local_response_norm(x, size, alpha, beta, k)
-
-    @local_response_norm.register_fake
-    def _(x, size, alpha, beta, k):
-        return torch.empty_like(x)
-
-    return local_response_norm

@@ -13,8 +13,10 @@ Each export is checked before the command returns: the written file is run (onnx
 the largest softmax difference to PyTorch is printed in the command's JSON line.
 
 ONNX uses ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript): the default and the
-supported exporter since torch 2.9; the TorchScript-based one is deprecated there. LRN leaves the
-network as one custom op (``nn.lrn.export_op``) written as ONNX's ``LRN`` node, after its ReLU.
+supported exporter since torch 2.9; the TorchScript-based one is deprecated there. The LRN is written
+in plain ops (``nn.lrn.lrn_by_band``: a 1x1 convolution with a 0/1 band matrix over the squares), which
+onnxruntime runs far faster than its own ``LRN`` node. The file gives two outputs: ``logits`` and ``fc7``
+(after its ReLU), the features ``retrieve`` ranks by.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import UsageError
-from ..nn.lrn import export_op
 from ..nn.model import AlexNet, ModelConfig
 from ..runs.load import LoadedRun, load_run
 
@@ -111,7 +112,9 @@ def export_info(loaded: LoadedRun) -> dict:
                         "image), take the centre size x size window (crop), RGB floats 0..255, subtract mean (per "
                         "channel, or the same window of the 3 x stored x stored mean image), divide by std if given"}
     return {"format": FORMAT, "input": "float32 (batch, 3, size, size) RGB, preprocessed", "output": "logits",
-            "model": dataclasses.asdict(loaded.model.config), "classes": loaded.classes, "preprocessing": pre}
+            "outputs": {"logits": "(batch, classes)", "fc7": "(batch, 4096 x width) fc7 after its ReLU (ONNX)"},
+            "model": dataclasses.asdict(loaded.model.config), "classes": loaded.classes, "preprocessing": pre,
+            "eval_crops": loaded.config.train.eval_crops}  # the views alexnet eval takes by default
 
 
 def metadata_text(info: dict, side: Path) -> str:
@@ -181,20 +184,24 @@ def check_input(loaded: LoadedRun, n: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------- ONNX
 
 
-def lrn_to_onnx(x, size: int, alpha: float, beta: float, k: float):
-    """``alexnet::local_response_norm`` as ONNX's LRN: x / (bias + alpha / size * window sum of x^2) ** beta."""
-    from onnxscript import opset18 as op
+class LogitsAndFc7(torch.nn.Module):
+    """What an ONNX file gives: the logits, and fc7 (after its ReLU) for ``retrieve`` (section 6.1)."""
 
-    return op.LRN(x, size=size, alpha=alpha, beta=beta, bias=k)
+    def __init__(self, model: AlexNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fc7 = self.model.features(x, "fc7")
+        return self.model.forward_from(fc7, "fc8"), fc7
 
 
 def write_onnx(model: AlexNet, out: Path, info: dict, side: Path) -> None:
     example = torch.zeros(TRACE_BATCH, 3, model.config.input_size, model.config.input_size)
-    export_op()  # registers alexnet::local_response_norm
     program = torch.onnx.export(
-        model, (example,), dynamo=True, opset_version=OPSET, input_names=["image"], output_names=["logits"],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False, verbose=False,
-        custom_translation_table={torch.ops.alexnet.local_response_norm.default: lrn_to_onnx})
+        LogitsAndFc7(model.eval()), (example,), dynamo=True, opset_version=OPSET, input_names=["image"],
+        output_names=["logits", "fc7"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False,
+        verbose=False)
     program.model.metadata_props["alexnet"] = metadata_text(info, side)
     program.save(str(out))
 

@@ -84,8 +84,24 @@ class Predictor:
         return max(1, images // self.batch_size) if self.settings.lrn == "compiled" else 1
 
     def refusal(self, views: int) -> str | None:
-        """Why this network cannot be tested on ``views`` views of each image, or None."""
-        return test_views.refusal(self.pipeline.kind, views)
+        """Why this network cannot be tested on ``views`` views of each image, or None. An exported file takes
+        one input side: views of another (a CIFAR-10 network's 28x28 windows of its 32x32 images) are refused."""
+        if why := test_views.refusal(self.pipeline.kind, views):
+            return why
+        if others := self._other_sides(views):
+            fits = [n for n in test_views.COUNTS if test_views.refusal(self.pipeline.kind, n) is None
+                    and not self._other_sides(n)]
+            return (f"the exported file takes {self.net.side}x{self.net.side} inputs only and {views} views include "
+                    f"{min(others)}x{min(others)} ones; use {' or '.join(map(str, fits))} views, or the checkpoint")
+        return None
+
+    def _other_sides(self, views: int) -> set[int]:
+        """The input sides of ``views`` views that an exported file of one fixed side cannot take."""
+        side = getattr(self.net, "side", None)
+        if side is None:
+            return set()
+        probe = torch.zeros(1, 3, self.pipeline.stored, self.pipeline.stored, dtype=torch.uint8)
+        return {b.shape[-1] for b in self.pipeline.eval_inputs(probe, views)} - {side}
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, views: int = 1) -> torch.Tensor:
@@ -102,8 +118,6 @@ class Predictor:
     def features(self, images: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
         """uint8 (N, 3, S, S) stored images -> float32 (N, D) activations at ``layer`` on the CPU, of the
         centre view as in evaluation (``AlexNet.features``), flattened."""
-        if not hasattr(self.net, "features"):
-            raise UsageError("features need the network's layers: give a checkpoint (.pt), not an exported .onnx")
         out = []
         for start in range(0, len(images), self.batch_size):
             x = self.pipeline.eval_input(images[start:start + self.batch_size].to(self.device))

@@ -130,7 +130,7 @@ def gallery_features(predictor: Predictor, folder: Path) -> GalleryFeatures:
 
 def network_key(predictor: Predictor) -> str:
     """A hash of what the features depend on: the weights, the input pipeline, the layer."""
-    digest = hashlib.sha1(f"{CACHE_VERSION} {LAYER}".encode())
+    digest = hashlib.sha1(f"{CACHE_VERSION} {LAYER} {predictor.precision}".encode())
     for name, tensor in sorted(predictor.model.state_dict().items()):
         digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
