@@ -220,8 +220,9 @@ def _model_summary(train, infer, compile_s, config, batch, steps, rounds, dev, w
                if name != "torchvision" and not name.startswith("onnx")}
     onnx = {f"{name}_inference_images_per_s": round(statistics.median(v), 1) for name, v in infer.items()
             if name.startswith("onnx")}
-    onnx.update({f"{name}_speedup_vs_pytorch": round(statistics.median(
-        a / b for a, b in zip(infer[name], infer[f"ours_{infer_best}"])), 2) for name in infer if name.startswith("onnx")})
+    ours = infer[f"ours_{infer_best}"]
+    onnx.update({f"{name}_speedup_vs_pytorch": round(statistics.median(a / b for a, b in zip(infer[name], ours)), 2)
+                 for name in infer if name.startswith("onnx")})
     return {
         "bench": "model", "train_images_per_s": round(train_rate, 1),
         "torchvision_train_images_per_s": round(statistics.median(train["torchvision"]), 1),
