@@ -19,6 +19,7 @@ the end, also when the load fails.
 import argparse
 import asyncio
 import json
+import os
 import platform
 import re
 import statistics
@@ -36,7 +37,8 @@ from alexnet.data.pipeline import Pipeline
 from alexnet.nn.model import AlexNet, ModelConfig
 from alexnet.runs.checkpoint import save_checkpoint
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
+SHARED = Path(os.environ.get("ALEXNET_MIRROR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+SAMPLES = SHARED / "imagenet-samples"
 
 
 def paper_checkpoint(folder: Path, width: float = 1.0) -> Path:

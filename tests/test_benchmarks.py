@@ -234,3 +234,13 @@ def test_explain_smoke(tmp_path, data_cache):
         assert all(-1 <= v <= 1 for v in row.values())
     with Image.open(tmp_path / "overlays.png") as figure:
         assert figure.width > 600
+
+
+@pytest.mark.slow
+def test_deploy_smoke(tmp_path, data_cache):
+    result = run_script("deploy.py", "--skip-bench", "--skip-serve", "--photos", 4, "--copies", 1, "--width", 0.125,
+                        tmp_path=tmp_path, cache=data_cache)  # serve under load: test_serve_load_smoke
+    assert result["benchmark"] == "deploy" and result["photos"] == 4
+    for key in ("predict_images_per_s", "predict_int8_onnx_images_per_s"):
+        assert positive(result[key]), (key, result)
+    assert 0 <= result["int8_top1_agreement_on_calibration"] <= 1

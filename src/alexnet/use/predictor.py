@@ -72,11 +72,10 @@ class Predictor:
         return cls(model, loaded.pipeline.to(device), classes, device, settings, batch_size, fast(model, settings))
 
     def warm_up(self, views: int = 1) -> None:
-        """Run batches of 1 and 2 images once, so that a compiled LRN is compiled before the first caller
-        waits for it (batch 1 is a specialisation of its own)."""
+        """Run a batch once, so that the first caller waits neither for the LRN's kernels to compile nor for
+        the first forward pass's set-up (a server, before it listens)."""
         side = self.pipeline.stored
-        for n in (1, 2):
-            self.probabilities(torch.zeros(n, 3, side, side, dtype=torch.uint8), views)
+        self.probabilities(torch.zeros(2, 3, side, side, dtype=torch.uint8), views)
 
     def decode_ahead(self, images: int = 512) -> int:
         """Batches worth decoding ahead of the network (``read_batches``): about ``images`` while a compiled
@@ -110,8 +109,9 @@ class Predictor:
         out = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size].to(self.device)
-            batches = self.pipeline.eval_inputs(chunk, views)
-            out.append(mean_softmax([self.net], batches, len(chunk), self.device, self.precision).cpu())
+            batches = self.pipeline.eval_inputs(_two(chunk), views)
+            probs = mean_softmax([self.net], batches, max(2, len(chunk)), self.device, self.precision)
+            out.append(probs[:len(chunk)].cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
 
     @torch.no_grad()
@@ -120,9 +120,10 @@ class Predictor:
         centre view as in evaluation (``AlexNet.features``), flattened."""
         out = []
         for start in range(0, len(images), self.batch_size):
-            x = self.pipeline.eval_input(images[start:start + self.batch_size].to(self.device))
+            chunk = images[start:start + self.batch_size].to(self.device)
+            x = self.pipeline.eval_input(_two(chunk))
             with autocast(self.device, self.precision):
-                out.append(self.net.features(x, layer).float().flatten(1).cpu())
+                out.append(self.net.features(x, layer)[:len(chunk)].float().flatten(1).cpu())
         return torch.cat(out) if out else torch.zeros(0, 0)
 
     def top(self, probs: torch.Tensor, k: int = 5) -> list[list[dict]]:
@@ -135,6 +136,11 @@ class Predictor:
         """Output ``index`` with probability ``prob``: ``{"index", "wnid", "name", "prob"}``."""
         c = self.classes[index]
         return {"index": index, "wnid": c["wnid"], "name": c["name"], "prob": round(float(prob), 6)}
+
+
+def _two(images: torch.Tensor) -> torch.Tensor:
+    """A lone image doubled: compiled kernels specialise batch 1 apart (seconds of compiling for it)."""
+    return images.expand(2, *images.shape[1:]) if len(images) == 1 else images
 
 
 def load_predictor(checkpoint: Path, device: str = "auto", batch_size: int = 64, work: int | None = None,
