@@ -93,9 +93,10 @@ def test_no_function_is_longer_than_60_lines():
 
 
 HELP_ALL = """
-import contextlib, io, runpy, sys
+import contextlib, io, os, runpy, sys
 for script in sys.argv[1:]:
     sys.argv, out = [script, "--help"], io.StringIO()
+    sys.path.insert(0, os.path.dirname(script))  # as `python script` does: its folder's modules import
     try:
         with contextlib.redirect_stdout(out):
             runpy.run_path(script, run_name="__main__")
