@@ -8,7 +8,8 @@ network's checkpoint and from its int8 ONNX export (calibrated on 256 of the sam
 line with each rate and its ratio to bench model's inference rate (the issue's aim: predict >= 0.5).
 The network has random weights: the speed is the same as a trained one's.
 
-    .venv/bin/python benchmarks/deploy.py [--copies 3] [--width 1.0] [--skip-bench] [--skip-serve] [--photos 900]
+    .venv/bin/python benchmarks/deploy.py [--copies 3] [--width 1.0] [--skip-bench] [--skip-serve] [--skip-int8]
+                                          [--photos 900]
 """
 
 import argparse
@@ -52,6 +53,18 @@ def photo_folder(folder: Path, samples: list[Path], copies: int) -> Path:
     return photos
 
 
+def int8_export(folder: Path, checkpoint: Path, samples: list[Path]) -> tuple[Path, float]:
+    """The checkpoint as int8 ONNX calibrated on 256 of the samples; its top-1 agreement on them."""
+    calibration = folder / "calibration"
+    calibration.mkdir()
+    for path in samples[:256]:
+        shutil.copy(path, calibration / path.name)
+    int8 = folder / "paper-int8.onnx"
+    exported = last_json([*ALEXNET, "export", "--checkpoint", str(checkpoint), "--format", "onnx", "--quantize",
+                          "int8", "--calibration", str(calibration), "--out", str(int8)])
+    return int8, exported["top1_agreement"]
+
+
 def served(checkpoint: Path, samples: list[Path]) -> dict:
     """serve_load.py's load on one batched server: the faster of two rounds of 300 photos, 16 clients."""
     proc = launch(checkpoint, 2, "--max-batch", "32", "--max-wait-ms", "5")
@@ -68,6 +81,7 @@ def main():
     parser.add_argument("--width", type=float, default=1.0, help="network width (default 1.0, the paper's)")
     parser.add_argument("--skip-bench", action="store_true", help="leave bench model out (a quick smoke run)")
     parser.add_argument("--skip-serve", action="store_true", help="leave serve out (serve_load.py times it)")
+    parser.add_argument("--skip-int8", action="store_true", help="leave the int8 export out (a quick smoke run)")
     parser.add_argument("--photos", type=int, default=900, help="sample photos used (default: all 900)")
     args = parser.parse_args()
     samples = sorted((SHARED / "imagenet-samples").glob("*.JPEG"))[:args.photos]
@@ -80,18 +94,13 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         checkpoint = paper_checkpoint(folder, args.width)
-        calibration = folder / "calibration"
-        calibration.mkdir()
-        for path in samples[:256]:
-            shutil.copy(path, calibration / path.name)
-        int8 = folder / "paper-int8.onnx"
-        exported = last_json([*ALEXNET, "export", "--checkpoint", str(checkpoint), "--format", "onnx", "--quantize",
-                              "int8", "--calibration", str(calibration), "--out", str(int8)])
         photos = photo_folder(folder, samples, args.copies)
         result.update({"photos": sum(1 for _ in photos.iterdir()),
-                       "predict_images_per_s": timed_predict(checkpoint, photos),
-                       "predict_int8_onnx_images_per_s": timed_predict(int8, photos),
-                       "int8_top1_agreement_on_calibration": exported["top1_agreement"]})
+                       "predict_images_per_s": timed_predict(checkpoint, photos)})
+        if not args.skip_int8:
+            int8, agreement = int8_export(folder, checkpoint, samples)
+            result.update({"predict_int8_onnx_images_per_s": timed_predict(int8, photos),
+                           "int8_top1_agreement_on_calibration": agreement})
         if not args.skip_serve:
             result["serve_requests_per_s"] = served(checkpoint, samples)["requests_per_s"]
     if "inference_images_per_s" in result:

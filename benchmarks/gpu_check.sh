@@ -30,7 +30,7 @@ START=$SECONDS
 if [[ $SMOKE == 1 ]]; then  # CPU, toy sizes: a quarter-width net, 128 images, batch 8, 2 steps, gloo
   export ALEXNET_COMPILE=${ALEXNET_COMPILE:-0}  # LRN eager: compiling per shape costs seconds on a CPU
   TRAIN_IMAGES=128 VAL_IMAGES=16 CLASSES=10
-  MODEL_ARGS=(--device cpu --batch-size 4 --steps 1 --rounds 1 --no-compile --width 0.25)
+  MODEL_ARGS=(--device cpu --batch-size 4 --steps 1 --rounds 1 --no-compile --no-onnx --width 0.25)
   TRAIN_ARGS=(--steps 2 --warmup 1 data.batch_size=8 data.workers=1 model.width=0.25 train.device=cpu)
   LIMIT_DATA=60 LIMIT_MODEL=60 LIMIT_TRAIN=60
 else  # paper recipe as is: batch 128, bf16, channels_last, the paper's augmentation (crop, flip, PCA lighting)

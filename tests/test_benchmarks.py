@@ -238,9 +238,7 @@ def test_explain_smoke(tmp_path, data_cache):
 
 @pytest.mark.slow
 def test_deploy_smoke(tmp_path, data_cache):
-    result = run_script("deploy.py", "--skip-bench", "--skip-serve", "--photos", 4, "--copies", 1, "--width", 0.125,
-                        tmp_path=tmp_path, cache=data_cache)  # serve under load: test_serve_load_smoke
-    assert result["benchmark"] == "deploy" and result["photos"] == 4
-    for key in ("predict_images_per_s", "predict_int8_onnx_images_per_s"):
-        assert positive(result[key]), (key, result)
-    assert 0 <= result["int8_top1_agreement_on_calibration"] <= 1
+    # the parts' own smoke tests: serve_load (serve), test_export (int8), test_bench (bench model)
+    result = run_script("deploy.py", "--skip-bench", "--skip-serve", "--skip-int8", "--photos", 4, "--copies", 1,
+                        "--width", 0.125, tmp_path=tmp_path, cache=data_cache)
+    assert result["benchmark"] == "deploy" and result["photos"] == 4 and positive(result["predict_images_per_s"])
