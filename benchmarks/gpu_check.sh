@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_check.sh --smoke    # the same steps on the CPU at toy sizes (< 1 minute), exit 0
 #
 # Steps (each under its own time limit; a step that fails or runs out leaves nulls and the rest goes on):
+#   0. tests         the CUDA tests (pytest -m cuda) with ALEXNET_REQUIRE_CUDA=1: on a GPU they must run, not skip
 #   1. data          synthetic ImageNet-sized prepared shards in a temporary folder: 256x256 JPEG q90
 #                    records (alexnet.data.imagenet.shards.encode / write_shard), 1000 classes, classes.tsv,
 #                    manifests, stats.safetensors, prepared.json; 20,480 train + 1,000 val images
@@ -54,6 +55,10 @@ step() {  # step NAME SECONDS COMMAND...: stdout into $WORK/NAME.json, stderr in
     echo "$name" >>"$WORK/failed"
   fi
 }
+
+if [[ $SMOKE == 0 ]]; then
+  step tests 120 env ALEXNET_REQUIRE_CUDA=1 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests
+fi
 
 step data "$LIMIT_DATA" "$PY" - "$WORK/data" "$TRAIN_IMAGES" "$VAL_IMAGES" "$CLASSES" <<'PY'
 """Synthetic prepared ImageNet: smooth random 256x256 images (JPEG q90, about the size of a photo's

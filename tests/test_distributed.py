@@ -32,7 +32,7 @@ def launcher(nproc: int) -> list[str]:
 
 
 def torchrun(nproc: int, out: Path, cache: Path) -> None:
-    env = {**os.environ, "ALEXNET_DATA": str(cache), "ALEXNET_COMPILE": "0", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "ALEXNET_DATA": str(cache), "OMP_NUM_THREADS": "1"}
     cmd = [*launcher(nproc), "-m", "alexnet.cli", "train", "--out", str(out), *SAME_BATCHES]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -65,7 +65,7 @@ def test_alexnet_eval_over_two_processes_matches_one(runs, data_cache):
     results = []
     for nproc in (1, 2):
         cmd = [*launcher(nproc), "-m", "alexnet.cli", "eval", "--checkpoint", checkpoint]
-        env = {**os.environ, "ALEXNET_DATA": str(data_cache), "ALEXNET_COMPILE": "0"}
+        env = {**os.environ, "ALEXNET_DATA": str(data_cache)}
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-3000:]
         lines = done.stdout.strip().splitlines()

@@ -99,3 +99,16 @@ def test_the_commands_ask_for_their_amount_of_work(monkeypatch, checkpoint, tmp_
     monkeypatch.setattr("alexnet.use.serve.app.serve", lambda predictor, *args: served.append(predictor))
     assert main(["serve", "--checkpoint", str(checkpoint), "--port", "0"]) == 0
     assert asked.pop() == (None, "auto") and served
+
+
+@pytest.mark.cuda
+def test_a_gpu_predictor_answers_as_the_cpu_one(cuda, checkpoint):
+    """predict on a GPU: bf16 there too (where supported), the compiled LRN, the CPU's top classes."""
+    from alexnet.data.images import decode_file
+
+    gpu = load_predictor(checkpoint, "cuda", 16, work=None)
+    cpu = load_predictor(checkpoint, "cpu", 16, work=1, precision="fp32")
+    assert gpu.device.type == "cuda" and gpu.net.conv1.weight.is_cuda
+    images = torch.stack([decode_file(p.read_bytes(), cpu.pipeline) for p in PHOTOS])
+    a, b = gpu.probabilities(images, 10), cpu.probabilities(images, 10)
+    assert torch.equal(a.argmax(1), b.argmax(1)) and (a - b).abs().max() < 0.02

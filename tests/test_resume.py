@@ -28,7 +28,7 @@ TINY = ["--recipe", "cifar10", "data.limit=512", "data.batch_size=64", "optim.ep
 
 
 def cli(*args, env_extra=None, timeout=240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ALEXNET_COMPILE": "0", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "alexnet.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -78,7 +78,7 @@ def test_checkpoint_files_keep_the_last_k_and_best(uninterrupted):
 def test_sigterm_checkpoints_and_exits_0_within_60_s(tmp_path, data_cache_env):
     out = tmp_path / "preempted"
     args = [*TINY, "optim.epochs=200", "train.checkpoint_every_steps=0"]
-    env = {**os.environ, "ALEXNET_COMPILE": "0", "OMP_NUM_THREADS": "1", **data_cache_env}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **data_cache_env}
     proc = subprocess.Popen([sys.executable, "-m", "alexnet.cli", "train", "--out", str(out), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -102,7 +102,7 @@ def test_sigterm_checkpoints_and_exits_0_within_60_s(tmp_path, data_cache_env):
 
 def test_torchrun_restarts_a_killed_worker_which_resumes(tmp_path, data_cache_env):
     out = tmp_path / "elastic"
-    env = {**os.environ, "ALEXNET_COMPILE": "0", "OMP_NUM_THREADS": "1", "ALEXNET_FAULT_AT_STEP": "5:1",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALEXNET_FAULT_AT_STEP": "5:1",
            **data_cache_env}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
            "-m", "alexnet.cli", "train", "--out", str(out), *TINY, "optim.epochs=1"]

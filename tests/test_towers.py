@@ -124,8 +124,8 @@ def test_tower_devices_need_the_two_tower_net(change):
         dataclasses.replace(CIFAR, tower_devices="cpu,cpu", **change)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_towers_on_cuda(monkeypatch):
+@pytest.mark.cuda
+def test_towers_on_cuda(cuda, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     devices = "cuda:0,cuda:1" if torch.cuda.device_count() > 1 else "cuda:0,cuda:0"
