@@ -10,13 +10,17 @@ export ALEXNET_MIRROR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean oldest
+
+# The pinned versions (constraints.txt: why and how to refresh it there). CONSTRAINTS= installs the newest
+# that pyproject.toml allows, e.g. on a machine whose own torch the venv should use (--system-site-packages).
+CONSTRAINTS ?= constraints.txt
 
 # --system-site-packages: where a suitable torch is already installed (e.g. a GPU machine's
 # torch 2.11), the venv uses it instead of downloading another one.
-$(BIN)/alexnet: pyproject.toml
+$(BIN)/alexnet: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv --system-site-packages $(VENV)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
 	touch $(BIN)/alexnet
 
 install: $(BIN)/alexnet
@@ -39,3 +43,10 @@ test: $(BIN)/alexnet
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+
+# The oldest supported pair, torch 2.11 + torchvision 0.26, on the whole suite in a venv of its own
+# (.venv-oldest: a download of several GB where those wheels are not on the machine).
+oldest:
+	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
+	.venv-oldest/bin/python -m pip install -q 'torch==2.11.*' 'torchvision==0.26.*' -e '.[test]'
+	.venv-oldest/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
