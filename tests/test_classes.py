@@ -18,6 +18,7 @@ from alexnet.cli import main
 from alexnet.runs.checkpoint import load_checkpoint
 from fixtures import SAMPLES
 
+pytestmark = pytest.mark.xdist_group("photo_folder_runs")  # its module fixtures (a training run) built once
 CLASSES = ("apple", "bicycle", "castle", "dolphin", "eagle", "forest", "guitar")
 TRAIN, VAL = 19, 3  # 133 training images: one full batch of 128, as the paper recipe takes
 

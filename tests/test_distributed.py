@@ -12,7 +12,8 @@ import torch
 from alexnet import load_checkpoint
 from fixtures import TARBALL
 
-pytestmark = pytest.mark.slow  # end to end: subprocesses
+# end to end: subprocesses; one worker builds the runs once (a module fixture is built per xdist worker)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp_runs")]
 
 # No dropout, no augmentation (no random low-resolution windows either), fp32: the two runs see exactly the same
 # global batches. conv1 stops learning after epoch 1 (optim.freeze_after): DDP is rebuilt for the layers that still

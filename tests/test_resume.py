@@ -18,7 +18,8 @@ from alexnet import load_checkpoint
 from alexnet.cli import main
 from fixtures import TARBALL
 
-pytestmark = pytest.mark.slow  # end to end: subprocesses
+# end to end: subprocesses; one worker builds the uninterrupted run once (module fixtures are per worker)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume_runs")]
 
 # 8 steps per epoch, a checkpoint every 3 steps; dropout, crops, flips and bf16 all stay on, so
 # every random state must be restored for the weights to match.
