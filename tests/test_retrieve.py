@@ -114,9 +114,20 @@ def test_bad_query_and_usage(checkpoint, gallery, tmp_path, capsys):
     assert "--gallery" in capsys.readouterr().err
 
 
+def lrn(a: torch.Tensor, k: float) -> torch.Tensor:
+    """Section 3.3's response normalisation written out: b_i = a_i / (k + alpha / n * sum a_j^2) ** beta over
+    the n = 5 channels centred on i (zero beyond the first and last), alpha 1e-4, beta 0.75; alpha divided by
+    n as in cuda-convnet, Caffe and nn/lrn.py's docstring."""
+    n, alpha, beta = 5, 1e-4, 0.75
+    squares = torch.nn.functional.pad(a * a, (0, 0, 0, 0, n // 2, n // 2))  # pads the channel dimension
+    window = sum(squares[:, j:j + a.shape[1]] for j in range(n))
+    return a / (k + alpha / n * window) ** beta
+
+
 def reference(model: AlexNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The network's stages walked by hand in float64 with torch's own layers (nn.functional's LRN and
-    pools, grouped convolutions), as in evaluation: the activations at every tap."""
+    """The network's stages walked by hand in float64 on copies of its weights, as in evaluation (no
+    dropout): grouped convolutions and pools from nn.functional, the LRN from its formula; the
+    activations at every tap."""
     from torch.nn import functional as F
 
     c, w = model.config, {k: v.double() for k, v in model.state_dict().items()}
@@ -127,10 +138,10 @@ def reference(model: AlexNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return torch.relu(F.conv2d(x, w[f"{name}.weight"], w[f"{name}.bias"], stride, padding, groups=groups))
 
     x = conv("conv1", x, 4, 2)
-    taps["conv1"] = x = F.local_response_norm(x, 5, 1e-4, 0.75, c.lrn_k) if paper else x
+    taps["conv1"] = x = lrn(x, c.lrn_k) if paper else x
     taps["pool1"] = x = F.max_pool2d(x, 3, 2)
     x = conv("conv2", x, 1, 2, groups)
-    taps["conv2"] = x = F.local_response_norm(x, 5, 1e-4, 0.75, c.lrn_k) if paper else x
+    taps["conv2"] = x = lrn(x, c.lrn_k) if paper else x
     taps["pool2"] = x = F.max_pool2d(x, 3, 2)
     taps["conv3"] = x = conv("conv3", x)
     taps["conv4"] = x = conv("conv4", x, groups=groups)
@@ -143,11 +154,23 @@ def reference(model: AlexNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return taps
 
 
+def test_lrn_formula_is_the_papers_and_not_a_no_op():
+    a = torch.tensor([3.0, 0.0, 4.0, 0.0, 0.0, 0.0, 12.0], dtype=torch.float64).view(1, 7, 1, 1)
+    b = lrn(a, 2.0).flatten()
+    # channel 2's window is channels 0..4: 9 + 16 = 25; channel 6's is 4..6 (cut at the edge): 144
+    assert b[2].item() == 4.0 / (2 + 1e-4 / 5 * 25) ** 0.75 and b[6].item() == 12.0 / (2 + 1e-4 / 5 * 144) ** 0.75
+    assert b[1].item() == 0.0
+
+
 @pytest.mark.parametrize("variant", ["paper", "torchvision"])
 def test_features_are_evaluation_activations(variant):
     model = AlexNet(ModelConfig(variant=variant, num_classes=5, width=0.25, init="kaiming"))
     x = torch.randn(2, 3, 224, 224) * 40
     expected = reference(model, x)
+    if variant == "paper":  # the inputs are large enough that the LRN's sum matters, not only its k ** -beta
+        weight, bias = model.conv1.weight.double(), model.conv1.bias.double()
+        conv1 = torch.relu(torch.nn.functional.conv2d(x.double(), weight, bias, 4, 2))
+        assert ((expected["conv1"] / conv1)[conv1 > 0] * 2.0 ** 0.75).min() < 0.9
     model.train()  # dropout on: features must not use it, and must leave the mode as it was
     for layer, want in expected.items():
         got = alexnet.features(model, x, layer)
