@@ -105,20 +105,38 @@ def test_lrn_is_a_band_of_ones_over_the_squares_after_relu(exported):
         assert made_by[squares.input[0]].op_type == "Relu"
 
 
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def described_pipeline(variant: str, size: int) -> tuple:
+    """What an export must say of its preprocessing: cifar's checkpoint carries an ImageNet-kind
+    pipeline; the others none, so the CIFAR-10 default (per-channel mean and std) at their input size."""
+    if variant == "cifar":
+        return "imagenet", 32, 40, "squash", "image", [60.0] * 3
+    return "cifar10", size, size, "center", "channel", pytest.approx([62.985, 62.0925, 66.708])
+
+
 def test_every_format_carries_config_classes_and_preprocessing(exported):
     variant, model, pipeline, files = exported
-    if variant != "cifar":
-        return  # the CIFAR-10 default pipeline: covered by the mean-image case
+    size = model.config.input_size
+    classes = CLASSES if variant == "cifar" else [{"index": i, "wnid": n, "name": n} for i, n in enumerate(CIFAR10)]
     for fmt, (path, result) in files.items():
         assert Path(result["sidecar"]) == path.with_name(path.name + ".json")
         for info in (read_info(path), json.loads(Path(result["sidecar"]).read_text())):
             pre = info["preprocessing"]
-            assert info["model"] == dataclasses.asdict(model.config) and info["classes"] == CLASSES
-            described = (pre["kind"], pre["size"], pre["stored"], pre["resize"], pre["std"])
-            assert described == ("imagenet", 32, 40, "squash", [60.0] * 3)
-            assert torch.equal(torch.tensor(pre["mean"]), pipeline["mean"]), fmt  # float32 survives JSON exactly
+            assert info["model"] == dataclasses.asdict(model.config) and info["classes"] == classes, fmt
+            described = (pre["kind"], pre["size"], pre["stored"], pre["resize"], pre["mean_kind"], pre["std"])
+            assert described == described_pipeline(variant, size), fmt
+            if variant == "cifar":
+                assert torch.equal(torch.tensor(pre["mean"]), pipeline["mean"]), fmt  # float32 survives JSON exactly
+            else:
+                assert pre["mean"] == pytest.approx([125.307, 122.961, 113.8575]), fmt
     props = {p.key: p.value for p in onnx.load(str(files["onnx"][0])).metadata_props}
-    assert "m.onnx.json" in json.loads(props["alexnet"])["preprocessing"]["mean"]  # too large for metadata
+    mean = json.loads(props["alexnet"])["preprocessing"]["mean"]
+    if variant == "cifar":
+        assert "m.onnx.json" in mean  # a mean image is too large for the metadata: it names the sidecar
+    else:
+        assert mean == pytest.approx([125.307, 122.961, 113.8575])  # three numbers travel in the file itself
 
 
 def test_safetensors_round_trip_keeps_load_safetensors(tmp_path):
