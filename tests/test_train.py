@@ -1,6 +1,7 @@
 """End to end on real CIFAR-10 images from the local mirror: a one-epoch smoke run, resume and eval."""
 
 import json
+import shutil
 
 import pytest
 
@@ -52,12 +53,14 @@ def test_eval_prints_one_json_line(smoke_run, capsys):
 
 
 @pytest.mark.slow
-def test_resume_continues_to_more_epochs(smoke_run):
-    assert main(["train", "--out", str(smoke_run), "--resume", "optim.epochs=3", "train.eval_every=3"]) == 0
-    rows = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+def test_resume_continues_to_more_epochs(smoke_run, tmp_path):
+    run = shutil.copytree(smoke_run, tmp_path / "smoke")  # the module's other tests read the one-epoch run
+    assert main(["train", "--out", str(run), "--resume", "optim.epochs=3", "train.eval_every=3"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[1]["val_top1_err"] is None and rows[2]["val_top1_err"] is not None  # epoch 2 had no validation
-    assert json.loads((smoke_run / "summary.json").read_text())["epochs"] == 3
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+    assert json.loads((smoke_run / "summary.json").read_text())["epochs"] == 1
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
