@@ -1,5 +1,6 @@
 """End to end on real CIFAR-10 images from the local mirror: a one-epoch smoke run, resume and eval."""
 
+import html
 import json
 import shutil
 
@@ -61,6 +62,29 @@ def test_resume_continues_to_more_epochs(smoke_run, tmp_path):
     assert rows[1]["val_top1_err"] is None and rows[2]["val_top1_err"] is not None  # epoch 2 had no validation
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
     assert json.loads((smoke_run / "summary.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_report_of_a_real_run_names_its_numbers(smoke_run, tmp_path, capsys):
+    """report's own tests use hand-written metrics; this one reads what train wrote."""
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    (row,) = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    capsys.readouterr()
+    assert main(["report", str(smoke_run), "--out", str(tmp_path)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["html"] == str(tmp_path / "report.html") and not list(smoke_run.glob("report*"))
+    page, text = (tmp_path / "report.html").read_text(), (tmp_path / "report.md").read_text()
+    assert "finished: epochs 1" in page and "finished: epochs 1" in text
+    for label, value in (("val top-1 error", f"{summary['val_top1_err']:.2%}"),
+                         ("val top-5 error", f"{summary['val_top5_err']:.2%}"),
+                         ("val examples", "512"), ("git commit", summary["git_commit"]),
+                         ("torch version", summary["torch_version"]), ("images / s", str(summary["images_per_s"]))):
+        assert f"| {label} | {value} |" in text, label
+        assert html.escape(value) in page, label
+    epoch = (f"| 1 | {row['train_loss']:.4f} | {row['train_top1_err']:.2%} | {row['val_top1_err']:.2%} "
+             f"| {row['val_top5_err']:.2%} | {row['lr']:.3g} |")
+    assert epoch in text
+    assert "limit = 512" in page and "limit = 512" in text  # the run's resolved config
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
