@@ -1,5 +1,6 @@
 """What the tests share: the local data mirror and index-encoded images (one place, not one per file)."""
 
+import io
 import os
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 # The read-only data folder beside the checkout (../shared/data), or $ALEXNET_MIRROR.
 MIRROR = Path(os.environ.get("ALEXNET_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -23,6 +25,22 @@ def index_images(n: int = 6, size: int = 8) -> torch.Tensor:
     imgs[:, 1] = torch.arange(n).view(n, 1, 1)
     imgs[:, 2] = 7
     return imgs
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    """``image`` saved as ``fmt`` (PIL's save options), as bytes."""
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def exif_rotated_jpeg(pixels, **options) -> bytes:
+    """A JPEG of ``pixels`` (an (H, W, 3) uint8 array or a PIL image) as stored, with EXIF orientation 6:
+    shown turned a quarter clockwise, as a phone stores a portrait shot."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: "rotate 90 degrees clockwise to display"
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    return encoded(image, "JPEG", exif=exif, **options)
 
 
 TINY_CLASSES = [{"index": i, "wnid": f"n{i}", "name": name} for i, name in enumerate(("cat", "dog", "fish"))]

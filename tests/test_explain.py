@@ -16,7 +16,7 @@ from alexnet import AlexNet, ModelConfig
 from alexnet.cli import main
 from alexnet.data.pipeline import Pipeline
 from alexnet.use.explain import Explainer, on_photo, ranked_hiding
-from fixtures import SAMPLES, tiny_checkpoint
+from fixtures import SAMPLES, exif_rotated_jpeg, tiny_checkpoint
 
 SIDE, PATCH, CLASSES = 32, 8, 3
 PATCH_NET = pytest.mark.xdist_group("explain_patch_net")  # the tests of one trained network: one process
@@ -144,9 +144,7 @@ def test_explain_maps_photos_of_every_size_at_their_own_size_and_reports_a_broke
     for f in sorted(SAMPLES.glob("*.JPEG"))[:3]:
         shutil.copy(f, photos / f.name)
     pixels = np.zeros((40, 90, 3), np.uint8)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored 90 wide, shown 40 wide and 90 high
-    Image.fromarray(pixels).save(photos / "portrait.jpg", exif=exif)
+    (photos / "portrait.jpg").write_bytes(exif_rotated_jpeg(pixels))  # stored 90 wide, shown 40 wide and 90 high
     Image.fromarray(np.full((50, 70, 4), 200, np.uint8)).save(photos / "logo.png")
     (photos / "broken.jpg").write_bytes(sorted(SAMPLES.glob("*.JPEG"))[0].read_bytes()[:2000])
     out = tmp_path / "maps"
