@@ -1,6 +1,7 @@
 """What the tests share: the local data mirror and index-encoded images (one place, not one per file)."""
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +26,16 @@ def index_images(n: int = 6, size: int = 8) -> torch.Tensor:
     imgs[:, 1] = torch.arange(n).view(n, 1, 1)
     imgs[:, 2] = 7
     return imgs
+
+
+def last_json(out: str) -> dict:
+    """A command's result: the last line of what it printed, a JSON object."""
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def json_lines(out: str) -> list[dict]:
+    """What a command printed with --json: one JSON object per line."""
+    return [json.loads(line) for line in out.splitlines()]
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:

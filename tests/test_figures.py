@@ -16,7 +16,7 @@ from alexnet.cli import main
 from alexnet.config import build_config, read_recipe, to_dict
 from alexnet.data.cifar.load import CLASSES
 from alexnet.paper.figures import default_out, nearest_neighbours, true_class
-from fixtures import exif_rotated_jpeg
+from fixtures import exif_rotated_jpeg, last_json
 
 
 def make_checkpoint(run_dir, recipe="cifar10", overrides=()):
@@ -76,7 +76,7 @@ def assert_picture(path, min_width: int, min_height: int) -> None:
 
 def run_figures(capsys, *argv) -> dict:
     assert main(["figures", *map(str, argv)]) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return last_json(capsys.readouterr().out)
 
 
 @pytest.mark.slow

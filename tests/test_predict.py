@@ -1,7 +1,6 @@
 """alexnet predict: any file a user brings, one record each, the checkpoint's own preprocessing."""
 
 import io
-import json
 import struct
 import zlib
 
@@ -16,7 +15,7 @@ from alexnet.data.images import decode_file
 from alexnet.data.pipeline import Pipeline
 from alexnet.runs.load import load_run
 from alexnet.use.predictor import Predictor
-from fixtures import SAMPLES, TINY_CLASSES, encoded, exif_rotated_jpeg, tiny_checkpoint
+from fixtures import SAMPLES, TINY_CLASSES, encoded, exif_rotated_jpeg, json_lines, tiny_checkpoint
 
 CLASSES = TINY_CLASSES
 PHOTOS = sorted(SAMPLES.glob("*.JPEG"))[:4]
@@ -87,7 +86,7 @@ def folder(tmp_path_factory):
 def predict_json(capsys, *args):
     code = main(["predict", *map(str, args), "--json", "--device", "cpu"])
     out, err = capsys.readouterr()
-    return code, [json.loads(line) for line in out.splitlines()], err
+    return code, json_lines(out), err
 
 
 @pytest.mark.slow

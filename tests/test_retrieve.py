@@ -1,6 +1,5 @@
 """alexnet retrieve and alexnet.features: fc7 neighbours (Figure 4, right), the gallery cache."""
 
-import json
 import shutil
 
 import pytest
@@ -12,7 +11,7 @@ from alexnet.nn.model import AlexNet, ModelConfig
 from alexnet.runs.load import load_run
 from alexnet.use import retrieve
 from alexnet.use.predictor import Predictor
-from fixtures import SAMPLES, tiny_checkpoint
+from fixtures import SAMPLES, json_lines, tiny_checkpoint
 
 PHOTOS = sorted(SAMPLES.glob("*.JPEG"))[::100][:8]  # eight real photos of different classes
 
@@ -48,7 +47,7 @@ def retrieve_json(capsys, checkpoint, gallery, *queries, k=3):
     code = main(["retrieve", "--checkpoint", str(checkpoint), "--gallery", str(gallery), *map(str, queries),
                  "--k", str(k), "--json", "--device", "cpu"])
     out, err = capsys.readouterr()
-    return code, [json.loads(line) for line in out.splitlines()], err
+    return code, json_lines(out), err
 
 
 @pytest.mark.slow

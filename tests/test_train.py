@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from alexnet.cli import main
-from fixtures import TARBALL
+from fixtures import TARBALL, last_json
 
 SMOKE = ["data.limit=512", "optim.epochs=1", "data.batch_size=16", "optim.lr=0.003", "optim.warmup_epochs=0",
          "optim.label_smoothing=0", "model.dropout=0", "model.width=0.5", "train.progress=false",
@@ -71,7 +71,7 @@ def test_report_of_a_real_run_names_its_numbers(smoke_run, tmp_path, capsys):
     (row,) = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
     capsys.readouterr()
     assert main(["report", str(smoke_run), "--out", str(tmp_path)]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = last_json(capsys.readouterr().out)
     assert printed["html"] == str(tmp_path / "report.html") and not list(smoke_run.glob("report*"))
     page, text = (tmp_path / "report.html").read_text(), (tmp_path / "report.md").read_text()
     assert "finished: epochs 1" in page and "finished: epochs 1" in text
@@ -139,7 +139,7 @@ def test_eval_ten_crops_and_an_ensemble(smoke_run, capsys):
     last = str(smoke_run / "checkpoints" / "last.pt")
     capsys.readouterr()
     assert main(["eval", "--checkpoint", last, "--crops", "10", "--ensemble", last, "data.limit=128"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = last_json(capsys.readouterr().out)
     assert result["crops"] == 10 and result["models"] == 2 and result["examples"] == 128
     assert 0 <= result["val_top5_err"] <= result["val_top1_err"] < 0.9
 
