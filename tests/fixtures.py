@@ -38,6 +38,17 @@ def json_lines(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+def lrn_formula(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
+    """Section 3.3 written as loops over channels (alpha divided by n, the cuda-convnet convention, and
+    Caffe's, whose bvlc_alexnet uses k=1): the reference every LRN test checks against."""
+    channels = a.shape[1]
+    out = torch.empty_like(a)
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        out[:, i] = a[:, i] / (k + alpha / n * (a[:, lo:hi + 1] ** 2).sum(1)) ** beta
+    return out
+
+
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:
     """``image`` saved as ``fmt`` (PIL's save options), as bytes."""
     out = io.BytesIO()

@@ -11,7 +11,7 @@ from alexnet.nn.model import AlexNet, ModelConfig
 from alexnet.runs.load import load_run
 from alexnet.use import retrieve
 from alexnet.use.predictor import Predictor
-from fixtures import SAMPLES, json_lines, tiny_checkpoint
+from fixtures import SAMPLES, json_lines, lrn_formula, tiny_checkpoint
 
 PHOTOS = sorted(SAMPLES.glob("*.JPEG"))[::100][:8]  # eight real photos of different classes
 
@@ -113,19 +113,9 @@ def test_bad_query_and_usage(checkpoint, gallery, tmp_path, capsys):
     assert "--gallery" in capsys.readouterr().err
 
 
-def lrn(a: torch.Tensor, k: float) -> torch.Tensor:
-    """Section 3.3's response normalisation written out: b_i = a_i / (k + alpha / n * sum a_j^2) ** beta over
-    the n = 5 channels centred on i (zero beyond the first and last), alpha 1e-4, beta 0.75; alpha divided by
-    n as in cuda-convnet, Caffe and nn/lrn.py's docstring."""
-    n, alpha, beta = 5, 1e-4, 0.75
-    squares = torch.nn.functional.pad(a * a, (0, 0, 0, 0, n // 2, n // 2))  # pads the channel dimension
-    window = sum(squares[:, j:j + a.shape[1]] for j in range(n))
-    return a / (k + alpha / n * window) ** beta
-
-
 def reference(model: AlexNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """The network's stages walked by hand in float64 on copies of its weights, as in evaluation (no
-    dropout): grouped convolutions and pools from nn.functional, the LRN from its formula; the
+    dropout): grouped convolutions and pools from nn.functional, the LRN from its formula (fixtures.py); the
     activations at every tap."""
     from torch.nn import functional as F
 
@@ -137,10 +127,10 @@ def reference(model: AlexNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return torch.relu(F.conv2d(x, w[f"{name}.weight"], w[f"{name}.bias"], stride, padding, groups=groups))
 
     x = conv("conv1", x, 4, 2)
-    taps["conv1"] = x = lrn(x, c.lrn_k) if paper else x
+    taps["conv1"] = x = lrn_formula(x, c.lrn_k) if paper else x
     taps["pool1"] = x = F.max_pool2d(x, 3, 2)
     x = conv("conv2", x, 1, 2, groups)
-    taps["conv2"] = x = lrn(x, c.lrn_k) if paper else x
+    taps["conv2"] = x = lrn_formula(x, c.lrn_k) if paper else x
     taps["pool2"] = x = F.max_pool2d(x, 3, 2)
     taps["conv3"] = x = conv("conv3", x)
     taps["conv4"] = x = conv("conv4", x, groups=groups)
@@ -151,14 +141,6 @@ def reference(model: AlexNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = F.linear(x, w[f"{name}.weight"], w[f"{name}.bias"])
         taps[name] = x = x if name == "fc8" else torch.relu(x)
     return taps
-
-
-def test_lrn_formula_is_the_papers_and_not_a_no_op():
-    a = torch.tensor([3.0, 0.0, 4.0, 0.0, 0.0, 0.0, 12.0], dtype=torch.float64).view(1, 7, 1, 1)
-    b = lrn(a, 2.0).flatten()
-    # channel 2's window is channels 0..4: 9 + 16 = 25; channel 6's is 4..6 (cut at the edge): 144
-    assert b[2].item() == 4.0 / (2 + 1e-4 / 5 * 25) ** 0.75 and b[6].item() == 12.0 / (2 + 1e-4 / 5 * 144) ** 0.75
-    assert b[1].item() == 0.0
 
 
 @pytest.mark.parametrize("variant", ["paper", "torchvision"])
