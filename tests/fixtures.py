@@ -68,17 +68,18 @@ def exif_rotated_jpeg(pixels, **options) -> bytes:
 TINY_CLASSES = [{"index": i, "wnid": f"n{i}", "name": name} for i, name in enumerate(("cat", "dog", "fish"))]
 
 
-def tiny_checkpoint(path, seed=0):
-    """A 3-class quarter-width paper network with an ImageNet-style pipeline (a mean image). He
-    init and unit-scale inputs, so that different images get clearly different probabilities."""
+def tiny_checkpoint(path, seed=0, width=0.25, mean=115.0, config=None):
+    """A 3-class paper network (a quarter of the width unless told) with an ImageNet-style pipeline (a
+    mean image of ``mean``). He init and unit-scale inputs, so that different images get clearly
+    different probabilities. ``config``: a run config to store with it (none by default)."""
     from alexnet import AlexNet, ModelConfig, save_checkpoint
     from alexnet.data.pipeline import Pipeline
 
     torch.manual_seed(seed)
-    model = AlexNet(ModelConfig(variant="paper", num_classes=3, width=0.25, init="kaiming")).eval()
-    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 256, 256), 115.0), mean_kind="image",
+    model = AlexNet(ModelConfig(variant="paper", num_classes=3, width=width, init="kaiming")).eval()
+    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 256, 256), mean), mean_kind="image",
                         std=torch.full((3, 1, 1), 60.0))
-    return save_checkpoint(path, model, classes=TINY_CLASSES, pipeline=pipeline.state_dict())
+    return save_checkpoint(path, model, config, classes=TINY_CLASSES, pipeline=pipeline.state_dict())
 
 
 def chromium() -> str:
