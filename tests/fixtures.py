@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 # The read-only data folder beside the checkout (../shared/data), or $ALEXNET_MIRROR.
 MIRROR = Path(os.environ.get("ALEXNET_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -49,7 +48,7 @@ def lrn_formula(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
     return out
 
 
-def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+def encoded(image, fmt: str, **options) -> bytes:
     """``image`` saved as ``fmt`` (PIL's save options), as bytes."""
     out = io.BytesIO()
     image.save(out, fmt, **options)
@@ -59,6 +58,8 @@ def encoded(image: Image.Image, fmt: str, **options) -> bytes:
 def exif_rotated_jpeg(pixels, **options) -> bytes:
     """A JPEG of ``pixels`` (an (H, W, 3) uint8 array or a PIL image) as stored, with EXIF orientation 6:
     shown turned a quarter clockwise, as a phone stores a portrait shot."""
+    from PIL import Image  # here, not at the top: conftest imports this module before anything else
+
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: "rotate 90 degrees clockwise to display"
     image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
