@@ -1,5 +1,7 @@
 """What the tests share: the local data mirror and index-encoded images (one place, not one per file)."""
 
+import io
+import json
 import os
 import shutil
 import subprocess
@@ -25,20 +27,60 @@ def index_images(n: int = 6, size: int = 8) -> torch.Tensor:
     return imgs
 
 
+def last_json(out: str) -> dict:
+    """A command's result: the last line of what it printed, a JSON object."""
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def json_lines(out: str) -> list[dict]:
+    """What a command printed with --json: one JSON object per line."""
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def lrn_formula(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
+    """Section 3.3 written as loops over channels (alpha divided by n, the cuda-convnet convention, and
+    Caffe's, whose bvlc_alexnet uses k=1): the reference every LRN test checks against."""
+    channels = a.shape[1]
+    out = torch.empty_like(a)
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        out[:, i] = a[:, i] / (k + alpha / n * (a[:, lo:hi + 1] ** 2).sum(1)) ** beta
+    return out
+
+
+def encoded(image, fmt: str, **options) -> bytes:
+    """``image`` saved as ``fmt`` (PIL's save options), as bytes."""
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def exif_rotated_jpeg(pixels, **options) -> bytes:
+    """A JPEG of ``pixels`` (an (H, W, 3) uint8 array or a PIL image) as stored, with EXIF orientation 6:
+    shown turned a quarter clockwise, as a phone stores a portrait shot."""
+    from PIL import Image  # here, not at the top: conftest imports this module before anything else
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: "rotate 90 degrees clockwise to display"
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    return encoded(image, "JPEG", exif=exif, **options)
+
+
 TINY_CLASSES = [{"index": i, "wnid": f"n{i}", "name": name} for i, name in enumerate(("cat", "dog", "fish"))]
 
 
-def tiny_checkpoint(path, seed=0):
-    """A 3-class quarter-width paper network with an ImageNet-style pipeline (a mean image). He
-    init and unit-scale inputs, so that different images get clearly different probabilities."""
+def tiny_checkpoint(path, seed=0, width=0.25, mean=115.0, config=None):
+    """A 3-class paper network (a quarter of the width unless told) with an ImageNet-style pipeline (a
+    mean image of ``mean``). He init and unit-scale inputs, so that different images get clearly
+    different probabilities. ``config``: a run config to store with it (none by default)."""
     from alexnet import AlexNet, ModelConfig, save_checkpoint
     from alexnet.data.pipeline import Pipeline
 
     torch.manual_seed(seed)
-    model = AlexNet(ModelConfig(variant="paper", num_classes=3, width=0.25, init="kaiming")).eval()
-    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 256, 256), 115.0), mean_kind="image",
+    model = AlexNet(ModelConfig(variant="paper", num_classes=3, width=width, init="kaiming")).eval()
+    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 256, 256), mean), mean_kind="image",
                         std=torch.full((3, 1, 1), 60.0))
-    return save_checkpoint(path, model, classes=TINY_CLASSES, pipeline=pipeline.state_dict())
+    return save_checkpoint(path, model, config, classes=TINY_CLASSES, pipeline=pipeline.state_dict())
 
 
 def chromium() -> str:

@@ -21,7 +21,7 @@ from alexnet.paper.ablate import (
     table_rows,
     verdict,
 )
-from fixtures import TARBALL
+from fixtures import TARBALL, last_json
 
 TINY = ["--seeds", "2", "--data", str(TARBALL), "--epochs", "1", "--limit", "256", "model.width=0.25",
         "data.batch_size=64", "data.eval_batch_size=256", "optim.warmup_epochs=0"]
@@ -130,7 +130,7 @@ def test_statistics_deltas_and_verdicts_on_fixed_numbers():
 def test_tiny_ablation_writes_outputs_and_resumes(tmp_path, capsys, data_cache, monkeypatch):
     out = tmp_path / "abl"
     assert main(["ablate", "--study", "lrn", "--out", str(out), *TINY]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = last_json(capsys.readouterr().out)
     assert result["runs"] == 4 and result["trained"] == 4
     record = json.loads((out / "ablation.json").read_text())
     assert list(record["arms"]) == ["baseline", "lrn"]
@@ -151,7 +151,7 @@ def test_tiny_ablation_writes_outputs_and_resumes(tmp_path, capsys, data_cache, 
     shutil.rmtree(early / "checkpoints")
     assert main(["ablate", "--study", "lrn", "--out", str(out), *TINY]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out.strip().splitlines()[-1])["trained"] == 2
+    assert last_json(captured.out)["trained"] == 2
     assert captured.err.count("reusing the finished run") == 2
     assert "continuing the stopped run" in captured.err and "holds no checkpoint" in captured.err
     for path, mtime in mtimes.items():

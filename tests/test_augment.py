@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from alexnet.data.augment import (
@@ -29,11 +30,23 @@ def test_random_crop_takes_contiguous_windows_and_keeps_images_apart():
     assert len(corners) > 5 and max(c // 8 for c in corners) <= 3 and max(c % 8 for c in corners) <= 3
 
 
-def test_random_crop_with_padding_shifts_in_zeros():
-    imgs = index_images(n=64, size=8) + 1  # no zero pixels inside the image
+def test_random_crop_with_padding_is_a_window_of_the_zero_padded_image():
+    imgs = index_images(n=64, size=8) + 1  # no zero pixels inside the image: zero means padding
     out = random_crop(imgs, 8, 2, torch.Generator().manual_seed(0))
-    zeros = (out[:, 2] == 0).flatten(1).sum(1)
-    assert out.shape == imgs.shape and (zeros > 0).any() and (zeros == 0).any()
+    assert out.shape == imgs.shape and out.dtype == torch.uint8
+    shifts = set()
+    for i in range(64):
+        inside = out[i, 0].nonzero()[0]  # one pixel that came from the image: its code says where
+        row, col = divmod(int(out[i, 0, inside[0], inside[1]]) - 1, 8)
+        dy, dx = row - int(inside[0]), col - int(inside[1])  # window offset in image coordinates, -2..2
+        assert -2 <= dy <= 2 and -2 <= dx <= 2
+        for r in range(8):  # every pixel: the image pixel at (r + dy, c + dx), or zero outside it
+            for c in range(8):
+                y, x = r + dy, c + dx
+                want = (y * 8 + x + 1, i + 1, 8) if 0 <= y < 8 and 0 <= x < 8 else (0, 0, 0)
+                assert tuple(out[i, :, r, c].tolist()) == want
+        shifts.add((dy, dx))
+    assert (0, 0) in shifts and len(shifts) > 10  # 25 possible windows, the unshifted one among them
 
 
 def test_crop_is_seeded():
@@ -41,6 +54,7 @@ def test_crop_is_seeded():
     a = random_crop(imgs, 6, 1, torch.Generator().manual_seed(3))
     b = random_crop(imgs, 6, 1, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+    assert not torch.equal(a, random_crop(imgs, 6, 1, torch.Generator().manual_seed(4)))
 
 
 def test_flip_lr_mirrors_some_images_exactly():
@@ -59,10 +73,32 @@ def test_center_crop_and_normalize():
     torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
 
 
-def test_random_crop_offsets_match_random_crop():
-    imgs = index_images(n=16, size=8)
-    dy, dx = random_crop_offsets(16, 8, 8, 5, torch.Generator().manual_seed(4))
-    assert torch.equal(crop_at(imgs, dy, dx, 5), random_crop(imgs, 5, 0, torch.Generator().manual_seed(4)))
+def test_random_crop_offsets_cover_every_window_uniformly_and_are_seeded():
+    dy, dx = random_crop_offsets(4000, 8, 10, 5, torch.Generator().manual_seed(4))
+    assert dy.shape == dx.shape == (4000,) and dy.dtype == dx.dtype == torch.int64 and dy.device.type == "cpu"
+    assert dy.min() == 0 and dy.max() == 3 and dx.min() == 0 and dx.max() == 5  # 8 - 5 and 10 - 5: all windows
+    assert dy.bincount().min() > 4000 / 4 * 0.85 and dx.bincount().min() > 4000 / 6 * 0.85  # about uniform
+    again = random_crop_offsets(4000, 8, 10, 5, torch.Generator().manual_seed(4))
+    assert torch.equal(dy, again[0]) and torch.equal(dx, again[1])
+    assert random_crop_offsets(3, 8, 8, 8, torch.Generator())[0].tolist() == [0, 0, 0]  # the whole image
+    with pytest.raises(ValueError, match="crop size 9 is larger than the 8x8 images"):
+        random_crop_offsets(3, 8, 8, 9, torch.Generator())
+
+
+def test_crop_at_cuts_each_image_at_its_own_offset():
+    imgs = index_images(n=5, size=8)
+    dy, dx = torch.tensor([0, 3, 0, 3, 1]), torch.tensor([0, 0, 3, 3, 2])
+    out = crop_at(imgs, dy, dx, 5)
+    assert out.shape == (5, 3, 5, 5) and out.dtype == torch.uint8
+    for i in range(5):
+        top, left = divmod(int(out[i, 0, 0, 0]), 8)  # the window's top-left pixel says where it was cut
+        assert (top, left) == (int(dy[i]), int(dx[i]))
+        rows, cols = torch.arange(5)[:, None], torch.arange(5)[None, :]
+        assert torch.equal(out[i, 0], ((top + rows) * 8 + left + cols).to(torch.uint8))
+        assert torch.all(out[i, 1] == i) and torch.all(out[i, 2] == 7)
+    one = crop_at(imgs[2], dy, dx, 5)  # one (C, H, W) image, such as the mean image: cut at every offset
+    assert one.shape == (5, 3, 5, 5) and torch.all(one[:, 1] == 2)
+    assert [divmod(int(v), 8) for v in one[:, 0, 0, 0]] == list(zip(dy.tolist(), dx.tolist()))
 
 
 def test_mean_image_is_cut_at_the_same_window_as_each_crop_and_mirrored_with_it():
@@ -77,8 +113,14 @@ def test_mean_image_is_cut_at_the_same_window_as_each_crop_and_mirrored_with_it(
     assert mean_crops.shape == (16, 3, 5, 5) and out.dtype == torch.float32
     assert torch.all(out[:, 0] == -0.5)  # every pixel met its own mean pixel
     assert flip.any() and not flip.all()
-    expected = subtract_mean_image(imgs, mean_image, channels_last=False)  # subtract at 256, then crop
-    torch.testing.assert_close(out, flip_where(crop_at(expected, dy, dx, 5), flip))
+    for i in range(16):  # subtract at full size, then cut and mirror with plain slicing: the paper's order
+        full = imgs[i].double() - mean_image.double()
+        window = full[:, dy[i]:dy[i] + 5, dx[i]:dx[i] + 5]
+        expected = window.flip(-1) if flip[i] else window
+        assert torch.equal(out[i].double(), expected)
+        top, left = divmod(int(crops[i, 0, 0, -1 if flip[i] else 0]), 8)  # the pixels say where, and if mirrored
+        assert (top, left) == (int(dy[i]), int(dx[i]))
+        assert 0 <= top <= 3 and 0 <= left <= 3 and torch.all(out[i, 1] == i - 0.5)
 
 
 def test_flip_lr_mirrors_the_images_whose_seeded_draw_is_below_p():
@@ -107,7 +149,8 @@ def test_ten_crop_gives_corners_centre_and_their_mirrors_image_major():
             assert torch.equal(out[10 * i + j], window)
             assert torch.equal(out[10 * i + 5 + j], window.flip(-1))
         assert torch.all(out[10 * i:10 * i + 10, 1] == i)
-    assert torch.equal(ten_crop(imgs[:1], 5)[4], center_crop(imgs[:1], 5)[0])
+    with pytest.raises(ValueError, match="crop size 9 is larger"):
+        ten_crop(imgs, 9)
 
 
 def test_pca_lighting_adds_one_rgb_offset_per_image():

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from alexnet.cli import main
+from fixtures import last_json
 
 KEYS = ("images_per_s_per_core", "raw_images_per_s_per_core", "torchvision_images_per_s_per_core",
         "speedup_per_core_vs_torchvision", "prepare_images_per_s_per_core",
@@ -97,7 +98,7 @@ def test_gpu_check_smoke_runs_every_step_on_the_cpu():
     done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), "--smoke"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = last_json(done.stdout)
     assert result["failed"] == []
     for key in ("end_to_end_cpu_decode_images_per_s", "end_to_end_device_decode_images_per_s",
                 "end_to_end_ddp_nccl_one_gpu_images_per_s", "model_train_images_per_s", "model_inference_images_per_s",

@@ -16,7 +16,7 @@ from PIL import Image
 
 from alexnet.cli import main
 from alexnet.runs.checkpoint import load_checkpoint
-from fixtures import SAMPLES
+from fixtures import SAMPLES, last_json
 
 pytestmark = pytest.mark.xdist_group("photo_folder_runs")  # its module fixtures (a training run) built once
 CLASSES = ("apple", "bicycle", "castle", "dolphin", "eagle", "forest", "guitar")
@@ -67,7 +67,7 @@ def test_paper_recipe_builds_fc8_for_the_folders_classes(paper_run):
 def test_ten_crop_eval_from_the_checkpoint(paper_run, capsys):
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(paper_run / "checkpoints" / "last.pt"), "--crops", "10"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = last_json(capsys.readouterr().out)
     assert result["crops"] == 10 and result["examples"] == 7 * VAL
     assert 0 <= result["val_top5_err"] <= result["val_top1_err"] <= 1
     assert main(["eval", "--checkpoint", str(paper_run / "checkpoints" / "last.pt"), "--crops", "4"]) == 2
@@ -118,7 +118,7 @@ def test_an_ensemble_member_trained_on_other_inputs_is_refused(paper_run, tmp_pa
     torch.save(ckpt, other)
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(last), "--ensemble", str(last)]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["models"] == 2
+    assert last_json(capsys.readouterr().out)["models"] == 2
     assert main(["eval", "--checkpoint", str(last), "--ensemble", str(other)]) == 2
     assert f"checkpoint {other} was trained on other inputs" in capsys.readouterr().err
 

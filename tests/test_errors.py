@@ -23,7 +23,7 @@ from usage_sites import usage_sites
 
 from alexnet.cli import main
 from alexnet.errors import UsageError
-from fixtures import TINY_CLASSES, caffe_blobs, write_caffemodel
+from fixtures import TINY_CLASSES, caffe_blobs, tiny_checkpoint, write_caffemodel
 
 # (argv with {fixture} names, a fragment of the one-line message); ids below. {out} is a path that must not
 # exist afterwards; {folder} names are under the module's fixture folder (see `made`).
@@ -366,19 +366,6 @@ def write(path, data: bytes | str = b""):
     return path
 
 
-def small_checkpoint(path, mean=115.0):
-    """fixtures.tiny_checkpoint's network at a quarter of its width (a 1 MB file, loaded in milliseconds), its
-    config on ImageNet-style data (eval and figures then read a prepared folder)."""
-    from alexnet import AlexNet, ModelConfig, save_checkpoint
-    from alexnet.data.pipeline import Pipeline
-
-    model = AlexNet(ModelConfig(variant="paper", num_classes=3, width=1 / 16, init="kaiming")).eval()
-    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 256, 256), mean), mean_kind="image",
-                        std=torch.full((3, 1, 1), 60.0))
-    return save_checkpoint(path, model, classes=TINY_CLASSES, pipeline=pipeline.state_dict(),
-                           config={"data": {"dataset": "imagenet"}})
-
-
 def cifar_checkpoint(path):
     """A CIFAR-10 network (its config: the cifar10 dataset) at a sixteenth of the width."""
     from alexnet import AlexNet, ModelConfig, save_checkpoint
@@ -392,8 +379,9 @@ def cifar_checkpoint(path):
 
 def checkpoints(f):
     """The small checkpoint and its damaged or refused variants."""
-    tiny = small_checkpoint(f / "tiny.pt")
-    small_checkpoint(f / "other.pt", mean=100.0)
+    imagenet = {"data": {"dataset": "imagenet"}}  # eval and figures then read a prepared folder
+    tiny = tiny_checkpoint(f / "tiny.pt", width=1 / 16, config=imagenet)  # a 1 MB file, loaded in milliseconds
+    tiny_checkpoint(f / "other.pt", seed=1, width=1 / 16, mean=100.0, config=imagenet)
     cifar_checkpoint(f / "cifar.pt")
     ckpt = torch.load(tiny, weights_only=True)
     write(f / "text.pt", "hello\n")

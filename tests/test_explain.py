@@ -16,7 +16,7 @@ from alexnet import AlexNet, ModelConfig
 from alexnet.cli import main
 from alexnet.data.pipeline import Pipeline
 from alexnet.use.explain import Explainer, on_photo, ranked_hiding
-from fixtures import SAMPLES, tiny_checkpoint
+from fixtures import SAMPLES, exif_rotated_jpeg, json_lines, last_json, tiny_checkpoint
 
 SIDE, PATCH, CLASSES = 32, 8, 3
 PATCH_NET = pytest.mark.xdist_group("explain_patch_net")  # the tests of one trained network: one process
@@ -144,16 +144,14 @@ def test_explain_maps_photos_of_every_size_at_their_own_size_and_reports_a_broke
     for f in sorted(SAMPLES.glob("*.JPEG"))[:3]:
         shutil.copy(f, photos / f.name)
     pixels = np.zeros((40, 90, 3), np.uint8)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored 90 wide, shown 40 wide and 90 high
-    Image.fromarray(pixels).save(photos / "portrait.jpg", exif=exif)
+    (photos / "portrait.jpg").write_bytes(exif_rotated_jpeg(pixels))  # stored 90 wide, shown 40 wide and 90 high
     Image.fromarray(np.full((50, 70, 4), 200, np.uint8)).save(photos / "logo.png")
     (photos / "broken.jpg").write_bytes(sorted(SAMPLES.glob("*.JPEG"))[0].read_bytes()[:2000])
     out = tmp_path / "maps"
     code = main(["explain", "--checkpoint", str(ckpt), str(photos), "--out", str(out), "--json", "--device", "cpu"])
     captured = capsys.readouterr()
     assert code == 1 and "broken.jpg" in captured.err and "truncated" in captured.err
-    records = {r["file"].rsplit("/", 1)[1]: r for r in map(json.loads, captured.out.splitlines())}
+    records = {r["file"].rsplit("/", 1)[1]: r for r in json_lines(captured.out)}
     assert len(records) == 6 and "error" in records["broken.jpg"]
     for name, record in records.items():
         if name == "broken.jpg":
@@ -227,7 +225,7 @@ def test_bad_occlusion_squares_and_outputs_inside_the_inputs_are_refused(tmp_pat
     assert "--stride 40 must be between 1 and the window's side 16" in capsys.readouterr().err
     assert main([*base, "--json"]) == 0  # its maps go under photos/maps ...
     assert main([*base, "--json"]) == 0  # ... and are not read as photos the second time
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    records = json_lines(capsys.readouterr().out)
     assert [r["file"] for r in records] == [str(photos / "a.jpg")] * 2
     assert main(["explain", "--checkpoint", str(ckpt), str(photos / "maps"), "--out", str(photos / "maps")]) == 2
     assert "no image files to explain outside --out" in capsys.readouterr().err
@@ -247,7 +245,7 @@ def test_an_imported_caffe_network_is_explained_on_the_whole_squashed_photo(tmp_
     photo = sorted(SAMPLES.glob("*.JPEG"))[3]
     assert main(["explain", "--checkpoint", str(tmp_path / "caffe.pt"), str(photo), "--out", str(tmp_path / "maps"),
                  "--json"]) == 0
-    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    record = last_json(capsys.readouterr().out)
     heat = np.load(record["map"])
     with Image.open(photo) as image:
         assert heat.shape == (image.height, image.width)

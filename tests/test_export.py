@@ -16,6 +16,7 @@ from alexnet import AlexNet, ModelConfig, save_checkpoint
 from alexnet.cli import main
 from alexnet.data.pipeline import Pipeline
 from alexnet.use.export import load_safetensors, quiet_jit, read_info
+from fixtures import json_lines, last_json
 
 pytestmark = pytest.mark.slow  # end to end: exports of whole networks
 
@@ -33,7 +34,7 @@ def export(ckpt: Path, fmt: str, out: Path) -> dict:
     """``alexnet export``'s JSON line (the file was written and checked by the command itself)."""
     with contextlib.redirect_stdout(io.StringIO()) as stdout:
         assert main(["export", "--checkpoint", str(ckpt), "--format", fmt, "--out", str(out)]) == 0
-    return json.loads(stdout.getvalue().strip().splitlines()[-1])
+    return last_json(stdout.getvalue())
 
 
 def onnx_softmax(path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -105,20 +106,38 @@ def test_lrn_is_a_band_of_ones_over_the_squares_after_relu(exported):
         assert made_by[squares.input[0]].op_type == "Relu"
 
 
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def described_pipeline(variant: str, size: int) -> tuple:
+    """What an export must say of its preprocessing: cifar's checkpoint carries an ImageNet-kind
+    pipeline; the others none, so the CIFAR-10 default (per-channel mean and std) at their input size."""
+    if variant == "cifar":
+        return "imagenet", 32, 40, "squash", "image", [60.0] * 3
+    return "cifar10", size, size, "center", "channel", pytest.approx([62.985, 62.0925, 66.708])
+
+
 def test_every_format_carries_config_classes_and_preprocessing(exported):
     variant, model, pipeline, files = exported
-    if variant != "cifar":
-        return  # the CIFAR-10 default pipeline: covered by the mean-image case
+    size = model.config.input_size
+    classes = CLASSES if variant == "cifar" else [{"index": i, "wnid": n, "name": n} for i, n in enumerate(CIFAR10)]
     for fmt, (path, result) in files.items():
         assert Path(result["sidecar"]) == path.with_name(path.name + ".json")
         for info in (read_info(path), json.loads(Path(result["sidecar"]).read_text())):
             pre = info["preprocessing"]
-            assert info["model"] == dataclasses.asdict(model.config) and info["classes"] == CLASSES
-            described = (pre["kind"], pre["size"], pre["stored"], pre["resize"], pre["std"])
-            assert described == ("imagenet", 32, 40, "squash", [60.0] * 3)
-            assert torch.equal(torch.tensor(pre["mean"]), pipeline["mean"]), fmt  # float32 survives JSON exactly
+            assert info["model"] == dataclasses.asdict(model.config) and info["classes"] == classes, fmt
+            described = (pre["kind"], pre["size"], pre["stored"], pre["resize"], pre["mean_kind"], pre["std"])
+            assert described == described_pipeline(variant, size), fmt
+            if variant == "cifar":
+                assert torch.equal(torch.tensor(pre["mean"]), pipeline["mean"]), fmt  # float32 survives JSON exactly
+            else:
+                assert pre["mean"] == pytest.approx([125.307, 122.961, 113.8575]), fmt
     props = {p.key: p.value for p in onnx.load(str(files["onnx"][0])).metadata_props}
-    assert "m.onnx.json" in json.loads(props["alexnet"])["preprocessing"]["mean"]  # too large for metadata
+    mean = json.loads(props["alexnet"])["preprocessing"]["mean"]
+    if variant == "cifar":
+        assert "m.onnx.json" in mean  # a mean image is too large for the metadata: it names the sidecar
+    else:
+        assert mean == pytest.approx([125.307, 122.961, 113.8575])  # three numbers travel in the file itself
 
 
 def test_safetensors_round_trip_keeps_load_safetensors(tmp_path):
@@ -169,7 +188,7 @@ def test_int8_onnx_is_calibrated_on_photos_and_agrees_with_float32(tmp_path, cap
     out = tmp_path / "tiny-int8.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--quantize", "int8", "--calibration",
                  str(photos), "--out", str(out)]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = last_json(capsys.readouterr().out)
     assert result["quantized"] == "int8" and result["calibration_images"] == 24
     assert result["top1_agreement"] >= 0.75, result
     model = onnx.load(str(out))
@@ -214,7 +233,7 @@ def test_predict_and_serve_take_an_exported_onnx_file_with_its_classes(tmp_path,
 
     def predicted(model, *more) -> list[dict]:
         assert main(["predict", "--checkpoint", str(model), str(photos), "--json", "--topk", "3", *more]) == 0
-        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        return json_lines(capsys.readouterr().out)
 
     ours, fp32, int8 = predicted(ckpt, "--precision", "fp32"), predicted(onnx_file), predicted(int8_file)
     for a, b in zip(ours, fp32):
@@ -252,12 +271,12 @@ def test_eval_and_retrieve_take_an_exported_onnx_file(tmp_path, capsys, data_cac
     assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(onnx_file)]) == 0
     capsys.readouterr()
 
-    def last_json(*args) -> dict:
+    def command_json(*args) -> dict:
         assert main([*map(str, args)]) == 0
-        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        return last_json(capsys.readouterr().out)
 
-    theirs = last_json("eval", "--checkpoint", onnx_file, "data.limit=64")
-    ours = last_json("eval", "--checkpoint", ckpt, "--crops", "2", "--precision", "fp32", "data.limit=64")
+    theirs = command_json("eval", "--checkpoint", onnx_file, "data.limit=64")
+    ours = command_json("eval", "--checkpoint", ckpt, "--crops", "2", "--precision", "fp32", "data.limit=64")
     assert theirs["crops"] == 2 and theirs["examples"] == ours["examples"] == 64  # the run's 4 views need 28x28
     assert theirs["val_top1_err"] == ours["val_top1_err"]
     assert theirs["val_loss"] == pytest.approx(ours["val_loss"], abs=1e-4)
@@ -268,7 +287,7 @@ def test_eval_and_retrieve_take_an_exported_onnx_file(tmp_path, capsys, data_cac
     for f in sorted(SAMPLES.glob("*.JPEG"))[:6]:
         shutil.copy(f, gallery / f.name)
     query = sorted(SAMPLES.glob("*.JPEG"))[10]
-    found = [last_json("retrieve", "--checkpoint", model, "--gallery", gallery, query, "--k", 3, "--json",
+    found = [command_json("retrieve", "--checkpoint", model, "--gallery", gallery, query, "--k", 3, "--json",
                        "--precision", "fp32") for model in (ckpt, onnx_file)]
     assert [n["file"] for n in found[0]["neighbours"]] == [n["file"] for n in found[1]["neighbours"]]
     distances = [[n["distance"] for n in f["neighbours"]] for f in found]

@@ -16,6 +16,7 @@ from alexnet.cli import main
 from alexnet.config import build_config, read_recipe, to_dict
 from alexnet.data.cifar.load import CLASSES
 from alexnet.paper.figures import default_out, nearest_neighbours, true_class
+from fixtures import exif_rotated_jpeg, last_json
 
 
 def make_checkpoint(run_dir, recipe="cifar10", overrides=()):
@@ -75,7 +76,7 @@ def assert_picture(path, min_width: int, min_height: int) -> None:
 
 def run_figures(capsys, *argv) -> dict:
     assert main(["figures", *map(str, argv)]) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return last_json(capsys.readouterr().out)
 
 
 @pytest.mark.slow
@@ -240,9 +241,7 @@ def test_folder_images_stand_upright_as_predict_reads_them(tmp_path):
     pixels = np.zeros((30, 60, 3), dtype=np.uint8)
     pixels[:, :30, 0] = 255  # stored left half red, right half blue
     pixels[:, 30:, 2] = 255
-    exif = Image.Exif()
-    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the left half on top
-    Image.fromarray(pixels).save(tmp_path / "portrait.jpg", quality=95, exif=exif)
+    (tmp_path / "portrait.jpg").write_bytes(exif_rotated_jpeg(pixels, quality=95))  # shown: the left half on top
     image = FolderImages([tmp_path / "portrait.jpg"], SimpleNamespace(stored=30, resize="center"))[0][0]
     assert image.shape == (3, 30, 30)
     top, bottom = image[:, 3, 15].int(), image[:, 26, 15].int()

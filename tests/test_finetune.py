@@ -2,7 +2,6 @@
 real photos with another class count than the init's."""
 
 import hashlib
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,7 +12,7 @@ import torchvision
 
 from alexnet import AlexNet, load_run, save_checkpoint
 from alexnet.cli import main
-from fixtures import SAMPLES, caffe_blobs, tiny_checkpoint, write_caffemodel
+from fixtures import SAMPLES, caffe_blobs, json_lines, last_json, tiny_checkpoint, write_caffemodel
 
 # Three classes of the sample photos, by wnid range (their sizes and aspect ratios vary).
 GROUPS = {"dogs": ("n02085", "n02114"), "birds": ("n01514", "n01600"), "fish": ("n01440", "n01500")}
@@ -47,7 +46,7 @@ def ram_path(tmp_path):
 
 def train(capsys, *args) -> dict:
     assert main(["train", *map(str, args)]) == 0, capsys.readouterr().err[-3000:]
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return last_json(capsys.readouterr().out)
 
 
 def without_flip(state: dict) -> dict:
@@ -80,7 +79,7 @@ def test_torchvision_weights_file_fine_tunes_on_photos_keeping_its_input(photos,
     digest = hashlib.sha256(pth.read_bytes()).hexdigest()
     assert summary["init"] == {"path": str(pth), "sha256": digest} and run.config.init.sha256 == digest
     assert main(["predict", "--checkpoint", str(out / "checkpoints" / "last.pt"), str(photos / "val"), "--json"]) == 0
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    records = json_lines(capsys.readouterr().out)
     assert len(records) == 6 and {t["name"] for r in records for t in r["top"]} == set(GROUPS)
 
 

@@ -20,6 +20,7 @@ from alexnet.data.imagenet.prepare import prepare_imagenet
 from alexnet.data.imagenet.shards import ShardReader, encode, write_shard
 from alexnet.data.imagenet.sources import DEVKIT_TAR, TRAIN_TAR, VAL_TAR
 from alexnet.errors import UsageError
+from fixtures import exif_rotated_jpeg
 
 WNIDS = ["n00000001", "n00000002", "n00000003"]
 COLOURS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]  # class c is a solid colour far from the others
@@ -240,11 +241,7 @@ def test_preprocess_shape_exif_and_16_bit():
     array = np.zeros((40, 80, 3), dtype=np.uint8)
     array[:, :40] = (255, 0, 0)  # left half red, right half blue
     array[:, 40:] = (0, 0, 255)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 degrees to display": deliberately not applied
-    out = io.BytesIO()
-    Image.fromarray(array).save(out, "JPEG", quality=95, exif=exif)
-    image = preprocess(out.getvalue())
+    image = preprocess(exif_rotated_jpeg(array, quality=95))  # the EXIF rotation deliberately not applied
     assert image.dtype == torch.uint8 and tuple(image.shape) == (3, 256, 256)
     assert image[0, :, :100].float().mean() > 200 and image[2, :, -100:].float().mean() > 200
 

@@ -11,6 +11,7 @@ from alexnet.data.augment import crop_at, flip_where
 from alexnet.data.datasets import ShardImages
 from alexnet.data.pipeline import Pipeline
 from alexnet.data.subset import balanced_indices
+from fixtures import last_json
 
 WNIDS = ("n00000001", "n00000002", "n00000003")
 
@@ -43,7 +44,7 @@ def test_paper_recipe_trains_one_epoch_and_evaluates_ten_crops(prepared, tmp_pat
     assert summary["epochs"] == 1 and summary["examples"] == 6
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--crops", "10"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = last_json(capsys.readouterr().out)
     assert result["crops"] == 10 and result["examples"] == 6
     assert 0 <= result["val_top5_err"] <= result["val_top1_err"] <= 1
 

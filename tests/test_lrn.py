@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from alexnet.nn.lrn import LocalResponseNorm
+from fixtures import lrn_formula
 
 MADE = []  # the compiled layers a test made: each must still be compiled at its end
 
@@ -26,16 +27,6 @@ def LRN(**kwargs) -> LocalResponseNorm:
 # One shape for every test: the compiled kernels are specialised per shape, and compiling is most of
 # this file's time on a fresh machine.
 SHAPE = (2, 12, 5, 5)
-
-
-def lrn_formula(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
-    """Section 3.3 written as loops over channels (alpha divided by n, the cuda-convnet convention)."""
-    channels = a.shape[1]
-    out = torch.empty_like(a)
-    for i in range(channels):
-        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
-        out[:, i] = a[:, i] / (k + alpha / n * (a[:, lo:hi + 1] ** 2).sum(1)) ** beta
-    return out
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -189,3 +180,11 @@ def test_a_whole_network_compile_traces_the_lrn_without_a_graph_break():
     x = torch.randn(2, 8, 5, 5)
     explained = torch._dynamo.explain(lambda t: lrn(t) * 2)(x)
     assert explained.graph_break_count == 0 and explained.graph_count == 1
+
+
+def test_the_formula_on_numbers_worked_by_hand():
+    a = torch.tensor([3.0, 0.0, 4.0, 0.0, 0.0, 0.0, 12.0], dtype=torch.float64).view(1, 7, 1, 1)
+    b = lrn_formula(a).flatten()
+    # channel 2's window is channels 0..4: 9 + 16 = 25; channel 6's is 4..6 (cut at the edge): 144
+    assert b[2].item() == 4.0 / (2 + 1e-4 / 5 * 25) ** 0.75 and b[6].item() == 12.0 / (2 + 1e-4 / 5 * 144) ** 0.75
+    assert b[1].item() == 0.0 and lrn_formula(a, k=1.0)[0, 0].item() == 3.0 / (1 + 1e-4 / 5 * 25) ** 0.75

@@ -1,7 +1,6 @@
 """alexnet predict: any file a user brings, one record each, the checkpoint's own preprocessing."""
 
 import io
-import json
 import struct
 import zlib
 
@@ -16,7 +15,7 @@ from alexnet.data.images import decode_file
 from alexnet.data.pipeline import Pipeline
 from alexnet.runs.load import load_run
 from alexnet.use.predictor import Predictor
-from fixtures import SAMPLES, TINY_CLASSES, tiny_checkpoint
+from fixtures import SAMPLES, TINY_CLASSES, encoded, exif_rotated_jpeg, json_lines, tiny_checkpoint
 
 CLASSES = TINY_CLASSES
 PHOTOS = sorted(SAMPLES.glob("*.JPEG"))[:4]
@@ -25,12 +24,6 @@ PHOTOS = sorted(SAMPLES.glob("*.JPEG"))[:4]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-
-
-def encoded(image, fmt, **kwargs) -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **kwargs)
-    return out.getvalue()
 
 
 def photo(size=(320, 240)) -> Image.Image:
@@ -48,10 +41,7 @@ def bomb_png() -> bytes:
 
 def rotated_jpeg(image: Image.Image) -> bytes:
     """``image`` stored turned a quarter left, with EXIF orientation 6 saying how to show it upright."""
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 clockwise to display"
-    return encoded(image.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=100, subsampling=0,
-                   exif=exif.tobytes())
+    return exif_rotated_jpeg(image.transpose(Image.Transpose.ROTATE_90), quality=100, subsampling=0)
 
 
 def upright_png(jpeg: bytes) -> bytes:
@@ -96,7 +86,7 @@ def folder(tmp_path_factory):
 def predict_json(capsys, *args):
     code = main(["predict", *map(str, args), "--json", "--device", "cpu"])
     out, err = capsys.readouterr()
-    return code, [json.loads(line) for line in out.splitlines()], err
+    return code, json_lines(out), err
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from PIL import Image
 
 from alexnet.cli import main
 from alexnet.paper.report import series
-from fixtures import headless
+from fixtures import headless, last_json
 
 ROWS = [  # validation every second epoch, as the cifar10 recipe does: null in between
     {"epoch": 1, "train_loss": 2.1, "train_top1_err": 0.78, "images_per_s": 410.0, "val_top1_err": None,
@@ -47,7 +47,7 @@ def run_dir(tmp_path):
 
 def report(capsys, *argv) -> dict:
     assert main(["report", *map(str, argv)]) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return last_json(capsys.readouterr().out)
 
 
 def test_report_is_self_contained_and_escaped(run_dir, capsys):

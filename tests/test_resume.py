@@ -16,7 +16,7 @@ import torch
 
 from alexnet import load_checkpoint
 from alexnet.cli import main
-from fixtures import TARBALL
+from fixtures import TARBALL, last_json
 
 # end to end: subprocesses; one worker builds the uninterrupted run once (module fixtures are per worker)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume_runs")]
@@ -94,7 +94,7 @@ def test_sigterm_checkpoints_and_exits_0_within_60_s(tmp_path, data_cache_env):
         proc.kill()
     assert proc.returncode == 0, stderr[-2000:]
     assert time.monotonic() - sent < 60
-    summary = json.loads(stdout.strip().splitlines()[-1])
+    summary = last_json(stdout)
     assert summary["stopped"] == "SIGTERM" and summary["step"] > 0
     assert "--resume" in stderr
     progress = load_checkpoint(out / "checkpoints" / "last.pt")["progress"]
@@ -150,7 +150,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, 
 def test_nan_loss_is_skipped_when_asked(tmp_path, nan_at_step_3, capsys, data_cache):
     out = tmp_path / "skip"
     assert main(["train", "--out", str(out), *SMALL, "train.on_nonfinite=\"skip\""]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = last_json(capsys.readouterr().out)
     assert summary["skipped_steps"] == 1 and summary["step"] == 4
     model = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
     assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())

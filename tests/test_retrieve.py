@@ -1,6 +1,5 @@
 """alexnet retrieve and alexnet.features: fc7 neighbours (Figure 4, right), the gallery cache."""
 
-import json
 import shutil
 
 import pytest
@@ -12,7 +11,7 @@ from alexnet.nn.model import AlexNet, ModelConfig
 from alexnet.runs.load import load_run
 from alexnet.use import retrieve
 from alexnet.use.predictor import Predictor
-from fixtures import SAMPLES, tiny_checkpoint
+from fixtures import SAMPLES, json_lines, lrn_formula, tiny_checkpoint
 
 PHOTOS = sorted(SAMPLES.glob("*.JPEG"))[::100][:8]  # eight real photos of different classes
 
@@ -48,7 +47,7 @@ def retrieve_json(capsys, checkpoint, gallery, *queries, k=3):
     code = main(["retrieve", "--checkpoint", str(checkpoint), "--gallery", str(gallery), *map(str, queries),
                  "--k", str(k), "--json", "--device", "cpu"])
     out, err = capsys.readouterr()
-    return code, [json.loads(line) for line in out.splitlines()], err
+    return code, json_lines(out), err
 
 
 @pytest.mark.slow
@@ -115,8 +114,9 @@ def test_bad_query_and_usage(checkpoint, gallery, tmp_path, capsys):
 
 
 def reference(model: AlexNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The network's stages walked by hand in float64 with torch's own layers (nn.functional's LRN and
-    pools, grouped convolutions), as in evaluation: the activations at every tap."""
+    """The network's stages walked by hand in float64 on copies of its weights, as in evaluation (no
+    dropout): grouped convolutions and pools from nn.functional, the LRN from its formula (fixtures.py); the
+    activations at every tap."""
     from torch.nn import functional as F
 
     c, w = model.config, {k: v.double() for k, v in model.state_dict().items()}
@@ -127,10 +127,10 @@ def reference(model: AlexNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return torch.relu(F.conv2d(x, w[f"{name}.weight"], w[f"{name}.bias"], stride, padding, groups=groups))
 
     x = conv("conv1", x, 4, 2)
-    taps["conv1"] = x = F.local_response_norm(x, 5, 1e-4, 0.75, c.lrn_k) if paper else x
+    taps["conv1"] = x = lrn_formula(x, c.lrn_k) if paper else x
     taps["pool1"] = x = F.max_pool2d(x, 3, 2)
     x = conv("conv2", x, 1, 2, groups)
-    taps["conv2"] = x = F.local_response_norm(x, 5, 1e-4, 0.75, c.lrn_k) if paper else x
+    taps["conv2"] = x = lrn_formula(x, c.lrn_k) if paper else x
     taps["pool2"] = x = F.max_pool2d(x, 3, 2)
     taps["conv3"] = x = conv("conv3", x)
     taps["conv4"] = x = conv("conv4", x, groups=groups)
@@ -148,6 +148,10 @@ def test_features_are_evaluation_activations(variant):
     model = AlexNet(ModelConfig(variant=variant, num_classes=5, width=0.25, init="kaiming"))
     x = torch.randn(2, 3, 224, 224) * 40
     expected = reference(model, x)
+    if variant == "paper":  # the inputs are large enough that the LRN's sum matters, not only its k ** -beta
+        weight, bias = model.conv1.weight.double(), model.conv1.bias.double()
+        conv1 = torch.relu(torch.nn.functional.conv2d(x.double(), weight, bias, 4, 2))
+        assert ((expected["conv1"] / conv1)[conv1 > 0] * 2.0 ** 0.75).min() < 0.9
     model.train()  # dropout on: features must not use it, and must leave the mode as it was
     for layer, want in expected.items():
         got = alexnet.features(model, x, layer)

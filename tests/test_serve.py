@@ -31,7 +31,7 @@ from alexnet.runs.checkpoint import save_checkpoint
 from alexnet.runs.load import load_run
 from alexnet.use.predictor import Predictor
 from alexnet.use.serve.app import ServeConfig, build_app, uvicorn_config
-from fixtures import SAMPLES, headless
+from fixtures import SAMPLES, encoded, exif_rotated_jpeg, headless
 
 pytestmark = pytest.mark.slow  # end to end: servers, a browser
 
@@ -89,12 +89,6 @@ def post(url, data: bytes, name="photo.JPEG", **params) -> httpx.Response:
     return httpx.post(f"{url}/predict", files={"file": (name, data, "image/jpeg")}, params=params, timeout=60)
 
 
-def encoded(image: Image.Image, format: str, **options) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format, **options)
-    return out.getvalue()
-
-
 def photo(i: int = 0) -> bytes:
     return sorted(SAMPLES.glob("*.JPEG"))[i].read_bytes()
 
@@ -145,8 +139,6 @@ def png_bomb(width: int, height: int) -> bytes:
 def awkward_files() -> dict[str, tuple[bytes, int, str]]:
     """name -> (bytes, expected status, a word the error must contain)."""
     rgb = Image.open(io.BytesIO(photo(2))).convert("RGB")
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees
     real = photo(3)
     return {
         "cmyk": (encoded(rgb.convert("CMYK"), "JPEG"), 200, ""),
@@ -154,7 +146,7 @@ def awkward_files() -> dict[str, tuple[bytes, int, str]]:
         "png named .JPEG": (encoded(rgb, "PNG"), 200, ""),
         "rgba": (encoded(rgb.convert("RGBA"), "PNG"), 200, ""),
         "palette gif": (encoded(rgb.convert("P"), "GIF"), 200, ""),
-        "exif rotated": (encoded(rgb, "JPEG", exif=exif), 200, ""),
+        "exif rotated": (exif_rotated_jpeg(rgb), 200, ""),
         "tiny": (encoded(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"), 200, ""),
         "truncated": (real[: len(real) // 3], 422, "truncated"),
         "empty": (b"", 422, "empty"),

@@ -1,11 +1,13 @@
 """End to end on real CIFAR-10 images from the local mirror: a one-epoch smoke run, resume and eval."""
 
+import html
 import json
+import shutil
 
 import pytest
 
 from alexnet.cli import main
-from fixtures import TARBALL
+from fixtures import TARBALL, last_json
 
 SMOKE = ["data.limit=512", "optim.epochs=1", "data.batch_size=16", "optim.lr=0.003", "optim.warmup_epochs=0",
          "optim.label_smoothing=0", "model.dropout=0", "model.width=0.5", "train.progress=false",
@@ -52,12 +54,37 @@ def test_eval_prints_one_json_line(smoke_run, capsys):
 
 
 @pytest.mark.slow
-def test_resume_continues_to_more_epochs(smoke_run):
-    assert main(["train", "--out", str(smoke_run), "--resume", "optim.epochs=3", "train.eval_every=3"]) == 0
-    rows = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+def test_resume_continues_to_more_epochs(smoke_run, tmp_path):
+    run = shutil.copytree(smoke_run, tmp_path / "smoke")  # the module's other tests read the one-epoch run
+    assert main(["train", "--out", str(run), "--resume", "optim.epochs=3", "train.eval_every=3"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[1]["val_top1_err"] is None and rows[2]["val_top1_err"] is not None  # epoch 2 had no validation
-    assert json.loads((smoke_run / "summary.json").read_text())["epochs"] == 3
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+    assert json.loads((smoke_run / "summary.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_report_of_a_real_run_names_its_numbers(smoke_run, tmp_path, capsys):
+    """report's own tests use hand-written metrics; this one reads what train wrote."""
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    (row,) = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    capsys.readouterr()
+    assert main(["report", str(smoke_run), "--out", str(tmp_path)]) == 0
+    printed = last_json(capsys.readouterr().out)
+    assert printed["html"] == str(tmp_path / "report.html") and not list(smoke_run.glob("report*"))
+    page, text = (tmp_path / "report.html").read_text(), (tmp_path / "report.md").read_text()
+    assert "finished: epochs 1" in page and "finished: epochs 1" in text
+    for label, value in (("val top-1 error", f"{summary['val_top1_err']:.2%}"),
+                         ("val top-5 error", f"{summary['val_top5_err']:.2%}"),
+                         ("val examples", "512"), ("git commit", summary["git_commit"]),
+                         ("torch version", summary["torch_version"]), ("images / s", str(summary["images_per_s"]))):
+        assert f"| {label} | {value} |" in text, label
+        assert html.escape(value) in page, label
+    epoch = (f"| 1 | {row['train_loss']:.4f} | {row['train_top1_err']:.2%} | {row['val_top1_err']:.2%} "
+             f"| {row['val_top5_err']:.2%} | {row['lr']:.3g} |")
+    assert epoch in text
+    assert "limit = 512" in page and "limit = 512" in text  # the run's resolved config
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
@@ -112,7 +139,7 @@ def test_eval_ten_crops_and_an_ensemble(smoke_run, capsys):
     last = str(smoke_run / "checkpoints" / "last.pt")
     capsys.readouterr()
     assert main(["eval", "--checkpoint", last, "--crops", "10", "--ensemble", last, "data.limit=128"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = last_json(capsys.readouterr().out)
     assert result["crops"] == 10 and result["models"] == 2 and result["examples"] == 128
     assert 0 <= result["val_top5_err"] <= result["val_top1_err"] < 0.9
 

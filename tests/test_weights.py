@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from alexnet.cli import main
 from alexnet.runs.load import load_run
 from alexnet.use.pretrained import caffe_messages
-from fixtures import BGR_MEAN, CLASSES, HIDDEN, KERNELS, caffe_blobs, write_caffemodel
+from fixtures import BGR_MEAN, CLASSES, HIDDEN, KERNELS, caffe_blobs, lrn_formula, write_caffemodel
 
 # ------------------------------------------------------------------------------ torchvision
 
@@ -53,19 +53,12 @@ def test_torchvision_import_reproduces_torchvision(ram_path, capsys):
 
 # ------------------------------------------------------------------------------------ caffe
 
-def lrn(a, k=1.0, n=5, alpha=1e-4, beta=0.75):
-    """Caffe's LRN across channels: a_i / (k + alpha/n * sum_{|j-i|<=n/2} a_j^2) ** beta."""
-    squares = F.pad(a * a, (0, 0, 0, 0, n // 2, n // 2))  # zero channels beyond both ends
-    window = sum(squares[:, j:j + a.shape[1]] for j in range(n))
-    return a / (k + alpha / n * window) ** beta
-
-
 def caffe_forward(blobs, bgr):
     """BVLC's deploy net on the raw blobs, in float64: (N, 3, 227, 227) BGR minus mean -> softmax."""
     w = {name: [torch.from_numpy(a).double() for a in pair] for name, pair in blobs.items()}
     pool = lambda x: F.max_pool2d(x, 3, 2, ceil_mode=True)  # noqa: E731 - Caffe rounds pool sizes up
-    x = pool(lrn(F.relu(F.conv2d(bgr, *w["conv1"], stride=4))))
-    x = pool(lrn(F.relu(F.conv2d(x, *w["conv2"], padding=2, groups=2))))
+    x = pool(lrn_formula(F.relu(F.conv2d(bgr, *w["conv1"], stride=4)), k=1.0))  # bvlc_alexnet: k=1
+    x = pool(lrn_formula(F.relu(F.conv2d(x, *w["conv2"], padding=2, groups=2)), k=1.0))
     x = F.relu(F.conv2d(x, *w["conv3"], padding=1))
     x = F.relu(F.conv2d(x, *w["conv4"], padding=1, groups=2))
     x = pool(F.relu(F.conv2d(x, *w["conv5"], padding=1, groups=2)))
