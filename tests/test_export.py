@@ -257,12 +257,18 @@ def test_predict_and_serve_take_an_exported_onnx_file_with_its_classes(tmp_path,
 
 def test_eval_and_retrieve_take_an_exported_onnx_file(tmp_path, capsys, data_cache):
     """eval reads the dataset an export's preprocessing names and gives the checkpoint's numbers (float32)
-    on the views its one input side allows; retrieve ranks by the file's fc7 output as by the checkpoint's."""
+    on the views its one input side allows; retrieve ranks by the file's fc7 output as by the checkpoint's.
+    The data: a CIFAR-10-shaped tarball of 40 test images, decoded in this process (the full one would be
+    decoded by a forked pool, which a process already running onnxruntime's threads should not fork)."""
     import shutil
+
+    from test_benchmarks import tiny_tarball
 
     from alexnet import AlexNet
     from alexnet.config import build_config, read_recipe, to_dict
     from fixtures import SAMPLES
+
+    tarball = tiny_tarball(tmp_path / "tiny-cifar10.tar.gz", per_class=4)
 
     torch.manual_seed(0)
     config = build_config(read_recipe("cifar10"), ["model.width=0.25"])  # 28x28 windows of 32x32 images
@@ -275,12 +281,12 @@ def test_eval_and_retrieve_take_an_exported_onnx_file(tmp_path, capsys, data_cac
         assert main([*map(str, args)]) == 0
         return last_json(capsys.readouterr().out)
 
-    theirs = command_json("eval", "--checkpoint", onnx_file, "data.limit=64")
-    ours = command_json("eval", "--checkpoint", ckpt, "--crops", "2", "--precision", "fp32", "data.limit=64")
-    assert theirs["crops"] == 2 and theirs["examples"] == ours["examples"] == 64  # the run's 4 views need 28x28
+    theirs = command_json("eval", "--checkpoint", onnx_file, "--data", tarball)
+    ours = command_json("eval", "--checkpoint", ckpt, "--crops", "2", "--precision", "fp32", "--data", tarball)
+    assert theirs["crops"] == 2 and theirs["examples"] == ours["examples"] == 40  # the run's 4 views need 28x28
     assert theirs["val_top1_err"] == ours["val_top1_err"]
     assert theirs["val_loss"] == pytest.approx(ours["val_loss"], abs=1e-4)
-    assert main(["eval", "--checkpoint", str(onnx_file), "--crops", "10"]) == 2
+    assert main(["eval", "--checkpoint", str(onnx_file), "--crops", "10", "--data", str(tarball)]) == 2
     assert "takes 32x32 inputs only" in capsys.readouterr().err
     gallery = tmp_path / "gallery"
     gallery.mkdir()

@@ -71,21 +71,22 @@ def run_onnx(args) -> int:
     from ..data.datasets import load_dataset
     from ..runtime import Dist
     from ..use.evaluate import evaluate_views
+    from ..use.export import read_info
     from ..use.onnx_model import check_classes, onnx_config
     from ..use.predictor import Predictor
 
     if args.ensemble:
         raise UsageError("--ensemble takes checkpoints (.pt); evaluate an exported .onnx file on its own")
-    from ..use.export import read_info
-
-    predictor = Predictor.from_onnx(args.checkpoint)
     config = onnx_config(args.checkpoint, args.overrides, args.data)
+    # the dataset first: decoding it may fork a pool of processes, which a process already running
+    # onnxruntime's threads should not do (a forked child can inherit a lock held by one of them)
+    data = load_dataset(config.data, config.seed, Dist())
+    predictor = Predictor.from_onnx(args.checkpoint)
     count = args.crops or read_info(args.checkpoint).get("eval_crops") or 1  # as the run was validated, where the
     if not args.crops and predictor.refusal(count):  # file can take it (one input side): else whole images
         count = 2 if predictor.refusal(2) is None else 1
     if why := predictor.refusal(count):
         raise UsageError(f"--crops {count} for {args.checkpoint}: {why}")
-    data = load_dataset(config.data, config.seed, Dist())
     check_classes(args.checkpoint, predictor.classes, data.classes)
     result = evaluate_views([predictor.net], data.val_images, data.val_labels, device=predictor.device, views=count,
                             batch_size=config.data.eval_batch_size,
