@@ -77,12 +77,13 @@ def run_onnx(args) -> int:
 
     if args.ensemble:
         raise UsageError("--ensemble takes checkpoints (.pt); evaluate an exported .onnx file on its own")
-    config = onnx_config(args.checkpoint, args.overrides, args.data)
+    info = read_info(args.checkpoint)  # once: the metadata parse reads the whole file
+    config = onnx_config(info, args.overrides, args.data)
     # the dataset first: decoding it may fork a pool of processes, which a process already running
     # onnxruntime's threads should not do (a forked child can inherit a lock held by one of them)
     data = load_dataset(config.data, config.seed, Dist())
-    predictor = Predictor.from_onnx(args.checkpoint)
-    count = args.crops or read_info(args.checkpoint).get("eval_crops") or 1  # as the run was validated, where the
+    predictor = Predictor.from_onnx(args.checkpoint, info=info)
+    count = args.crops or info.get("eval_crops") or 1  # as the run was validated, where the
     if not args.crops and predictor.refusal(count):  # file can take it (one input side): else whole images
         count = 2 if predictor.refusal(2) is None else 1
     if why := predictor.refusal(count):

@@ -69,12 +69,10 @@ def classes_from_info(info: dict, outputs: int) -> list[dict]:
     return info.get("classes") or [{"index": i, "wnid": str(i), "name": str(i)} for i in range(outputs)]
 
 
-def onnx_config(path: Path, overrides: list[str], data_path) -> RunConfig:
-    """The run config ``alexnet eval`` reads an exported file's dataset with: its model section, the dataset
-    its preprocessing is of (``cifar10``, or an ImageNet-style folder at ``data_path``), and ``overrides``."""
-    from .export import read_info
-
-    info = read_info(path)
+def onnx_config(info: dict, overrides: list[str], data_path) -> RunConfig:
+    """The run config ``alexnet eval`` reads an exported file's dataset with (``info``: its metadata): its
+    model section, the dataset its preprocessing is of (``cifar10``, or an ImageNet-style folder at
+    ``data_path``), and ``overrides``."""
     kind = (info.get("preprocessing") or {}).get("kind", "imagenet")
     return build_config({"model": info.get("model", {}), "data": {"dataset": kind}}, overrides, data_path)
 

@@ -43,13 +43,13 @@ class Predictor:
         return self.settings.precision
 
     @classmethod
-    def from_onnx(cls, path: Path, batch_size: int = 64) -> Predictor:
+    def from_onnx(cls, path: Path, batch_size: int = 64, info: dict | None = None) -> Predictor:
         """An exported ``.onnx`` file (float32 or int8) on the CPU through onnxruntime, with the classes and
-        preprocessing of its metadata (``onnx_model.py``)."""
+        preprocessing of its metadata (``onnx_model.py``; ``info``: that metadata where the caller read it)."""
         from .export import read_info
         from .onnx_model import OnnxModel, classes_from_info, pipeline_from_info
 
-        info = read_info(path)
+        info = info if info is not None else read_info(path)
         model = OnnxModel(path)
         outputs = int(info.get("model", {}).get("num_classes") or len(info.get("classes") or []))
         return cls(model, pipeline_from_info(info, path), classes_from_info(info, outputs), torch.device("cpu"),
@@ -109,8 +109,9 @@ class Predictor:
         out = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size].to(self.device)
-            batches = self.pipeline.eval_inputs(_two(chunk), views)
-            probs = mean_softmax([self.net], batches, max(2, len(chunk)), self.device, self.precision)
+            doubled = self._two(chunk)
+            batches = self.pipeline.eval_inputs(doubled, views)
+            probs = mean_softmax([self.net], batches, len(doubled), self.device, self.precision)
             out.append(probs[:len(chunk)].cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
 
@@ -121,10 +122,17 @@ class Predictor:
         out = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size].to(self.device)
-            x = self.pipeline.eval_input(_two(chunk))
+            x = self.pipeline.eval_input(self._two(chunk))
             with autocast(self.device, self.precision):
                 out.append(self.net.features(x, layer)[:len(chunk)].float().flatten(1).cpu())
         return torch.cat(out) if out else torch.zeros(0, 0)
+
+    def _two(self, images: torch.Tensor) -> torch.Tensor:
+        """A lone image doubled under the compiled LRN, whose kernels specialise batch 1 apart (seconds of
+        compiling for it); as it is with the eager kernels."""
+        if len(images) == 1 and self.settings.lrn == "compiled":
+            return images.expand(2, *images.shape[1:])
+        return images
 
     def top(self, probs: torch.Tensor, k: int = 5) -> list[list[dict]]:
         """The ``k`` most probable classes of each row of ``probs``, most probable first."""
@@ -136,11 +144,6 @@ class Predictor:
         """Output ``index`` with probability ``prob``: ``{"index", "wnid", "name", "prob"}``."""
         c = self.classes[index]
         return {"index": index, "wnid": c["wnid"], "name": c["name"], "prob": round(float(prob), 6)}
-
-
-def _two(images: torch.Tensor) -> torch.Tensor:
-    """A lone image doubled: compiled kernels specialise batch 1 apart (seconds of compiling for it)."""
-    return images.expand(2, *images.shape[1:]) if len(images) == 1 else images
 
 
 def load_predictor(checkpoint: Path, device: str = "auto", batch_size: int = 64, work: int | None = None,
