@@ -66,21 +66,48 @@ def exif_rotated_jpeg(pixels, **options) -> bytes:
     return encoded(image, "JPEG", exif=exif, **options)
 
 
+def tiny_training(*more: str, limit: int | None = 256, batch: int = 64, epochs: int = 1, width: float | None = 0.25,
+                  eval_batch: int | None = None, data: Path | None = TARBALL) -> list[str]:
+    """Overrides for a training run of seconds, the list every training test starts from: ``epochs`` of
+    ``batch`` over the first ``limit`` images (None: all) of ``data`` (the CIFAR-10 mirror; None: the
+    recipe's or --data's), validation in batches of ``eval_batch`` (default: the limit, one batch), the
+    network at ``width`` (None: the recipe's or the init's), no progress bar; then ``more``, which win."""
+    overrides = [f"optim.epochs={epochs}", f"data.batch_size={batch}", "train.progress=false"]
+    overrides += [f"data.limit={limit}"] if limit is not None else []
+    overrides += [f"data.eval_batch_size={eval_batch or limit}"] if eval_batch or limit else []
+    overrides += [f"model.width={width}"] if width is not None else []
+    overrides += [f"data.path={json.dumps(str(data))}"] if data is not None else []
+    return [*overrides, *more]
+
+
 TINY_CLASSES = [{"index": i, "wnid": f"n{i}", "name": name} for i, name in enumerate(("cat", "dog", "fish"))]
 
 
-def tiny_checkpoint(path, seed=0, width=0.25, mean=115.0, config=None):
-    """A 3-class paper network (a quarter of the width unless told) with an ImageNet-style pipeline (a
-    mean image of ``mean``). He init and unit-scale inputs, so that different images get clearly
-    different probabilities. ``config``: a run config to store with it (none by default)."""
+def tiny_checkpoint(path, seed=0, width=0.25, mean=115.0, config=None, classes=TINY_CLASSES, init="kaiming"):
+    """A paper network for ``classes`` (cat, dog, fish unless told; a quarter of the width) with an
+    ImageNet-style pipeline (a mean image of ``mean``). He init (``init``) and unit-scale inputs, so that
+    different images get clearly different probabilities. ``config``: a run config to store with it."""
     from alexnet import AlexNet, ModelConfig, save_checkpoint
     from alexnet.data.pipeline import Pipeline
 
     torch.manual_seed(seed)
-    model = AlexNet(ModelConfig(variant="paper", num_classes=3, width=width, init="kaiming")).eval()
+    model = AlexNet(ModelConfig(variant="paper", num_classes=len(classes), width=width, init=init)).eval()
     pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 256, 256), mean), mean_kind="image",
                         std=torch.full((3, 1, 1), 60.0))
-    return save_checkpoint(path, model, config, classes=TINY_CLASSES, pipeline=pipeline.state_dict())
+    return save_checkpoint(path, model, config, classes=classes, pipeline=pipeline.state_dict())
+
+
+def recipe_checkpoint(path, recipe="cifar10", overrides=(), pipeline=None, seed=0):
+    """An untrained checkpoint of a recipe's network (random but fixed weights) with its resolved config,
+    as a run of ``alexnet train --recipe RECIPE OVERRIDES`` would store it; ``pipeline``: a stored input
+    pipeline's state (none: the one the config implies)."""
+    from alexnet import AlexNet, save_checkpoint
+    from alexnet.config import build_config, read_recipe, to_dict
+
+    config = build_config(read_recipe(recipe), list(overrides))
+    torch.manual_seed(seed)
+    stored = {} if pipeline is None else {"pipeline": pipeline}
+    return save_checkpoint(path, AlexNet(config.model).eval(), to_dict(config), **stored)
 
 
 def chromium() -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fixtures import SAMPLES, tiny_checkpoint
+from fixtures import SAMPLES, recipe_checkpoint, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
@@ -216,14 +216,7 @@ def test_transfer_smoke(tmp_path, data_cache):
 
 @pytest.mark.slow
 def test_explain_smoke(tmp_path, data_cache):
-    import torch
-
-    from alexnet import AlexNet, save_checkpoint
-    from alexnet.config import build_config, read_recipe, to_dict
-
-    config = build_config(read_recipe("cifar10"), ["model.width=0.125"])
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "cifar.pt", AlexNet(config.model).eval(), to_dict(config))
+    ckpt = recipe_checkpoint(tmp_path / "cifar.pt", "cifar10", ["model.width=0.125"])
     tarball = tiny_tarball(tmp_path / "tiny-cifar10.tar.gz", per_class=1)
     result = run_script("explain.py", "--checkpoint", ckpt, "--data", tarball, "--images", 6, "--shares", "0.25",
                         "--paper-images", 0, "--figure", tmp_path / "overlays.png", tmp_path=tmp_path, cache=data_cache)

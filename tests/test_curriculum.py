@@ -1,7 +1,6 @@
 """Progressive resizing (Pipeline.for_epoch) and frozen first layers (train/curriculum.py): decided by the
 epoch alone; sizes the network cannot take are refused when the config is built."""
 
-import json
 
 import pytest
 import torch
@@ -107,14 +106,13 @@ def test_a_frozen_conv1_keeps_its_weights_and_the_rest_learn():
 @pytest.mark.slow
 def test_a_run_with_both_phases_resumes_to_the_same_weights(tmp_path, data_cache):
     from alexnet.cli import main
-    from fixtures import TARBALL
+    from fixtures import tiny_training
 
-    common = ["data.limit=256", "data.batch_size=32", "model.width=0.25", "train.progress=false", "optim.epochs=3",
-              "data.low_res_size=28", "data.low_res_epochs=2", "data.shrink_size=16", "data.shrink_epochs=1",
-              "optim.freeze_after=[1]", "train.eval_every=3",
-              # no dependence on optim.epochs
-              "optim.schedule=\"step\"", "optim.step_epochs=30", "optim.warmup_epochs=0",
-              f"data.path={json.dumps(str(TARBALL))}"]
+    common = tiny_training("data.low_res_size=28", "data.low_res_epochs=2", "data.shrink_size=16",
+                           "data.shrink_epochs=1", "optim.freeze_after=[1]", "train.eval_every=3",
+                           # no dependence on optim.epochs
+                           "optim.schedule=\"step\"", "optim.step_epochs=30", "optim.warmup_epochs=0",
+                           batch=32, epochs=3)
     assert main(["train", "--out", str(tmp_path / "whole"), *common]) == 0
     assert main(["train", "--out", str(tmp_path / "cut"), *common, "optim.epochs=1"]) == 0
     after_one = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)["model"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from alexnet import load_checkpoint
-from fixtures import TARBALL
+from fixtures import tiny_training
 
 # end to end: subprocesses; one worker builds the runs once (a module fixture is built per xdist worker)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp_runs")]
@@ -18,11 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp_runs")]
 # No dropout, no augmentation (no random low-resolution windows either), fp32: the two runs see exactly the same
 # global batches. conv1 stops learning after epoch 1 (optim.freeze_after): DDP is rebuilt for the layers that still
 # learn.
-SAME_BATCHES = ["data.limit=63", "data.batch_size=16", "optim.epochs=2", "optim.freeze_after=[1]", "optim.lr=0.01",
-                "model.width=0.25", "model.dropout=0", "data.crop_padding=0", "data.flip=false",
-                "data.low_res_epochs=0", "train.precision=\"fp32\"",
-                "train.progress=false", "train.threads=1", "data.eval_batch_size=10",
-                f"data.path={json.dumps(str(TARBALL))}"]
+SAME_BATCHES = tiny_training("optim.freeze_after=[1]", "optim.lr=0.01", "model.dropout=0", "data.crop_padding=0",
+                             "data.flip=false", "data.low_res_epochs=0", "train.precision=\"fp32\"", "train.threads=1",
+                             limit=63, batch=16, epochs=2, eval_batch=10)
 
 
 def launcher(nproc: int) -> list[str]:

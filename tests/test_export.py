@@ -264,15 +264,10 @@ def test_eval_and_retrieve_take_an_exported_onnx_file(tmp_path, capsys, data_cac
 
     from test_benchmarks import tiny_tarball
 
-    from alexnet import AlexNet
-    from alexnet.config import build_config, read_recipe, to_dict
-    from fixtures import SAMPLES
+    from fixtures import SAMPLES, recipe_checkpoint
 
     tarball = tiny_tarball(tmp_path / "tiny-cifar10.tar.gz", per_class=4)
-
-    torch.manual_seed(0)
-    config = build_config(read_recipe("cifar10"), ["model.width=0.25"])  # 28x28 windows of 32x32 images
-    ckpt = save_checkpoint(tmp_path / "cifar.pt", AlexNet(config.model).eval(), to_dict(config))
+    ckpt = recipe_checkpoint(tmp_path / "cifar.pt", "cifar10", ["model.width=0.25"])  # 28x28 windows of 32x32 images
     onnx_file = tmp_path / "cifar.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(onnx_file)]) == 0
     capsys.readouterr()

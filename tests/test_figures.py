@@ -11,19 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet import AlexNet, save_checkpoint
 from alexnet.cli import main
-from alexnet.config import build_config, read_recipe, to_dict
 from alexnet.data.cifar.load import CLASSES
 from alexnet.paper.figures import default_out, nearest_neighbours, true_class
-from fixtures import exif_rotated_jpeg, last_json
+from fixtures import exif_rotated_jpeg, last_json, recipe_checkpoint
 
 
 def make_checkpoint(run_dir, recipe="cifar10", overrides=()):
     """A run folder with an untrained checkpoint of the recipe's network (random but fixed weights)."""
-    config = build_config(read_recipe(recipe), list(overrides))
-    torch.manual_seed(0)
-    return save_checkpoint(run_dir / "checkpoints" / "last.pt", AlexNet(config.model), to_dict(config))
+    return recipe_checkpoint(run_dir / "checkpoints" / "last.pt", recipe, overrides)
 
 
 def picture(seed: int, height: int = 40, width: int = 48) -> np.ndarray:

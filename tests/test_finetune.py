@@ -12,11 +12,20 @@ import torchvision
 
 from alexnet import AlexNet, load_run, save_checkpoint
 from alexnet.cli import main
-from fixtures import SAMPLES, caffe_blobs, json_lines, last_json, tiny_checkpoint, write_caffemodel
+from fixtures import (
+    SAMPLES,
+    caffe_blobs,
+    json_lines,
+    last_json,
+    recipe_checkpoint,
+    tiny_checkpoint,
+    tiny_training,
+    write_caffemodel,
+)
 
 # Three classes of the sample photos, by wnid range (their sizes and aspect ratios vary).
 GROUPS = {"dogs": ("n02085", "n02114"), "birds": ("n01514", "n01600"), "fish": ("n01440", "n01500")}
-FAST = ["optim.epochs=1", "data.batch_size=4", "data.eval_batch_size=8", "train.progress=false"]
+FAST = tiny_training(limit=None, batch=4, eval_batch=8, width=None, data=None)  # the init's width, --data's photos
 
 
 @pytest.fixture(scope="module")
@@ -196,19 +205,17 @@ def test_the_init_is_checked_on_one_device_and_against_its_own_input(tmp_path):
     """The tower split is checked as one network; validation views are checked against the init's input
     (an ImageNet-style network cannot take 4 views whatever data.dataset says, a CIFAR-10 one can); an
     init without a stored input is refused in check_fits, before anything is written."""
-    from alexnet.config import build_config, read_recipe, to_dict
+    from alexnet.config import build_config, read_recipe
     from alexnet.errors import UsageError
 
     init = tiny_checkpoint(tmp_path / "tiny.pt")
     assert fine_tune(init, ["model.tower_devices=cpu,cpu"]).model.tower_devices == "cpu,cpu"
     with pytest.raises(UsageError, match="train.eval_crops=4: .* keeps its init's imagenet input"):
         fine_tune(init, ["data.dataset=cifar10", "train.eval_crops=4"])
-    cifar = build_config(read_recipe("cifar10"), ["model.width=0.125"])
-    cifar_init = save_checkpoint(tmp_path / "cifar.pt", AlexNet(cifar.model), to_dict(cifar),
-                                 pipeline=cifar_pipeline_state())
+    cifar_init = recipe_checkpoint(tmp_path / "cifar.pt", "cifar10", ["model.width=0.125"],
+                                   pipeline=cifar_pipeline_state())
     assert fine_tune(cifar_init, ["train.eval_crops=4"]).train.eval_crops == 4
-    tiny = build_config(read_recipe("imagenet"), ["model.num_classes=3", "model.width=0.25"])
-    bare = save_checkpoint(tmp_path / "bare.pt", AlexNet(tiny.model), to_dict(tiny))  # without its mean image
+    bare = recipe_checkpoint(tmp_path / "bare.pt", "imagenet", ["model.num_classes=3", "model.width=0.25"])  # no mean
     with pytest.raises(UsageError, match="stores no input pipeline"):
         fine_tune(bare, [])
     with pytest.raises(UsageError, match="cached_features runs the frozen network once on one device"):

@@ -11,7 +11,7 @@ from alexnet.data.augment import crop_at, flip_where
 from alexnet.data.datasets import ShardImages
 from alexnet.data.pipeline import Pipeline
 from alexnet.data.subset import balanced_indices
-from fixtures import last_json
+from fixtures import last_json, tiny_training
 
 WNIDS = ("n00000001", "n00000002", "n00000003")
 
@@ -32,8 +32,8 @@ def prepared(tmp_path_factory):
     return out
 
 
-PAPER = ["--recipe", "paper", "model.num_classes=3", "model.width=0.125", "data.batch_size=6", "optim.epochs=1",
-         "data.eval_batch_size=3", "data.workers=0", "train.progress=false"]
+PAPER = ["--recipe", "paper", *tiny_training("model.num_classes=3", "data.workers=0", limit=None, batch=6, eval_batch=3,
+                                             width=0.125, data=None)]
 
 
 @pytest.mark.slow

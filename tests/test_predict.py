@@ -142,13 +142,10 @@ def test_ten_crops_and_readable_lines(checkpoint, capsys):
 def test_every_view_count_predict_offers_works_or_is_refused_in_one_line(checkpoint, tmp_path, capsys):
     """A CIFAR-10 network takes 1, 2, 4 and 10 views (4: its whole image and centre window, each mirrored);
     an ImageNet-kind network refuses 4 before reading any image."""
-    from alexnet import AlexNet, save_checkpoint
-    from alexnet.config import build_config, read_recipe, to_dict
     from alexnet.data import views
+    from fixtures import recipe_checkpoint
 
-    torch.manual_seed(0)
-    config = build_config(read_recipe("cifar10"), ["model.width=0.25"])  # trained on 28x28 windows of 32x32 images
-    cifar = save_checkpoint(tmp_path / "cifar.pt", AlexNet(config.model).eval(), to_dict(config))
+    cifar = recipe_checkpoint(tmp_path / "cifar.pt", "cifar10", ["model.width=0.25"])  # 28x28 windows of 32x32
     predictor = Predictor.from_run(load_run(cifar), "cpu")
     image = decode_file(PHOTOS[0].read_bytes(), predictor.pipeline)[None]
     probs = {n: predictor.probabilities(image, n) for n in views.COUNTS}

@@ -16,16 +16,14 @@ import torch
 
 from alexnet import load_checkpoint
 from alexnet.cli import main
-from fixtures import TARBALL, last_json
+from fixtures import last_json, tiny_training
 
 # end to end: subprocesses; one worker builds the uninterrupted run once (module fixtures are per worker)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume_runs")]
 
 # 8 steps per epoch, a checkpoint every 3 steps; dropout, crops, flips and bf16 all stay on, so
 # every random state must be restored for the weights to match.
-TINY = ["--recipe", "cifar10", "data.limit=512", "data.batch_size=64", "optim.epochs=2", "model.width=0.25",
-        "data.eval_batch_size=512", "train.progress=false", "train.threads=1", "train.checkpoint_every_steps=3",
-        f"data.path={json.dumps(str(TARBALL))}"]
+TINY = ["--recipe", "cifar10", *tiny_training("train.threads=1", "train.checkpoint_every_steps=3", limit=512, epochs=2)]
 
 
 def cli(*args, env_extra=None, timeout=240) -> subprocess.CompletedProcess:
@@ -117,9 +115,7 @@ def test_torchrun_restarts_a_killed_worker_which_resumes(tmp_path, data_cache_en
 # --------------------------------------------------------------------------- in-process
 
 
-SMALL = ["--recipe", "cifar10", "data.limit=256", "data.batch_size=64", "optim.epochs=1", "model.width=0.25",
-         "data.eval_batch_size=256", "train.progress=false", "train.checkpoint_every_steps=1",
-         f"data.path={json.dumps(str(TARBALL))}"]
+SMALL = ["--recipe", "cifar10", *tiny_training("train.checkpoint_every_steps=1")]
 
 
 @pytest.fixture

@@ -20,18 +20,14 @@ import zlib
 import httpx
 import numpy as np
 import pytest
-import torch
 import uvicorn
 from PIL import Image
 
 from alexnet.data.images import decode_file
-from alexnet.data.pipeline import Pipeline
-from alexnet.nn.model import AlexNet, ModelConfig
-from alexnet.runs.checkpoint import save_checkpoint
 from alexnet.runs.load import load_run
 from alexnet.use.predictor import Predictor
 from alexnet.use.serve.app import ServeConfig, build_app, uvicorn_config
-from fixtures import SAMPLES, encoded, exif_rotated_jpeg, headless
+from fixtures import SAMPLES, encoded, exif_rotated_jpeg, headless, tiny_checkpoint
 
 pytestmark = pytest.mark.slow  # end to end: servers, a browser
 
@@ -41,12 +37,7 @@ CLASSES = [{"index": i, "wnid": f"n{i:08d}", "name": f"thing {i}"} for i in rang
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A small network (10 classes, quarter width) with the paper's pipeline: stored 256, crops 224."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("serve") / "small.pt"
-    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 1, 1), 120.0), mean_kind="channel",
-                        std=torch.full((3, 1, 1), 60.0))
-    model = AlexNet(ModelConfig(num_classes=10, width=0.25)).eval()
-    return save_checkpoint(path, model, classes=CLASSES, pipeline=pipeline.state_dict())
+    return tiny_checkpoint(tmp_path_factory.mktemp("serve") / "small.pt", mean=120.0, classes=CLASSES, init="paper")
 
 
 @pytest.fixture(scope="module")
@@ -332,11 +323,7 @@ def test_explain_answers_the_class_and_an_overlay_under_the_same_limits(server, 
 def kaiming_server(tmp_path):
     """A server whose network has He-initialised weights: its Grad-CAM maps are not flat (the paper's small
     initial weights give conv5 maps that are its biases' constant)."""
-    torch.manual_seed(0)
-    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 1, 1), 120.0), mean_kind="channel",
-                        std=torch.full((3, 1, 1), 60.0))
-    model = AlexNet(ModelConfig(num_classes=10, width=0.25, init="kaiming")).eval()
-    path = save_checkpoint(tmp_path / "kaiming.pt", model, classes=CLASSES, pipeline=pipeline.state_dict())
+    path = tiny_checkpoint(tmp_path / "kaiming.pt", mean=120.0, classes=CLASSES)
     running = Running(build_app(Predictor.from_run(load_run(path), "cpu"), "kaiming.pt"), ServeConfig())
     yield running
     running.stop()

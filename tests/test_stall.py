@@ -1,6 +1,5 @@
 """A stuck run prints one ``warning:`` line that names the recipe and the switch that help."""
 
-import json
 import math
 
 import pytest
@@ -8,7 +7,7 @@ import pytest
 from alexnet.cli import main
 from alexnet.config import build_config, read_recipe
 from alexnet.train.stall import stall_warning, stuck_reason
-from fixtures import TARBALL
+from fixtures import tiny_training
 
 
 def test_a_loss_at_ln_classes_is_stuck_and_one_just_below_is_not():
@@ -50,9 +49,7 @@ def test_a_run_that_predicts_one_class_prints_the_warning(tmp_path, capsys, data
     """The paper's init with a frozen network (lr 0): biases of 1 give every image the same logits."""
     args = ["train", "--recipe", "paper", "--out", str(tmp_path / "stuck"), "data.dataset=cifar10",
             "model.variant=cifar",
-            "model.input_size=32", "model.width=0.25", "model.dropout=0", "optim.lr=0", "data.limit=128",
-            "data.batch_size=64", "optim.epochs=1", "data.eval_batch_size=128", "train.progress=false",
-            f"data.path={json.dumps(str(TARBALL))}"]
+            "model.input_size=32", "model.dropout=0", "optim.lr=0", *tiny_training(limit=128)]
     assert main(args) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "stuck: in epoch 1" in warnings[0] and "--recipe imagenet" in warnings[0]

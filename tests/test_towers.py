@@ -140,12 +140,12 @@ def test_a_split_run_trains_resumes_and_its_checkpoint_loads_into_the_grouped_ne
     """train with tower_devices (freeze phase included), resume it, and read its checkpoint as groups=2."""
     from alexnet.cli import main
     from alexnet.runs.load import load_run
-    from fixtures import TARBALL
+    from fixtures import TARBALL, tiny_training
 
     out = tmp_path / "run"
-    args = ["train", "--recipe", "cifar10", "--data", str(TARBALL), "--out", str(out), "data.limit=256",
-            "model.width=0.25", "model.tower_devices=cpu,cpu", "data.low_res_epochs=0", "optim.freeze_after=[1]",
-            "data.batch_size=64", "train.progress=false", "train.precision=fp32"]
+    args = ["train", "--recipe", "cifar10", "--data", str(TARBALL), "--out", str(out),
+            *tiny_training("model.tower_devices=cpu,cpu", "data.low_res_epochs=0", "optim.freeze_after=[1]",
+                           "train.precision=fp32", data=None)]
     assert main([*args, "optim.epochs=1"]) == 0
     assert main(["train", "--out", str(out), "--resume", "optim.epochs=2"]) == 0
     split = load_run(out / "checkpoints" / "last.pt", keep_towers=True)

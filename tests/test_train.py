@@ -7,11 +7,10 @@ import shutil
 import pytest
 
 from alexnet.cli import main
-from fixtures import TARBALL, last_json
+from fixtures import TARBALL, last_json, tiny_training
 
-SMOKE = ["data.limit=512", "optim.epochs=1", "data.batch_size=16", "optim.lr=0.003", "optim.warmup_epochs=0",
-         "optim.label_smoothing=0", "model.dropout=0", "model.width=0.5", "train.progress=false",
-         "data.eval_batch_size=256", f"data.path={json.dumps(str(TARBALL))}"]
+SMOKE = tiny_training("optim.lr=0.003", "optim.warmup_epochs=0", "optim.label_smoothing=0", "model.dropout=0",
+                      limit=512, batch=16, eval_batch=256, width=0.5)
 
 
 @pytest.fixture(scope="module")
