@@ -4,10 +4,14 @@
     python tests/usage_sites.py --files    # the count per file
     python tests/usage_sites.py --coverage coverage.json   # the sites no test reached, then the counts
 
-test_errors.py runs it. Which sites the tests reach is measured with coverage (not a dependency of the
-project: ``pip install coverage`` into the virtual environment to measure):
+test_errors.py runs it. The sites are reached by test_errors.py (user mistakes on the command line, and the
+library's own guards) and test_errors_unusual.py (what no plain command line meets: torchrun with a fake world
+of two, a disk that fills, an unreadable file, a GPU index beyond the visible ones). Which sites they reach is
+measured with coverage (not a dependency of the project: ``pip install coverage`` into the virtual environment
+to measure):
 
-    coverage run --source=src/alexnet -m pytest tests/test_errors.py && coverage json -o coverage.json
+    coverage run --source=src/alexnet -m pytest -p no:xdist tests/test_errors.py tests/test_errors_unusual.py
+    coverage json -o coverage.json && python tests/usage_sites.py --coverage coverage.json
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ class LogitsAndFc7(torch.nn.Module):
 def write_onnx(model: AlexNet, out: Path, info: dict, side: Path) -> None:
     example = torch.zeros(TRACE_BATCH, 3, model.config.input_size, model.config.input_size)
     program = torch.onnx.export(
-        LogitsAndFc7(model.eval()), (example,), dynamo=True, opset_version=OPSET, input_names=["image"],
+        LogitsAndFc7(model).eval(), (example,), dynamo=True, opset_version=OPSET, input_names=["image"],
         output_names=["logits", "fc7"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False,
         verbose=False)
     program.model.metadata_props["alexnet"] = metadata_text(info, side)
