@@ -121,7 +121,8 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu or auto")
     if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
-        raise UsageError(f"device {name} but this machine shows {count} GPU(s): cuda:0 .. cuda:{count - 1}")
+        shown = "one GPU, cuda:0" if count == 1 else f"{count} GPUs, cuda:0 .. cuda:{count - 1}"
+        raise UsageError(f"device {name} but this machine shows {shown}: name one of them, or cpu")
     return device
 
 
