@@ -45,8 +45,11 @@ clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
 
 # The oldest supported pair, torch 2.11 + torchvision 0.26, on the whole suite in a venv of its own
-# (.venv-oldest: a download of several GB where those wheels are not on the machine).
+# (.venv-oldest: a download of several GB where those wheels are not on the machine); everything else as
+# constraints.txt pins it (less torch's own CUDA libraries, which each torch release pins itself).
 oldest:
 	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
-	.venv-oldest/bin/python -m pip install -q 'torch==2.11.*' 'torchvision==0.26.*' -e '.[test]'
+	grep -v -E '^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==' constraints.txt > .venv-oldest/constraints.txt
+	.venv-oldest/bin/python -m pip install -q -c .venv-oldest/constraints.txt 'torch==2.11.*' 'torchvision==0.26.*' \
+		-e '.[test]'
 	.venv-oldest/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
