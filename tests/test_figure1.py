@@ -124,7 +124,7 @@ def test_tiny_run_writes_png_json_and_one_line(tmp_path, capsys, data_cache):
     # end to end once, with the paper setup (the modern setup's init and inputs are tested above)
     setup, lrs = "paper", (0.001, 0.01)
     out = tmp_path / "f1"
-    args = ["figure1", "--out", str(out), "--data", str(TARBALL), "--limit", "512", "--batch-size", "64",
+    args = ["figure1", "--out", str(out), "--data", str(TARBALL), "--limit", "256", "--batch-size", "64",
             "--epochs", "2", "--sweep-epochs", "1", "--lrs", ",".join(map(str, lrs)), "--setup", setup,
             "--seeds", "0,1"]
     assert main(args) == 0
