@@ -340,6 +340,12 @@ ROWS.update({
                                   "uses ILSVRC2012_IDs [99]"),
     "figures-empty-split": ("figures --checkpoint {folder}/cifar.pt --data {folder}/emptybatches --out {out}",
                             "the dataset's val split is empty"),
+    "eval-onnx-ensemble": ("eval --checkpoint {folder}/ident.onnx --ensemble {tiny}", "--ensemble takes checkpoints"),
+    "eval-onnx-missing": ("eval --checkpoint {folder}/missing.onnx", "missing.onnx: no such file"),
+    "eval-onnx-fewer-classes": ("eval --checkpoint {folder}/ident.onnx --data {folder}/twoclasses",
+                                "has 3 classes but the dataset has 2"),
+    "eval-onnx-other-classes": ("eval --checkpoint {folder}/ident.onnx --data {folder}/otherclasses",
+                                "names other classes than the dataset"),
     "retrieve-onnx": ("retrieve --checkpoint {folder}/ident.onnx --gallery {folder}/photos {img}",
                       "gives no fc7 output"),
 })
@@ -347,6 +353,72 @@ KNOWN: dict[str, str] = {}  # rows that still end in a traceback: none
 ROWS["predict-onnx-text"] = ("predict --checkpoint {folder}/fake.onnx {img}", "fake.onnx")
 ROWS["explain-onnx"] = ("explain --checkpoint {folder}/fake.onnx {img} --out {out}", "fake.onnx")
 ROWS["serve-onnx"] = ("serve --checkpoint {folder}/fake.onnx", "fake.onnx")
+# Found by trying mistakes a new user makes: files of another program or kind, values out of any sane range.
+ROWS.update({
+    "eval-model-not-dict": ("eval --checkpoint {folder}/hunt/modelstr.pt", "its 'model' entry is not what alexnet"),
+    "eval-config-not-dict": ("eval --checkpoint {folder}/hunt/configstr.pt", "its 'config' entry is not what"),
+    "predict-classes-strings": ("predict --checkpoint {folder}/hunt/classesstr.pt {img}", "its 'classes' entry"),
+    "predict-pipeline-string": ("predict --checkpoint {folder}/hunt/pipestr.pt {img}", "its 'pipeline' entry"),
+    "predict-classes-count": ("predict --checkpoint {folder}/twonames.pt {img}", "names 2 classes but its network"),
+    "export-classes-count": ("export --checkpoint {folder}/twonames.pt --format onnx --out {out}.onnx",
+                             "names 2 classes but its network has 3 outputs"),
+    "eval-no-format": ("eval --checkpoint {folder}/hunt/noformat.pt", "no 'format' entry: another program"),
+    "eval-torchvision-weights": ("eval --checkpoint {folder}/tv-onlyfc8.pth", "run alexnet import torchvision"),
+    "predict-pickled-model": ("predict --checkpoint {folder}/hunt/module.pt {img}",
+                              "it holds a pickled torch.nn.modules.linear.Linear); save the weights alone"),
+    "import-tv-pickled-model": ("import torchvision {folder}/hunt/module.pt --out {out}.pt",
+                                "it holds a pickled torch.nn.modules.linear.Linear"),
+    "train-recipe-binary": ("train --out {out} --recipe {img}", "is not TOML text (not UTF-8"),
+    "bench-train-recipe-binary": ("bench train --recipe {folder}/hunt/latin1.toml", "is not TOML text"),
+    "train-seed-huge": ("train --out {out} seed=99999999999999999999999", "seed=99999999999999999999999: must be"),
+    "train-epochs-huge": ("train --out {out} optim.epochs=99999999999999999999", "and at most 100,000"),
+    "ablate-epochs-huge": ("ablate --epochs 99999999999999999999 --out {out}", "optim.epochs=99999999999999999999"),
+    "train-width-huge": ("train --out {out} model.width=1000", "model.width=1000.0: must be at most 16"),
+    "train-input-size-huge": ("train --out {out} model.input_size=100000", "model.input_size=100000: must be"),
+    "train-threads-huge": ("train --out {out} train.threads=100000", "train.threads=100000: must be at least 0 and"),
+    "serve-threads-huge": ("serve --checkpoint {tiny} --threads 100000", "--threads 100000: must be at least 1 and"),
+    "figure1-threads-huge": ("figure1 --threads 100000 --out {out}", "--threads 100000: must be at least 0 and"),
+    "serve-timeout-inf": ("serve --checkpoint {tiny} --timeout inf", "--timeout inf: must be a finite number"),
+    "serve-upload-inf": ("serve --checkpoint {tiny} --max-upload-mb inf", "--max-upload-mb inf: must be a finite"),
+    "serve-wait-inf": ("serve --checkpoint {tiny} --max-wait-ms inf", "--max-wait-ms inf"),
+    "export-out-under-file": ("export --checkpoint {tiny} --format onnx --out {img}/a.onnx", "is a file, not a folder"),
+    "import-out-under-file": ("import torchvision {folder}/tv-nofc8.pth --out {img}/a.pt", "is a file, not a folder"),
+    "export-out-is-checkpoint": ("export --checkpoint {tiny} --format torchscript --out {tiny}",
+                                 "is the file it is made from"),
+    "import-out-is-source": ("import torchvision {folder}/tv-nofc8.pth --out {folder}/tv-nofc8.pth",
+                             "is the file it is made from"),
+    "export-onnx-named-pt": ("export --checkpoint {tiny} --format onnx --out {out}.pt", "give a .onnx name"),
+    "export-over-image": ("export --checkpoint {tiny} --format safetensors --out {img}", "a .jpg name for this file"),
+    "import-out-onnx": ("import torchvision {folder}/tv-nofc8.pth --out {out}.onnx", "give a .pt or .pth name"),
+    "import-caffe-mean-nan": ("import caffe {folder}/good.caffemodel --mean {folder}/hunt/nan-mean.npy --out {out}",
+                              "holds nan or infinite values"),
+    "prepare-workers-negative": ("prepare imagenet --src {folder}/imagefolder --out {out} --workers -2",
+                                 "--workers must be at least 1, got -2"),
+    "prepare-cifar-out": ("prepare cifar10 --src {folder}/cifar_images --out {out}", "is for prepare imagenet"),
+    "prepare-cifar-workers": ("prepare cifar10 --src {folder}/cifar_images --workers 0", "--workers 0 is for"),
+    "bench-data-seconds-nan": ("bench data --src {folder}/photos --seconds nan", "--seconds positive and finite"),
+    "bench-data-unreadable": ("bench data --src {folder}/broken", "b.jpg: not an image Pillow can read"),
+    "figure1-lrs-inf": ("figure1 --lrs inf --out {out}", "each finite; got 'inf'"),
+    "figure1-lr-inf": ("figure1 --lr relu=inf --out {out}", "got 'relu=inf'"),
+    "ablate-seeds-huge": ("ablate --seeds 100000000 --out {out}", "and at most 100"),
+    "report-empty-metrics": ("report {folder}/hunt/emptymetrics --out {out}", "holds no epoch yet"),
+    "report-binary-metrics": ("report {folder}/hunt/binmetrics --out {out}", "metrics.jsonl: not UTF-8 text"),
+    "explain-window-gradcam": ("explain --checkpoint {tiny} {img} --window 5 --out {out}",
+                               "--window 5 sets occlusion's square and does nothing with --method gradcam"),
+    "explain-stride-gradcam": ("explain --checkpoint {tiny} {img} --stride 5 --out {out}", "--stride 5 sets"),
+    "train-world-size-word": ("train --out {out}", "WORLD_SIZE='two' is not a number torchrun sets",
+                              {"env": {"WORLD_SIZE": "two"}}),
+    "eval-world-size-no-rank": ("eval --checkpoint {tiny} --data {folder}/prepared",
+                                "WORLD_SIZE is set but RANK is not", {"env": {"WORLD_SIZE": "2"}}),
+    "train-torchrun-restart-word": ("train --out {out}", "TORCHELASTIC_RESTART_COUNT='x'",
+                                    {"env": {"TORCHELASTIC_RESTART_COUNT": "x"}}),
+    "prepare-cifar-cache-is-file": ("prepare cifar10 --src {folder}/cifar_images", "is a file, not a folder; set "
+                                    "ALEXNET_DATA", {"env": {"ALEXNET_DATA": "{img}"}}),
+})
+if not torch.backends.mps.is_available():  # a Mac's GPU: not on this machine
+    ROWS["predict-no-mps"] = ("predict --checkpoint {tiny} {img} --device mps", "--device mps: not a usable device")
+    ROWS["train-no-mps"] = ("train --out {out} train.device=mps", "device 'mps' is not usable here")
+    ROWS["figures-no-mps"] = ("figures --checkpoint {tiny} --device mps --out {out}", "device 'mps' is not usable")
 if not torch.cuda.is_available():  # only where no GPU is visible
     ROWS["train-no-gpu"] = ("train --out {out} train.device=cuda", "no CUDA GPU is visible")
     ROWS["predict-no-gpu"] = ("predict --checkpoint {tiny} {img} --device cuda", "--device cuda")
@@ -599,6 +671,24 @@ def runs(f):
     write(f / "negative.toml", "[optim]\nepochs = 0\n")
 
 
+def hunted(f):
+    """Files of the rows found by trying mistakes: checkpoints edited or written by other programs, a recipe in
+    another encoding, a mean with nan, run folders whose metrics hold nothing or no text."""
+    ckpt = torch.load(f / "tiny.pt", weights_only=True)
+    h = f / "hunt"
+    h.mkdir()
+    changes = {"modelstr": {"model": "weights"}, "configstr": {"config": "cifar10"},
+               "classesstr": {"classes": ["cat", "dog", "fish"]}, "pipestr": {"pipeline": "imagenet"}}
+    for name, change in changes.items():
+        torch.save({**ckpt, **change}, h / f"{name}.pt")
+    torch.save({k: v for k, v in ckpt.items() if k != "format"}, h / "noformat.pt")
+    torch.save(torch.nn.Linear(1, 1), h / "module.pt")  # a whole pickled model, not its weights
+    write(h / "latin1.toml", "# caf\xe9\n[optim]\nepochs = 1\n".encode("latin-1"))
+    np.save(h / "nan-mean.npy", np.full((3, 256, 256), np.nan, np.float32))
+    write(h / "emptymetrics" / "metrics.jsonl")
+    write(h / "binmetrics" / "metrics.jsonl", b"\xff\xfe\x00")
+
+
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """The fixture folder, built once; its files and their sizes and times (no row may change them)."""
@@ -611,6 +701,7 @@ def made(tmp_path_factory):
     shards(f)
     exports(f)
     runs(f)
+    hunted(f)
     return f, snapshot(f)
 
 

@@ -4,7 +4,7 @@
     python tests/usage_sites.py --files    # the count per file
     python tests/usage_sites.py --coverage coverage.json   # the sites no test reached, then the counts
 
-test_errors.py runs it. The sites are reached by test_errors.py (user mistakes on the command line, and the
+test_errors.py runs it. The sites are meant to be reached by test_errors.py (user mistakes on the command line, and the
 library's own guards) and test_errors_unusual.py (what no plain command line meets: torchrun with a fake world
 of two, a disk that fills, an unreadable file, a GPU index beyond the visible ones). Which sites they reach is
 measured with coverage (not a dependency of the project: ``pip install coverage`` into the virtual environment

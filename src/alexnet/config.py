@@ -26,9 +26,12 @@ from .data import views
 from .data.pipeline import CIFAR10_MEAN, CIFAR10_STD, PCA_SCALES, RESIZE
 from .errors import UsageError
 from .nn.model import LAYERS, ModelConfig, pool5_side
+from .runtime import MAX_THREADS
 
 
-def _at_least(low):
+def _at_least(low, most=None):
+    if most is not None:  # also a ceiling: a typo's huge number overflows seeds and clocks, or memory
+        return lambda v: low <= v <= most, f"at least {low} and at most {most:,}"
     return lambda v: v >= low, f"at least {low}"
 
 
@@ -46,15 +49,17 @@ SCHEDULES = ("plateau", "step", "onecycle", "cosine")
 # run's config.toml), so before anything is read or written; a nan fails every range. The choices and ranges that
 # a dataclass's __post_init__ checks by itself are not repeated here.
 LIMITS = {
-    "seed": _at_least(0), "model.input_size": _at_least(1),
+    "seed": _at_least(0, 2**32 - 1), "model.input_size": _at_least(1, 4096),
+    "model.width": (lambda v: v <= 16, "at most 16 (1.0: the paper's widths)"),
     "data.batch_size": _at_least(1), "data.eval_batch_size": _at_least(1), "data.limit": _at_least(0),
     "data.crop_padding": _at_least(0), "data.pca_std": _at_least(0), "data.workers": _at_least(-1),
-    "optim.epochs": _at_least(1), "optim.lr": _at_least(0), "optim.momentum": _within(0, 1, True),
+    "optim.epochs": _at_least(1, 100_000), "optim.lr": _at_least(0), "optim.momentum": _within(0, 1, True),
     "optim.weight_decay": _at_least(0), "optim.warmup_epochs": _at_least(0), "optim.plateau_patience": _at_least(0),
     "optim.plateau_max_drops": _at_least(0), "optim.step_epochs": _at_least(1),
     "optim.final_lr_fraction": _within(0, 1), "optim.label_smoothing": _within(0, 1, True),
     "optim.schedule": _one_of(*SCHEDULES),
-    "train.precision": _one_of("fp32", "bf16", "fp16"), "train.threads": _at_least(0), "train.eval_every": _at_least(1),
+    "train.precision": _one_of("fp32", "bf16", "fp16"), "train.threads": _at_least(0, MAX_THREADS),
+    "train.eval_every": _at_least(1),
 }
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -307,7 +312,11 @@ def read_recipe(name_or_file: str) -> dict[str, Any]:
     if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
             raise UsageError(f"recipe file {path} not found; give a TOML file or one of: {', '.join(recipe_names())}")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"recipe file {path} is not TOML text (not UTF-8: a binary file?); give a .toml recipe "
+                             f"or one of: {', '.join(recipe_names())}") from None
     else:
         if name_or_file not in recipe_names():
             raise UsageError(f"unknown recipe {name_or_file!r}; choose one of: {', '.join(recipe_names())} "

@@ -19,7 +19,13 @@ from typing import BinaryIO
 def cache_root() -> Path:
     """Where this package caches what it can make again (decoded CIFAR-10, prepared folders, feature
     galleries): ``$ALEXNET_DATA``, default ``~/.cache/alexnet``."""
-    return Path(os.environ.get("ALEXNET_DATA") or "~/.cache/alexnet").expanduser()
+    root = Path(os.environ.get("ALEXNET_DATA") or "~/.cache/alexnet").expanduser()
+    if root.exists() and not root.is_dir():
+        from .errors import UsageError
+
+        raise UsageError(f"ALEXNET_DATA={root} is a file, not a folder; set ALEXNET_DATA to a folder for the cache "
+                         "(made if missing), or unset it for ~/.cache/alexnet")
+    return root
 
 
 def temp_path(path: Path) -> Path:

@@ -42,19 +42,36 @@ class Dist:
 
 def init_distributed(device_name: str) -> Dist:
     """Join the torchrun process group (NCCL on GPUs, gloo on CPUs); a lone process needs none."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_int("WORLD_SIZE", "1")
     if world == 1:
         return Dist()
-    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local_rank, local_world = env_int("LOCAL_RANK", "0"), env_int("LOCAL_WORLD_SIZE", "1")
     if dist.is_initialized():
         return Dist(dist.get_rank(), dist.get_world_size(), local_rank, local_world)
-    rank = int(os.environ["RANK"])
+    rank = env_int("RANK")
     on_gpu = device_name != "cpu" and torch.cuda.is_available()
     if on_gpu:
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if on_gpu else "gloo", store=_attempt_store(rank, world), rank=rank,
                             world_size=world)
     return Dist(rank, world, local_rank, local_world)
+
+
+def env_int(name: str, default: str | None = None) -> int:
+    """A count or rank torchrun sets in the environment (``default`` where it may be left out), or a one-line
+    refusal naming the variable: set by hand, it starts no process group."""
+    text = os.environ.get(name, default)
+    try:
+        value = int(text) if text is not None else None
+    except ValueError:
+        value = None
+    if value is None or value < (1 if name.endswith("SIZE") else 0):
+        found = f"{name}={text!r} is not a number torchrun sets" if text is not None else \
+            f"WORLD_SIZE is set but {name} is not"
+        unset = " and ".join(dict.fromkeys((name, "WORLD_SIZE")))
+        raise UsageError(f"{found}; start several processes with torchrun --nproc-per-node=N (docs/distributed.md), "
+                         f"or unset {unset} for one process")
+    return value
 
 
 def _attempt_store(rank: int, world: int) -> dist.Store:
@@ -67,7 +84,7 @@ def _attempt_store(rank: int, world: int) -> dist.Store:
     import datetime
 
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts it; else rank 0 does
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+    store = dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), env_int("MASTER_PORT"), world,
                           is_master=rank == 0 and not agent, timeout=datetime.timedelta(minutes=10))
     return dist.PrefixStore(f"alexnet/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
@@ -118,6 +135,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"device {name!r} is not one torch knows; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps") or (device.type == "mps" and not torch.backends.mps.is_available()):
+        raise UsageError(f"device {name!r} is not usable here (this PyTorch has no {device.type} support or sees no "
+                         "such device); use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu or auto")
     if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
@@ -139,6 +159,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+MAX_THREADS = 1024  # torch threads at most: far more than any machine's cores; OpenMP fails to start more
 
 
 def set_threads(threads: int) -> None:

@@ -79,7 +79,21 @@ def source_images(src: Path) -> list[Path]:
     files = sorted(p for p in src.rglob("*") if is_image_name(p.name) and p.is_file())
     if not files:
         raise UsageError(f"{src}: holds no image files (.JPEG, .jpg, .png ...); pass a folder of images")
+    if bad := next((p for p in files if not _opens(p)), None):
+        raise UsageError(f"{bad}: not an image Pillow can read (empty, cut short or another format); every file is "
+                         f"timed, so remove it from {src} or pass a folder of readable images")
     return files
+
+
+def _opens(path: Path) -> bool:
+    """Whether Pillow recognises ``path`` as an image (its header only: no decoding)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError):
+        return False
 
 
 def replicate(files: list[Path], root: Path, min_images: int) -> list[Path]:

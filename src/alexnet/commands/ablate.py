@@ -21,6 +21,8 @@ Prints one JSON line with the paths of ablation.md, ablation.json and ablation.p
 Runs that finished (summary.json) are reused: re-run the same command to finish a stopped ablation.
 """
 
+MAX_SEEDS = 100  # seeds per arm at most: a typo's huge count would build a config per run first
+
 
 def add_parser(commands) -> None:
     p = _parser(commands, "ablate", "re-measure the paper's design claims (LRN, pooling, dropout, ...) over seeds",
@@ -46,8 +48,9 @@ def run(args) -> int:
     out_folder("--out", args.out)
     regime, default_study = REGIMES[args.regime]
     arms = select_arms(args.study or default_study)
-    if args.seeds < 1:
-        raise UsageError(f"--seeds must be at least 1; got {args.seeds}")
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        raise UsageError(f"--seeds must be at least 1 and at most {MAX_SEEDS} (each trains every arm once); "
+                         f"got {args.seeds}")
     budget = [*regime, *budget_overrides(args.epochs, args.limit)]
     recipe = cfgmod.read_recipe(args.recipe)
     result = ablate(recipe, arms, list(range(args.seeds)), budget, list(args.overrides), args.out, args.data,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ..errors import UsageError
@@ -65,8 +66,8 @@ def run(args) -> int:
         raise UsageError(f"bench {args.what} takes no key=value overrides (got {args.overrides[0]!r}); "
                          "only bench train does")
     if args.what == "data":
-        if args.src is None or args.images < 1 or args.seconds <= 0:
-            raise UsageError(f"bench data needs --src DIR, --images at least 1 and --seconds positive; "
+        if args.src is None or args.images < 1 or not 0 < args.seconds < math.inf:
+            raise UsageError(f"bench data needs --src DIR, --images at least 1 and --seconds positive and finite; "
                              f"got {args.src}, {args.images} and {args.seconds}")
         from ..bench.data import bench_data
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -51,12 +52,14 @@ def per_file(batches: Iterable, outputs: Callable, command: str) -> Iterator[tup
             yield path, error, None if error else next(results)
 
 
-def at_least(**limits: tuple[float | None, float]) -> None:
+def at_least(**limits: tuple[float | None, float] | tuple[float | None, float, float]) -> None:
     """``at_least(topk=(args.topk, 1))``: every option given is at least its low (None: left out, its default),
-    else the first that is not is refused in one line, before anything is read or written."""
-    for name, (value, low) in limits.items():
-        if value is not None and not value >= low:
-            raise UsageError(f"--{name.replace('_', '-')} {value}: must be at least {low}")
+    and at most its high where one follows, else the first that is not is refused in one line, before anything
+    is read or written."""
+    for name, (value, low, *high) in limits.items():
+        if value is not None and not low <= value <= (high[0] if high else math.inf):
+            most = f" and at most {high[0]}" if high else ""
+            raise UsageError(f"--{name.replace('_', '-')} {value}: must be at least {low}{most}")
 
 
 def out_folder(option: str, path: Path | None) -> None:
@@ -66,7 +69,23 @@ def out_folder(option: str, path: Path | None) -> None:
                          f"{option} {path.with_suffix('')}-out")
 
 
-def out_file(option: str, path: Path, example: str) -> None:
-    """An output file must not be a folder."""
+def out_file(option: str, path: Path, example: str, source: Path | None = None,
+             suffixes: tuple[str, ...] = ()) -> None:
+    """An output file must not be a folder, lie under a file, be the ``source`` it is made from, or end in a
+    suffix of another kind of file (``suffixes``: the ones it may end in, of those ``OTHER_SUFFIXES`` names)."""
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder; give a file to write, e.g. {option} {path / example}")
+    if under := next((p for p in path.parents if p.exists() and not p.is_dir()), None):
+        raise UsageError(f"{option} {path}: {under} is a file, not a folder; give a path in a folder, e.g. "
+                         f"{option} {under.parent / example}")
+    if source is not None and path.exists() and path.resolve() == source.resolve():
+        raise UsageError(f"{option} {path} is the file it is made from; give another file, e.g. "
+                         f"{option} {path.parent / example}")
+    if suffixes and path.suffix.lower() in OTHER_SUFFIXES and path.suffix.lower() not in suffixes:
+        raise UsageError(f"{option} {path}: a {path.suffix} name for this file would mislead the commands that read "
+                         f"it; give a {' or '.join(suffixes)} name, e.g. {option} {path.with_suffix(suffixes[0])}")
+
+
+# Names that say what a file is: an output of another kind must not take them (``out_file``).
+OTHER_SUFFIXES = {".pt", ".pth", ".onnx", ".safetensors", ".json", ".toml", ".npy", ".caffemodel", ".jpg", ".jpeg",
+                  ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}

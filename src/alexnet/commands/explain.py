@@ -55,6 +55,10 @@ def run(args) -> int:
     from ..use.predictor import load_predictor
 
     at_least(window=(args.window, 0), stride=(args.stride, 0), batch_size=(args.batch_size, 1))
+    if args.method != "occlusion" and (args.window or args.stride):  # 0: the default
+        given = f"--window {args.window}" if args.window else f"--stride {args.stride}"
+        raise UsageError(f"{given} sets occlusion's square and does nothing with --method {args.method}; add "
+                         "--method occlusion, or drop it")
     out_folder("--out", args.out)
     predictor = load_predictor(args.checkpoint, args.device, 1, work=1)  # a few photos: the eager LRN, no compiling
     try:

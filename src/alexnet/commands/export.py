@@ -11,6 +11,7 @@ from ..use.export import FORMATS, TOLERANCE, export
 from .common import add_parser as _parser
 from .common import out_file
 
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth"), "safetensors": (".safetensors",)}  # --out's names
 AGREEMENT = 0.95  # int8's top-1 agreement with float32 below which the command warns
 
 EXAMPLES = """examples:
@@ -42,7 +43,7 @@ def add_parser(commands) -> None:
 def run(args) -> int:
     if (args.quantize is None) != (args.calibration is None):
         raise UsageError("--quantize int8 and --calibration DIR go together (the photos set the int8 ranges)")
-    out_file("--out", args.out, f"model.{args.format}")
+    out_file("--out", args.out, f"model{SUFFIXES[args.format][0]}", args.checkpoint, SUFFIXES[args.format])
     result = export(args.checkpoint, args.format, args.out, args.calibration)
     print(json.dumps(result))
     if "top1_agreement" in result:

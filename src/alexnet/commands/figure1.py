@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -10,7 +11,7 @@ import torch
 from ..errors import UsageError
 from ..paper.figure1 import SETUPS, Figure1Config, figure1
 from ..paper.figure1_results import ACTIVATIONS
-from ..runtime import worker_count
+from ..runtime import MAX_THREADS, worker_count
 from .common import add_parser as _parser
 from .common import at_least, out_folder
 
@@ -50,7 +51,7 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    at_least(threads=(args.threads, 0))
+    at_least(threads=(args.threads, 0, MAX_THREADS))
     out_folder("--out", args.out)
     config = Figure1Config(setup=args.setup, lrs=tuple(parse_lrs(args.lrs)) if args.lrs is not None else (),
                            chosen=parse_chosen(args.lr) if args.lr else (), epochs=args.epochs,
@@ -77,7 +78,7 @@ def parse_chosen(text: str) -> tuple[tuple[str, float], ...]:
             lr = float(value)
         except ValueError:
             lr = -1.0
-        if name.strip() not in ACTIVATIONS or not lr > 0:
+        if name.strip() not in ACTIVATIONS or not 0 < lr < math.inf:
             raise UsageError(f"--lr must be ACTIVATION=RATE pairs such as relu=0.001,tanh=0.01; got {text!r}")
         pairs.append((name.strip(), lr))
     return tuple(pairs)
@@ -88,6 +89,6 @@ def parse_lrs(text: str) -> list[float]:
         lrs = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise UsageError(f"--lrs must be comma-separated numbers such as 0.01,0.03; got {text!r}") from None
-    if not lrs or any(not lr > 0 for lr in lrs):
-        raise UsageError(f"--lrs needs at least one positive learning rate; got {text!r}")
+    if not lrs or any(not 0 < lr < math.inf for lr in lrs):
+        raise UsageError(f"--lrs needs at least one positive learning rate, each finite; got {text!r}")
     return sorted(set(lrs))

@@ -37,7 +37,7 @@ def add_parser(commands) -> None:
 def run(args) -> int:
     from ..use.pretrained import import_caffe, import_torchvision
 
-    out_file("--out", args.out, f"alexnet-{args.source}.pt")
+    out_file("--out", args.out, f"alexnet-{args.source}.pt", args.file, (".pt", ".pth"))
     if not args.file.is_file():
         raise UsageError(f"{args.file} not found; pass the weight file to import")
     start = time.perf_counter()

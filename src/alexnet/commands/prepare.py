@@ -39,6 +39,11 @@ def run(args) -> int:
     if args.dataset == "cifar10":
         from ..data.cifar.load import load_cifar10
 
+        if args.out is not None or args.workers is not None:
+            given = f"--out {args.out}" if args.out is not None else f"--workers {args.workers}"
+            raise UsageError(f"{given} is for prepare imagenet; prepare cifar10 decodes into the cache "
+                             "($ALEXNET_DATA, default ~/.cache/alexnet): drop it")
+
         train, test = load_cifar10(str(args.src) if args.src else None)
         print(json.dumps({"dataset": "cifar10", "train": len(train.labels), "test": len(test.labels)}))
         return 0

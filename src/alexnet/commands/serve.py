@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..errors import UsageError
+from ..runtime import MAX_THREADS
 from ..use.serve.app import ServeConfig
 from .common import add_parser as _parser
 from .common import add_precision, at_least
@@ -56,6 +58,10 @@ def config_from(args) -> ServeConfig:
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
         raise UsageError(f"{', '.join(bad)} must be positive")
+    seconds = {"--max-upload-mb": args.max_upload_mb, "--timeout": args.timeout, "--max-wait-ms": args.max_wait_ms,
+               "--head-timeout": args.head_timeout}  # a socket or a wait takes no infinite time
+    if endless := [f"{name} {value}" for name, value in seconds.items() if not math.isfinite(value)]:
+        raise UsageError(f"{endless[0]}: must be a finite number; e.g. {endless[0].split()[0]} 30")
     return ServeConfig(args.max_batch, args.max_wait_ms, args.queue, int(args.max_upload_mb * 2**20), args.max_pixels,
                        args.timeout, args.workers, args.head_timeout, args.max_connections)
 
@@ -69,7 +75,7 @@ def run(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: a TCP port is 0..65535 (0: any free one); e.g. --port 8000")
-    at_least(threads=(args.threads, 1))
+    at_least(threads=(args.threads, 1, MAX_THREADS))
     config = config_from(args)
     if args.threads:
         torch.set_num_threads(args.threads)  # the command's process: the network's one thread uses this many cores

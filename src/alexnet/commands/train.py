@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import config as cfgmod
 from ..errors import UsageError
 from ..runs.folder import RunFolder
+from ..runtime import env_int
 from .common import add_parser as _parser
 from .common import out_folder
 
@@ -90,5 +91,5 @@ def _torchrun_restart(args) -> bool:
     if args.out is None:
         raise UsageError("under torchrun pass --out RUN_DIR, so that every process and every restart use the same "
                          "run folder")
-    restarted = int(os.environ["TORCHELASTIC_RESTART_COUNT"]) > 0
+    restarted = env_int("TORCHELASTIC_RESTART_COUNT") > 0
     return restarted and RunFolder(args.out).holds_run()

@@ -77,6 +77,9 @@ def read_run(folder: RunFolder) -> Report:
                          "finished an epoch yet; pass the folder `alexnet train --out` wrote")
     summary = folder.summary()
     rows = folder.metrics(in_progress=summary is None)
+    if not rows and summary is None:  # as a missing metrics.jsonl: nothing to report yet
+        raise UsageError(f"{folder.metrics_file} holds no epoch yet: the run has not finished one; report it after "
+                         "its first epoch, or pass the folder of a finished run")
     order = list(CAPTIONS)  # the paper's order, then any other PNG by name
     figures = sorted(folder.figures.glob("*.png"),
                      key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..runtime import unwrap
 
 FORMAT = "alexnet-checkpoint-v2"
 V1 = "alexnet-checkpoint-v1"  # read through ``upgrade``
+PIPELINE_KEYS = {"kind", "size", "stored", "padding", "flip", "mean", "mean_kind", "std", "resize"}  # Pipeline.state_dict
 
 
 def save_checkpoint(path: str | os.PathLike, model: AlexNet, config: dict[str, Any] | None = None, **state) -> Path:
@@ -61,13 +63,41 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"checkpoint {path} refused: it needs arbitrary unpickling, which could run code ({first})") from None
+        raise UsageError(unpickling_refusal(f"checkpoint {path}", err)) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise UsageError(f"checkpoint {path} is unreadable or truncated ({type(err).__name__}); use another checkpoint") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UsageError(f"checkpoint {path} is not an alexnet checkpoint (no 'model' entry)")
-    return upgrade(ckpt, path)
+        hint = (" (a plain state_dict: for torchvision's AlexNet weights run alexnet import torchvision FILE --out "
+                "CKPT first)" if isinstance(ckpt, dict) and "classifier.6.weight" in ckpt else "")
+        raise UsageError(f"checkpoint {path} is not an alexnet checkpoint (no 'model' entry){hint}; pass a .pt file "
+                         "written by alexnet train or alexnet import")
+    return _checked_entries(upgrade(ckpt, path), path)
+
+
+def unpickling_refusal(what: str, err: Exception) -> str:
+    """The one-line refusal of a file that ``weights_only`` loading cannot read: it holds Python objects (a
+    whole pickled model, say), named from torch's message, and what to save instead."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    holds = f"it holds a pickled {found.group(1)}" if found else type(err).__name__
+    return (f"{what} refused: it needs arbitrary unpickling, which could run code ({holds}); save the weights alone "
+            "(torch.save(model.state_dict(), FILE)) and, for torchvision's AlexNet, alexnet import torchvision FILE")
+
+
+def _checked_entries(ckpt: dict[str, Any], path) -> dict[str, Any]:
+    """``ckpt`` whose entries have the types this format stores, or a one-line refusal naming the first that does
+    not (a checkpoint edited or written by another program)."""
+    classes, pipeline = ckpt.get("classes"), ckpt.get("pipeline")
+    bad = next((name for name, ok in (
+        ("model", isinstance(ckpt["model"], dict) and all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())),
+        ("config", isinstance(ckpt.get("config", {}), dict)),
+        ("classes", classes is None or (isinstance(classes, list) and all(
+            isinstance(c, dict) and {"wnid", "name"} <= c.keys() for c in classes))),
+        ("pipeline", pipeline is None or (isinstance(pipeline, dict) and PIPELINE_KEYS <= pipeline.keys())),
+    ) if not ok), None)
+    if bad:
+        raise UsageError(f"checkpoint {path}: its {bad!r} entry is not what alexnet stores ({type(ckpt[bad]).__name__}"
+                         f"); the file was changed or written by another program: use one alexnet train or import wrote")
+    return ckpt
 
 
 def upgrade(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
@@ -79,6 +109,9 @@ def upgrade(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
     found = ckpt.get("format")
     if found == FORMAT:
         return ckpt
+    if found is None:
+        raise UsageError(f"checkpoint {path} is not an alexnet checkpoint (no 'format' entry: another program wrote "
+                         "it); pass a .pt file written by alexnet train or alexnet import")
     if found != V1:
         raise UsageError(f"checkpoint {path} has format {found!r}, which this version does not read (it reads "
                          f"{FORMAT} and {V1}); use the alexnet version that wrote it")

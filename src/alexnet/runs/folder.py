@@ -89,7 +89,11 @@ class RunFolder:
     def metrics(self, in_progress: bool = False) -> list[dict]:
         """The rows of metrics.jsonl, one per epoch; a line that is not a row is refused in one line, except
         the cut-off last line of a run still writing it (``in_progress``)."""
-        lines = self.metrics_file.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = self.metrics_file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise UsageError(f"{self.metrics_file}: not UTF-8 text; each line must be one epoch's metrics as JSON, "
+                             "as `alexnet train` writes them") from None
         rows = []
         for number, line in enumerate(lines, 1):
             if not line.strip():

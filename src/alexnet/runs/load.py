@@ -60,6 +60,13 @@ class LoadedRun:
                              f"is {there} there and {data.classes[first]!r} here); use it with the data it was "
                              "trained on")
 
+    def check_names(self) -> None:
+        """Refuse, in one line, a class list whose length is not the network's outputs (an edited checkpoint)."""
+        outputs = self.config.model.num_classes
+        if self.classes and len(self.classes) != outputs:
+            raise UsageError(f"checkpoint {self.path} names {len(self.classes)} classes but its network has {outputs} "
+                             "outputs; the file was changed: use one alexnet train or import wrote")
+
     def same_input(self, other: Pipeline, data) -> None:
         """Refuse, in one line, an ensemble member whose input is not ``other``'s (the first network's)."""
         mine = self.pipeline_for(data).state_dict()

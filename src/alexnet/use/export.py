@@ -101,6 +101,7 @@ def softmax(logits: torch.Tensor) -> torch.Tensor:
 def export_info(loaded: LoadedRun) -> dict:
     """The JSON every format carries: model config, classes and preprocessing (None where an old
     ImageNet checkpoint did not store it)."""
+    loaded.check_names()
     p = loaded.pipeline
     pre = None
     if p is not None:

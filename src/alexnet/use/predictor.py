@@ -67,6 +67,7 @@ class Predictor:
             raise UsageError(f"checkpoint {loaded.path} stores no input pipeline and its network needs the training "
                              "data's mean image; evaluate it with alexnet eval --data, or save it with its pipeline")
         outputs = loaded.config.model.num_classes
+        loaded.check_names()
         classes = loaded.classes or [{"index": i, "wnid": str(i), "name": str(i)} for i in range(outputs)]
         model = ready(loaded.model, device, settings)
         return cls(model, loaded.pipeline.to(device), classes, device, settings, batch_size, fast(model, settings))

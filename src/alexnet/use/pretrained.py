@@ -38,7 +38,7 @@ from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Pipeline
 from ..errors import UsageError
 from ..files import atomic_write
 from ..nn.model import TORCHVISION_NAMES, AlexNet, ModelConfig
-from ..runs.checkpoint import checkpoint_dict
+from ..runs.checkpoint import checkpoint_dict, unpickling_refusal
 from ..runs.load import LoadedRun, load_run, loaded_from
 
 BVLC_MEAN_BGR = (104.007, 116.669, 122.679)  # ilsvrc_2012_mean.npy per channel, 0..255 (caffe's examples)
@@ -125,6 +125,8 @@ def _read_torchvision(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - whatever torch.load raises, the file is not one it reads
+        if "GLOBAL " in str(err):  # a whole pickled model: torch.load would have to run its code
+            raise UsageError(unpickling_refusal(str(path), err)) from None
         hint = "; a .caffemodel goes to alexnet import caffe" if path.suffix == ".caffemodel" else ""
         raise UsageError(f"{path} is not a readable torch.save file ({type(err).__name__}): truncated or another "
                          f"format; pass torchvision's alexnet-owt-7be5be79.pth{hint}") from None
@@ -296,6 +298,8 @@ def _caffe_mean(path: Path | None) -> tuple[torch.Tensor, str]:
     square = bgr.ndim == 3 and bgr.shape[0] == 3 and bgr.shape[1] == bgr.shape[2]
     if not square or (kind == "image" and bgr.shape[1] < 227):  # an image at least as large as the crop
         raise UsageError(f"--mean {path} is {_shape(bgr.shape)}; expected 3x256x256 (BGR, as BVLC ship it) or 3 values")
+    if not np.isfinite(bgr).all():
+        raise UsageError(f"--mean {path} holds nan or infinite values; pass BVLC's ilsvrc_2012_mean.npy, whole")
     return torch.from_numpy(np.ascontiguousarray(bgr[::-1], dtype=np.float32)), kind  # BGR -> RGB
 
 

@@ -134,10 +134,9 @@ def _check_options(workers: int | None, fmt: str, quality: int, shard_size: int)
         raise UsageError(f"JPEG quality must be 1..100, got {quality}")
     if shard_size < 1:
         raise UsageError(f"shard size must be a positive number of images, got {shard_size}")
-    workers = worker_count(workers)
-    if workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
-    return workers
+    if workers is not None and workers < 1:  # left out (None): all cores
+        raise UsageError(f"--workers must be at least 1, got {workers}; or leave it out for all cores")
+    return worker_count(workers)
 
 
 def _prepare_out(out: Path, plan: Plan) -> None:
