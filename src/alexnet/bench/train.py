@@ -23,6 +23,7 @@ import torch
 from ..config import build_config, read_recipe
 from ..data.datasets import batches, load_dataset
 from ..data.pipeline import Pipeline, pipeline_for
+from ..errors import UsageError
 from ..nn.lrn import compile_available
 from ..nn.model import AlexNet
 from ..runtime import Dist, shutdown_distributed, start, usable_cpus, worker_count
@@ -50,6 +51,9 @@ def bench_train(recipe: str, data_path, overrides: list[str], steps: int = 50, w
     line (``json_out``) or a short table; returns the dict. ``epoch``: time the steps of that epoch
     (0-based) of the recipe: its input size and frozen layers (``Pipeline.for_epoch``, ``curriculum``)."""
     config = build_config(read_recipe(recipe), overrides, data_path)
+    if epoch >= config.optim.epochs:
+        raise UsageError(f"--epoch {epoch}: the recipe trains epochs 0..{config.optim.epochs - 1} (0-based); give one "
+                         "of them, or more epochs with optim.epochs=N")
     ddp, device = start(config.seed, config.train.threads, config.train.device)
     data = load_dataset(config.data, config.seed, ddp)
     config = classes_from_data(config, data)

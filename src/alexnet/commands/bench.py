@@ -58,10 +58,24 @@ def add_parser(commands) -> None:
                        "recipe, with its input size and frozen layers (default 0)")
     bench.add_argument("--ddp", action="store_true", help="train: wrap the network in DistributedDataParallel even "
                                                           "in one process (NCCL on a GPU, gloo on the CPU)")
-    bench.set_defaults(run=run)
+    bench.set_defaults(run=run, defaults={name: bench.get_default(name) for name in OWNERS})
+
+
+# Each option and the benches that read it (--steps: model and train): one given to another is refused,
+# not silently ignored.
+OWNERS = {"src": "data", "images": "data", "seconds": "data", "batch_size": "model", "rounds": "model",
+          "device": "model", "compile": "model", "onnx": "model", "width": "model", "recipe": "train", "data": "train",
+          "warmup": "train", "epoch": "train", "ddp": "train", "steps": "model train"}
 
 
 def run(args) -> int:
+    defaults = args.defaults
+    given = [name for name, owner in OWNERS.items() if args.what not in owner.split()
+             and getattr(args, name) != defaults[name]]
+    if given:
+        name = given[0]
+        raise UsageError(f"--{name.replace('_', '-')} is for bench {OWNERS[name].replace(' ', ' and bench ')}, "
+                         f"not bench {args.what}: drop it (alexnet bench --help lists each bench's options)")
     if args.overrides and args.what != "train":
         raise UsageError(f"bench {args.what} takes no key=value overrides (got {args.overrides[0]!r}); "
                          "only bench train does")
