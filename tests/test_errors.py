@@ -5,8 +5,9 @@ row's fragment, and write nothing: the rows run in an empty working folder (``$A
 --out under it) that must hold no file afterwards, and the shared fixtures must be unchanged. Every row fails
 before any training or heavy work, so the whole module takes seconds.
 
-``tests/usage_sites.py`` lists the ``raise UsageError`` sites this table is meant to reach; measure which it
-does with ``coverage run -m pytest tests/test_errors.py``.
+``tests/usage_sites.py`` lists the ``raise UsageError`` sites this table and ``tests/test_errors_unusual.py``
+(what no plain command line meets: torchrun, a full disk, an unreadable file, a GPU index beyond the visible
+ones) are meant to reach; how to measure which they do is in its docstring and docs/testing.md.
 """
 
 import io
@@ -56,6 +57,7 @@ ROWS = {
     "train-step-epochs": ("train --out {out} optim.step_epochs=0", "optim.step_epochs=0"),
     "train-smoothing": ("train --out {out} optim.label_smoothing=1", "optim.label_smoothing=1.0"),
     "train-final-lr": ("train --out {out} optim.final_lr_fraction=2", "optim.final_lr_fraction=2.0"),
+    "train-recipe-empty": ("train --out {out} --recipe=", "unknown recipe ''; choose one of"),
     "train-misspelt-key": ("train --out {out} optim.epoch=3", "did you mean 'optim.epochs'?"),
     "train-misspelt-section": ("train --out {out} optm.lr=0.1", "did you mean 'optim.lr'?"),
     "train-unknown-key": ("train --out {out} nothing.here=1", "unknown config key 'nothing.here'"),

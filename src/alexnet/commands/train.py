@@ -73,10 +73,10 @@ def run(args) -> int:
         from ..use.pretrained import load_init
 
         loaded, init = None, load_init(args.init)
-        config = fine_tune_config(init, cfgmod.read_recipe(args.recipe or "finetune"), args.overrides, args.data)
+        config = fine_tune_config(init, cfgmod.read_recipe("finetune" if args.recipe is None else args.recipe), args.overrides, args.data)
     else:
         loaded = None
-        config = cfgmod.build_config(cfgmod.read_recipe(args.recipe or "cifar10"), args.overrides, args.data)
+        config = cfgmod.build_config(cfgmod.read_recipe("cifar10" if args.recipe is None else args.recipe), args.overrides, args.data)
     out = args.out or Path("runs") / f"{config.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = train(config, out, resume=loaded, init=init)
     print(json.dumps(summary))
