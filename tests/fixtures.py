@@ -37,6 +37,23 @@ def json_lines(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+def refused(argv: str, capsys) -> str:
+    """Run ``alexnet ARGV`` (split on spaces) in this process; it must exit 2 with one ``alexnet ...: error:``
+    line on stderr and no traceback: that line."""
+    from alexnet.cli import main
+
+    try:
+        code = main(argv.split())
+    except SystemExit as exit:  # argparse's own refusals
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("alexnet"), err
+    return errors[0]
+
+
 def lrn_formula(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
     """Section 3.3 written as loops over channels (alpha divided by n, the cuda-convnet convention, and
     Caffe's, whose bvlc_alexnet uses k=1): the reference every LRN test checks against."""

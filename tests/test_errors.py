@@ -22,9 +22,8 @@ import torch
 from PIL import Image
 from usage_sites import usage_sites
 
-from alexnet.cli import main
 from alexnet.errors import UsageError
-from fixtures import TINY_CLASSES, caffe_blobs, tiny_checkpoint, write_caffemodel
+from fixtures import TINY_CLASSES, caffe_blobs, refused, tiny_checkpoint, write_caffemodel
 
 # (argv with {fixture} names, a fragment of the one-line message); ids below. {out} is a path that must not
 # exist afterwards; {folder} names are under the module's fixture folder (see `made`).
@@ -752,16 +751,8 @@ def test_mistake(name, made, busy_port, offline, tmp_path, monkeypatch, capsys):
         from alexnet.data.cifar import source
 
         monkeypatch.setattr(source, "URL", options["url"].format(**names))
-    try:
-        code = main(command.split())
-    except SystemExit as exit:  # argparse's own refusals
-        code = exit.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and fragment in errors[0], err
-    assert errors[0].startswith("alexnet"), errors[0]
+    line = refused(command, capsys)
+    assert fragment in line, line
     written = [p for p in work.rglob("*") if p.is_file() and "cache" not in p.relative_to(work).parts]
     assert not written, "a refused command wrote files"  # besides a data cache ($ALEXNET_DATA: decoded CIFAR-10)
     assert snapshot(folder) == before, "a refused command changed the fixtures"

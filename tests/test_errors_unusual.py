@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.cli import main
 from alexnet.errors import UsageError
 from alexnet.runtime import Dist
+from fixtures import refused
 
 TWO = Dist(rank=0, world=2, local_rank=0, local_world=2)  # rank 0 of a torchrun job of two
 OTHER = Dist(rank=1, world=2, local_rank=1, local_world=2)  # the other rank
@@ -31,20 +31,6 @@ def one_line(error: UsageError) -> str:
     text = str(error)
     assert "\n" not in text, text
     return text
-
-
-def refused(argv: str, capsys) -> str:
-    """Run ``alexnet ARGV`` in this process; it must exit 2 with one error line and no traceback: that line."""
-    try:
-        code = main(argv.split())
-    except SystemExit as exit:  # argparse's own refusals
-        code = exit.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and errors[0].startswith("alexnet"), err
-    return errors[0]
 
 
 @pytest.fixture

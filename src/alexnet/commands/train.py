@@ -73,10 +73,12 @@ def run(args) -> int:
         from ..use.pretrained import load_init
 
         loaded, init = None, load_init(args.init)
-        config = fine_tune_config(init, cfgmod.read_recipe("finetune" if args.recipe is None else args.recipe), args.overrides, args.data)
+        recipe = cfgmod.read_recipe("finetune" if args.recipe is None else args.recipe)  # '' is no recipe's name
+        config = fine_tune_config(init, recipe, args.overrides, args.data)
     else:
         loaded = None
-        config = cfgmod.build_config(cfgmod.read_recipe("cifar10" if args.recipe is None else args.recipe), args.overrides, args.data)
+        recipe = cfgmod.read_recipe("cifar10" if args.recipe is None else args.recipe)
+        config = cfgmod.build_config(recipe, args.overrides, args.data)
     out = args.out or Path("runs") / f"{config.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = train(config, out, resume=loaded, init=init)
     print(json.dumps(summary))
