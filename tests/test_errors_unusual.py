@@ -181,3 +181,25 @@ def test_gpu_index_beyond_the_visible(work, monkeypatch, capsys):
     line = refused(f"train --out {work / 'out'} train.device=cuda:3", capsys)
     assert "device cuda:3 but this machine shows one GPU, cuda:0: name one of them, or cpu" in line
     assert not (work / "out").exists()
+
+
+@pytest.mark.parametrize("code, fragment", [(errno.ENOSPC, "free disk space"),
+                                            (errno.EACCES, "may not be written here")], ids=["full", "forbidden"])
+def test_a_disk_that_refuses_a_write_is_one_line_and_leaves_no_half_file(work, monkeypatch, capsys, code, fragment):
+    """Anywhere a command writes (here export's safetensors writer), a full or forbidden disk is one line that
+    names the file and what to do; the export is written beside its name and moved there whole, so nothing
+    half-written is left under --out's name."""
+    from alexnet.use import export
+    from fixtures import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(work / "tiny.pt", width=1 / 16)
+    out = work / "exported" / "tiny.safetensors"
+
+    def refuse(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half")  # what a writer leaves when the disk fills in the middle
+        raise OSError(code, os.strerror(code), path)
+
+    monkeypatch.setattr(export, "save_file", refuse)
+    line = refused(f"export --checkpoint {ckpt} --format safetensors --out {out}", capsys)
+    assert os.strerror(code) in line and fragment in line and "tiny.safetensors" in line
+    assert list(out.parent.iterdir()) == [], "no file, whole or half, under --out's name or beside it"

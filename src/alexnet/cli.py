@@ -8,6 +8,7 @@ results that scripts read (eval's JSON line) go to stdout, progress goes to stde
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from .commands import (
@@ -69,9 +70,28 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"alexnet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full or read-only disk, anywhere a command writes: one line, not a traceback
+        if err.errno not in DISK_FULL | NOT_ALLOWED:
+            raise
+        print(f"alexnet {args.command}: error: {disk_error(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+NOT_ALLOWED = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def disk_error(err: OSError) -> str:
+    """The one line for ``err``, a write the disk or the file system refused, and what to do."""
+    where = f" writing {err.filename}" if err.filename else ""
+    if err.errno in DISK_FULL:
+        return (f"{err.strerror}{where}: free disk space (or point --out / $ALEXNET_DATA at a larger disk), then "
+                "run the command again; a training run continues with --resume")
+    return (f"{err.strerror}{where.replace('writing', 'at')}: the file or its folder may not be written here; "
+            "fix its permissions or choose another folder, then run the command again")
 
 
 if __name__ == "__main__":
