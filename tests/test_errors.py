@@ -23,7 +23,7 @@ from PIL import Image
 from usage_sites import usage_sites
 
 from alexnet.errors import UsageError
-from fixtures import TINY_CLASSES, caffe_blobs, refused, tiny_checkpoint, write_caffemodel
+from fixtures import TINY_CLASSES, caffe_blobs, recipe_checkpoint, refused, tiny_checkpoint, write_caffemodel
 
 # (argv with {fixture} names, a fragment of the one-line message); ids below. {out} is a path that must not
 # exist afterwards; {folder} names are under the module's fixture folder (see `made`).
@@ -443,23 +443,12 @@ def write(path, data: bytes | str = b""):
     return path
 
 
-def cifar_checkpoint(path):
-    """A CIFAR-10 network (its config: the cifar10 dataset) at a sixteenth of the width."""
-    from alexnet import AlexNet, ModelConfig, save_checkpoint
-    from alexnet.data.pipeline import CIFAR10_MEAN, CIFAR10_STD, Pipeline
-
-    model = AlexNet(ModelConfig(variant="cifar", num_classes=10, input_size=32, width=1 / 16)).eval()
-    pipeline = Pipeline(kind="cifar10", size=32, stored=32, mean=torch.tensor(CIFAR10_MEAN).view(3, 1, 1) * 255,
-                        mean_kind="channel", std=torch.tensor(CIFAR10_STD).view(3, 1, 1) * 255)
-    return save_checkpoint(path, model, pipeline=pipeline.state_dict())
-
-
 def checkpoints(f):
     """The small checkpoint and its damaged or refused variants."""
     imagenet = {"data": {"dataset": "imagenet"}}  # eval and figures then read a prepared folder
     tiny = tiny_checkpoint(f / "tiny.pt", width=1 / 16, config=imagenet)  # a 1 MB file, loaded in milliseconds
     tiny_checkpoint(f / "other.pt", seed=1, width=1 / 16, mean=100.0, config=imagenet)
-    cifar_checkpoint(f / "cifar.pt")
+    recipe_checkpoint(f / "cifar.pt", "cifar10", ["model.width=0.0625"])  # a CIFAR-10 network and its input
     ckpt = torch.load(tiny, weights_only=True)
     write(f / "text.pt", "hello\n")
     write(f / "zero.pt")
