@@ -6,6 +6,7 @@
 Works without installing the package: ``src/`` is put on ``sys.path`` when ``alexnet`` is not importable.
 """
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -24,6 +25,13 @@ def alexnet(checkpoint=None, **config):
     from alexnet.errors import UsageError
 
     if checkpoint is None:
+        if "pretrained" in config or "weights" in config:  # torchvision's keywords: nothing is downloaded here
+            raise UsageError("hub alexnet: no weights are downloaded; pass checkpoint=PATH (a run's .pt, or "
+                             "`alexnet import torchvision alexnet-owt-7be5be79.pth --out CKPT`)")
+        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(ModelConfig)})
+        if unknown:
+            raise UsageError(f"hub alexnet: unknown option(s) {', '.join(unknown)}; it takes checkpoint=PATH or "
+                             f"ModelConfig's {', '.join(f.name for f in dataclasses.fields(ModelConfig))}")
         return AlexNet(ModelConfig(**config))
     if config:
         raise UsageError(f"hub alexnet: a checkpoint carries its own model config; drop {', '.join(sorted(config))}")

@@ -66,7 +66,7 @@ def test_shrink_epochs_shrink_each_window_and_fc6_still_gets_its_map():
     model = AlexNet(config.model)
     model(x).sum().backward()  # training: pool5's 2x2 map is averaged up to fc6's 4x4
     assert model.fc6.weight.grad.abs().sum() > 0
-    with pytest.raises(RuntimeError):  # evaluation keeps the network's own input size
+    with pytest.raises(ValueError, match="pool5 map"):  # evaluation keeps the network's own input size
         model.eval()(x)
     with pytest.raises(UsageError, match="shrink_size=40"):
         _config("data.shrink_size=40", "data.shrink_epochs=2")

@@ -15,6 +15,7 @@ import json
 import shutil
 import socket
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -420,6 +421,38 @@ ROWS.update({
     "prepare-cifar-cache-is-file": ("prepare cifar10 --src {folder}/cifar_images", "is a file, not a folder; set "
                                     "ALEXNET_DATA", {"env": {"ALEXNET_DATA": "{img}"}}),
 })
+# Found by trying folders shaped like a user's: archives, unsorted photos, one class, val/ named otherwise, --out
+# inside the source or over another source's preparation.
+ROWS.update({
+    "prepare-src-archive": ("prepare imagenet --src {folder}/part.tar --out {out}", "is an archive; extract it"),
+    "train-data-archive": ("train --recipe imagenet --data {folder}/part.tar --out {out}", "is an archive; extract"),
+    "eval-data-archive": ("eval --checkpoint {tiny} --data {folder}/part.tar", "is an archive; extract it"),
+    "train-own-photos-cifar": ("train --data {folder}/imagefolder --out {out}", "train them with --recipe imagenet"),
+    "prepare-unsorted-photos": ("prepare imagenet --src {folder}/photos --out {out}",
+                                "holds image files but no class folders"),
+    "train-unsorted-photos": ("train --recipe imagenet --data {folder}/photos --out {out}",
+                              "put each class's images in its own folder"),
+    "train-data-is-train-split": ("train --recipe imagenet --data {folder}/imagefolder/train --out {out}",
+                                  "is the train/ split itself (it holds n0/, n1/, n2/); pass the folder that holds"),
+    "prepare-bare-class-folders": ("prepare imagenet --src {folder}/hunt/sorted --out {out}",
+                                   "holds class folders (cat/, dog/) but no train/ or val/ split: put them in"),
+    "train-one-class": ("train --recipe imagenet --data {folder}/hunt/oneclass --out {out} data.batch_size=1",
+                        "has 1 class (only): a classifier needs at least two"),
+    "train-val-other-names": ("train --recipe imagenet --data {folder}/hunt/valnames --out {out} data.batch_size=1",
+                              "has no val images: all 2 were skipped, e.g. val/A/0.jpg: class A is not among"),
+    "prepare-out-in-train": ("prepare imagenet --src {folder}/imagefolder --out {folder}/imagefolder/train/prep",
+                             "is inside the source's train folder"),
+    "prepare-out-other-source": ("prepare imagenet --src {folder}/hunt/valnames --out {folder}/prepared",
+                                 "already holds the preparation of"),
+    "prepare-train-tar-gzipped": ("prepare imagenet --src {folder}/hunt/gztar --out {out}",
+                                  "(gzip-compressed: decompress it (gunzip) to the plain tar)"),
+    "prepare-train-tar-of-images": ("prepare imagenet --src {folder}/hunt/imgtar --out {out}",
+                                    "it holds images (cat/0.jpg): extract it into train/"),
+    "prepare-kaggle-root": ("prepare imagenet --src {folder}/hunt/kaggle --out {out}",
+                            "for Kaggle's ImageNet pass --src"),
+    "eval-val-only-no-pipeline": ("eval --checkpoint {folder}/nopipe.pt --data {folder}/hunt/valonly",
+                                  "the data has no train split, so no statistics"),
+})
 if not torch.backends.mps.is_available():  # a Mac's GPU: not on this machine
     ROWS["predict-no-mps"] = ("predict --checkpoint {tiny} {img} --device mps", "--device mps: not a usable device")
     ROWS["train-no-mps"] = ("train --out {out} train.device=mps", "device 'mps' is not usable here")
@@ -681,6 +714,25 @@ def hunted(f):
     np.save(h / "nan-mean.npy", np.full((3, 256, 256), np.nan, np.float32))
     write(h / "emptymetrics" / "metrics.jsonl")
     write(h / "binmetrics" / "metrics.jsonl", b"\xff\xfe\x00")
+    jpeg = (f / "img.jpg").read_bytes()
+    for name in ("train/only/0.jpg", "train/only/1.jpg", "val/only/0.jpg"):  # one class
+        write(h / "oneclass" / name, jpeg)
+    for name in ("train/a/0.jpg", "train/b/0.jpg", "val/A/0.jpg", "val/B/0.jpg"):  # val/ spelt otherwise
+        write(h / "valnames" / name, jpeg)
+    for name in ("cat/0.jpg", "dog/0.jpg"):  # photos sorted into classes, but no train/ and val/
+        write(h / "sorted" / name, jpeg)
+    for c in range(3):  # val/ alone, the tiny checkpoint's classes
+        write(h / "valonly" / "val" / f"n{c}" / "0.jpg", jpeg)
+    tar_of(h / "imgtar" / "ILSVRC2012_img_train.tar", {"cat/0.jpg": jpeg})  # images, not per-class tars
+    import gzip
+
+    plain = (h / "imgtar" / "ILSVRC2012_img_train.tar").read_bytes()
+    write(h / "gztar" / "ILSVRC2012_img_train.tar", gzip.compress(plain))  # the tar gzipped, its name kept
+    write(h / "kaggle" / "ILSVRC" / "Data" / "CLS-LOC" / "train" / "n0" / "0.jpg", jpeg)  # Kaggle's download
+    write(h / "kaggle" / "LOC_val_solution.csv", "ImageId,PredictionString\n")
+    from alexnet import AlexNet, ModelConfig
+
+    torch.save(AlexNet(ModelConfig(width=1 / 16, num_classes=3)).state_dict(), h / "bare-state-dict.pt")
 
 
 @pytest.fixture(scope="module")
@@ -772,12 +824,98 @@ def _library_guards(f):
         "figure1-setup": (lambda: Figure1Config(setup="vintage"), "--setup must be one of"),
         "export-format": (lambda: export(f / "tiny.pt", "png", out), "export format 'png' is unknown"),
         "resume-nothing": (lambda: RunFolder(f / "empty").start("", resume=True), "--resume: no checkpoint at"),
+        **_api_guards(f),
     }
 
 
 GUARDS = ("cifar-limit", "subset-negative", "prepare-resize", "prepare-format", "prepare-quality",
           "prepare-shard-size", "shard-format", "autocast-precision", "figure1-setup", "export-format",
           "resume-nothing")
+GUARDS += ("load-map-location-word", "load-map-location-cuda", "save-checkpoint-folder", "load-bare-state-dict",
+           "hub-pretrained", "hub-unknown-option", "predictor-device-word")
+
+
+def _api_guards(f):
+    """The Python API's refusals (UsageError) of what a user passes it: README's "Python" section, hubconf.py."""
+    import importlib.util
+
+    from alexnet import AlexNet, ModelConfig, load_model, load_run, save_checkpoint
+    from alexnet.use.predictor import Predictor
+
+    spec = importlib.util.spec_from_file_location("hubconf", Path(__file__).parents[1] / "hubconf.py")
+    hub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hub)
+    bare = f / "hunt" / "bare-state-dict.pt"  # torch.save(model.state_dict(), path): written by `hunted`
+    guards = {
+        "load-map-location-word": (lambda: load_model(f / "tiny.pt", map_location="gpu"), "map_location='gpu' is "
+                                   "not a device torch knows"),
+        "save-checkpoint-folder": (lambda: save_checkpoint(f / "empty", AlexNet(ModelConfig(width=1 / 16))),
+                                   "is a folder; give save_checkpoint a file name"),
+        "load-bare-state-dict": (lambda: load_model(bare), "a bare state_dict of the network: load it with"),
+        "hub-pretrained": (lambda: hub.alexnet(pretrained=True), "no weights are downloaded; pass checkpoint=PATH"),
+        "hub-unknown-option": (lambda: hub.alexnet(classes=10), "unknown option(s) classes; it takes checkpoint=PATH"),
+        "predictor-device-word": (lambda: Predictor.from_run(load_run(f / "tiny.pt"), device="gpu"),
+                                  "device 'gpu' is not usable here; use 'cpu'"),
+    }
+    if not torch.cuda.is_available():
+        guards["load-map-location-cuda"] = (lambda: load_model(f / "tiny.pt", map_location="cuda"),
+                                            "map_location='cuda' but no CUDA GPU is visible; use 'cpu'")
+    else:
+        guards["load-map-location-cuda"] = (lambda: load_model(f / "tiny.pt", map_location="cuda:99"),
+                                            "map_location='cuda:99' but this machine shows")
+    return guards
+
+
+def _api_mistakes():
+    """What a user passes the network, its config, the checkpoint functions and the input pipeline: each a
+    TypeError or ValueError whose one line names the value and the fix (not an error deep inside torch)."""
+    from alexnet import AlexNet, ModelConfig, features, load_model, load_run, save_checkpoint
+    from alexnet.data.pipeline import Pipeline
+
+    net = AlexNet(ModelConfig(width=1 / 16, num_classes=3)).eval()
+    pipeline = Pipeline(kind="imagenet", size=224, stored=256, mean=torch.full((3, 256, 256), 115.0),
+                        mean_kind="image")
+    x = torch.randn(1, 3, 224, 224)
+    return {
+        "config-classes-text": (lambda: ModelConfig(num_classes="10"), "model.num_classes must be an int"),
+        "config-classes-float": (lambda: ModelConfig(num_classes=2.5), "got 2.5 (float)"),
+        "config-width-text": (lambda: ModelConfig(width="half"), "model.width must be a number; got 'half'"),
+        "config-width-nan": (lambda: ModelConfig(width=float("nan")), "width=nan"),
+        "config-towers-text": (lambda: ModelConfig(towers="no"), "model.towers must be True or False; got 'no'"),
+        "config-input-size": (lambda: ModelConfig(input_size=0), "model.input_size=0: must be at least 1"),
+        "alexnet-int": (lambda: AlexNet(10), "AlexNet takes a ModelConfig; got int 10"),
+        "alexnet-dict": (lambda: AlexNet({"num_classes": 10}), "AlexNet(ModelConfig(**config))"),
+        "forward-one-image": (lambda: net(x[0]), "got shape (3, 224, 224): one image: add the batch dimension"),
+        "forward-channels-last": (lambda: net(x.permute(0, 2, 3, 1)), "channels last: x.permute(0, 3, 1, 2)"),
+        "forward-gray": (lambda: net(x[:, :1]), "grayscale: x.expand(-1, 3, -1, -1)"),
+        "forward-uint8": (lambda: net(x.to(torch.uint8)), "got torch.uint8 pixels: pass uint8 images through"),
+        "forward-double": (lambda: net(x.double()), "the input is torch.float64 but the network's weights are"),
+        "forward-pil": (lambda: net(Image.new("RGB", (224, 224))), "got Image: make one with"),
+        "forward-numpy": (lambda: net(x.numpy()), "got ndarray"),
+        "forward-tiny": (lambda: net(torch.randn(1, 3, 32, 32)), "input 32x32 is too small for this network"),
+        "forward-stored-side": (lambda: net(torch.randn(1, 3, 256, 256)), "gives a 7x7 pool5 map but fc6 takes 6x6"),
+        "features-other-module": (lambda: features(torch.nn.Linear(2, 2), x), "features takes an AlexNet"),
+        "load-none": (lambda: load_model(None), "takes the path of a .pt file (str or pathlib.Path); got NoneType"),
+        "load-a-network": (lambda: load_model(net), "got a network"),
+        "save-swapped": (lambda: save_checkpoint(net, "model.pt"), "the path comes first"),
+        "save-other-module": (lambda: save_checkpoint("x.pt", torch.nn.Linear(2, 2)), "writes an AlexNet; got Linear"),
+        "pipeline-pil": (lambda: pipeline.eval_input(Image.new("RGB", (256, 256))), "pil_to_tensor(image)[None]"),
+        "pipeline-one-image": (lambda: pipeline.eval_input(torch.zeros(3, 256, 256, dtype=torch.uint8)),
+                               "add the batch dimension, images[None]"),
+        "pipeline-floats": (lambda: pipeline.eval_input(torch.rand(1, 3, 256, 256)), "takes uint8 pixels 0..255"),
+        "load-run-overrides-string": (lambda: load_run(Path(__file__).parent / "missing.pt", "data.limit=5"),
+                                      "got the string 'data.limit=5': pass ['data.limit=5']"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_api_mistakes()))
+def test_api_mistake(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    call, fragment = _api_mistakes()[name]
+    with pytest.raises((TypeError, ValueError)) as refused:
+        call()
+    assert fragment in str(refused.value) and "\n" not in str(refused.value), str(refused.value)
+    assert not list(tmp_path.iterdir()), "a refused call wrote a file"
 
 
 @pytest.mark.parametrize("name", GUARDS)

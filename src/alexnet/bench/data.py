@@ -72,11 +72,11 @@ def bench_data(src: Path, json_out: bool = False, min_images: int = 1000, second
 
 def source_images(src: Path) -> list[Path]:
     """The image files directly in ``src`` (or below it), sorted."""
-    from ..data.decode import is_image_name
+    from ..data.decode import image_paths
 
     if not src.is_dir():
         raise UsageError(f"{src}: no such folder; pass --src DIR, a folder of JPEG images")
-    files = sorted(p for p in src.rglob("*") if is_image_name(p.name) and p.is_file())
+    files = [p for p in image_paths(src) if p.is_file()]  # hidden and system folders left out
     if not files:
         raise UsageError(f"{src}: holds no image files (.JPEG, .jpg, .png ...); pass a folder of images")
     if bad := next((p for p in files if not _opens(p)), None):

@@ -45,7 +45,7 @@ def run(args) -> int:
     members = [load_run(path) for path in args.ensemble]  # a bad file fails before the data is read
     config = first.config
     ddp, device = start(config.seed, config.train.threads, config.train.device)  # torchrun: a share each
-    data = load_dataset(config.data, config.seed, ddp)
+    data = load_dataset(config.data, config.seed, ddp, splits=("val",))  # a folder of val/ photos alone will do
     pipeline = first.pipeline_for(data)
     for member in members:  # the same classes and the same input as the first network
         member.same_input(pipeline, data)
@@ -81,7 +81,7 @@ def run_onnx(args) -> int:
     config = onnx_config(info, args.overrides, args.data)
     # the dataset first: decoding it may fork a pool of processes, which a process already running
     # onnxruntime's threads should not do (a forked child can inherit a lock held by one of them)
-    data = load_dataset(config.data, config.seed, Dist())
+    data = load_dataset(config.data, config.seed, Dist(), splits=("val",))
     predictor = Predictor.from_onnx(args.checkpoint, info=info)
     count = args.crops or info.get("eval_crops") or 1  # as the run was validated, where the
     if not args.crops and predictor.refusal(count):  # file can take it (one input side): else whole images

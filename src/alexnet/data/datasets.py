@@ -128,20 +128,21 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def load_dataset(cfg, seed: int, ddp: Dist = Dist()) -> Dataset:
+def load_dataset(cfg, seed: int, ddp: Dist = Dist(), splits: tuple[str, ...] = ("train", "val")) -> Dataset:
     """The run's dataset for ``cfg`` (a ``config.DataConfig``). Under torchrun rank 0 loads it first
     (filling the CIFAR-10 cache, or preparing an ImageFolder given as ``data.path``) and the others
-    then read what it wrote."""
+    then read what it wrote. ``splits``: the prepared splits needed (evaluation: ``("val",)``; a missing
+    train split is then empty and without statistics)."""
     with main_first(ddp):
         if cfg.dataset == "cifar10":
             from .cifar.load import CLASSES, load_cifar10
 
             train, test = load_cifar10(cfg.path or None, limit=cfg.limit or None, seed=seed, val_limit=cfg.val_size)
             return Dataset(train.images, train.labels, test.images, test.labels, CLASSES)
-        return load_prepared(cfg, seed, ddp)
+        return load_prepared(cfg, seed, ddp, splits)
 
 
-def load_prepared(cfg, seed: int, ddp: Dist = Dist()) -> Dataset:
+def load_prepared(cfg, seed: int, ddp: Dist = Dist(), splits: tuple[str, ...] = ("train", "val")) -> Dataset:
     """A folder written by ``alexnet prepare imagenet`` (shards, classes.tsv, stats.safetensors),
     or an image source that prepare takes (an ImageFolder, the ILSVRC-2012 files): that is
     prepared once into the cache and read from there."""
@@ -164,17 +165,39 @@ def load_prepared(cfg, seed: int, ddp: Dist = Dist()) -> Dataset:
     with open(root / "classes.tsv", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     classes, names = tuple(row["wnid"] for row in rows), tuple(row.get("name") or row["wnid"] for row in rows)
-    for split in ("train", "val"):
+    for split in splits:
         if not (root / split / "manifest.tsv").is_file():
-            raise UsageError(f"{root} has no {split} split ({root / split} is missing): training needs both; "
+            need = "training needs both" if "train" in splits else "evaluation needs it"
+            raise UsageError(f"{root} has no {split} split ({root / split} is missing): {need}; "
                              f"prepare a source with {split}/ images")
-    train, val = ShardImages(root / "train"), ShardImages(root / "val")
-    if cfg.limit:
+        _check_not_empty(root, split)
+    if "train" in splits or (root / "train" / "manifest.tsv").is_file():
+        train = ShardImages(root / "train")
+    else:  # evaluating a folder of val/ photos alone
+        train = torch.zeros(0, 3, 256, 256, dtype=torch.uint8)
+    val = ShardImages(root / "val")
+    train_labels = train.labels if isinstance(train, ShardImages) else torch.zeros(0, dtype=torch.int64)
+    if cfg.limit and len(train_labels):
         train = train.subset(balanced_indices(train.labels, len(classes), cfg.limit, seed))
+        train_labels = train.labels
     if cfg.val_size:
         val = val.subset(balanced_indices(val.labels, len(classes), cfg.val_size, seed))
-    stats = load_file(str(root / "stats.safetensors"))
-    return Dataset(train, train.labels, val, val.labels, classes, stats, names)
+    stats = load_file(str(root / "stats.safetensors")) if (root / "stats.safetensors").is_file() else None
+    return Dataset(train, train_labels, val, val.labels, classes, stats, names)
+
+
+def _check_not_empty(root: Path, split: str) -> None:
+    """Refuse a prepared split that holds no image: every one was skipped (report.json says why)."""
+    with open(root / split / "manifest.tsv", "rb") as f:
+        if sum(1 for _ in f) > 1:  # the header and at least one image
+            return
+    try:
+        skipped = [s for s in json.loads((root / "report.json").read_text())["skipped"] if s["split"] == split]
+    except (OSError, ValueError, KeyError, TypeError):
+        skipped = []
+    why = f": all {len(skipped)} were skipped, e.g. {skipped[0]['source']}: {skipped[0]['reason']}" if skipped else ""
+    raise UsageError(f"{root} has no {split} images{why}; see {root / 'report.json'} and fix the source's {split}/ "
+                     "folder (its class folders must be named as train/'s)")
 
 
 def prepared_copy(src: Path, ddp: Dist = Dist(), resize: str = "center") -> Path:
@@ -186,7 +209,11 @@ def prepared_copy(src: Path, ddp: Dist = Dist(), resize: str = "center") -> Path
 
     from ..files import cache_root
     from .imagenet.prepare import prepare_imagenet
+    from .imagenet.sources import is_archive_name
 
+    if src.is_file() and is_archive_name(src.name):
+        raise UsageError(f"--data {src}: is an archive; extract it (tar xf, unzip) and pass the folder it makes: an "
+                         "ImageFolder (train/<class>/, val/<class>/) or a folder written by `alexnet prepare imagenet`")
     if not src.is_dir():
         raise UsageError(f"--data {src}: no such folder; give a folder written by `alexnet prepare imagenet` or "
                          "an ImageFolder (train/<class>/, val/<class>/)")

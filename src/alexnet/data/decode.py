@@ -28,7 +28,9 @@ files raise ``BadImage`` with the reason.
 from __future__ import annotations
 
 import io
+import os
 import re
+import struct
 import warnings
 from pathlib import Path
 
@@ -41,8 +43,14 @@ except ImportError:  # pragma: no cover - torchvision decodes everything then
     simplejpeg = None
 
 STORED_SIZE = 256  # the side of a prepared image (section 2: shorter side 256, centre 256x256)
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm",
-                            ".tif", ".tiff"})
+# .jpe and .jfif are JPEG's other names; .heic/.heif (phones) are listed so that such photos are reported
+# as unreadable (Pillow needs a plugin for them) rather than left out without a word.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm",
+                            ".tif", ".tiff", ".avif", ".heic", ".heif"})
+# Folders that hold no photos of their own: macOS's zip resource forks, Synology's thumbnails, the
+# bins and lost files of a disk. Like hidden folders they are neither classes nor searched for images.
+SYSTEM_FOLDERS = frozenset({"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information", "lost+found"})
+MAX_PIXELS = 89_478_485  # Pillow's own warning threshold: about 0.25 GB of RGBA pixels; more is refused undecoded
 
 
 class BadImage(ValueError):
@@ -53,12 +61,44 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
+def is_skipped_folder(name: str) -> bool:
+    """A hidden or system folder (``SYSTEM_FOLDERS``): never a class, never searched for images."""
+    return name.startswith(".") or name in SYSTEM_FOLDERS
+
+
+def walk(folder: Path):
+    """``os.walk`` of ``folder`` following links (a class folder may be a link), hidden and system folders left
+    out, and each real folder entered once: a link to a folder above does not list its photos again and again."""
+    seen, top = set(), os.path.realpath(folder)
+    for where, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(where)
+        if real in seen or top.startswith(real + os.sep):  # entered before, or a link up to a folder above
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not is_skipped_folder(d)]
+        yield where, files
+
+
+def image_paths(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (recursively, see ``walk``), sorted."""
+    return sorted(Path(where) / name for where, files in walk(folder) for name in files if is_image_name(name))
+
+
+def check_pixels(width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse (``BadImage``) an image too large to decode safely, before its pixels are allocated."""
+    if width * height > max_pixels:
+        raise BadImage(f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
+                       "(a decompression bomb?)")
+
+
 def decode_rgb(data: bytes) -> torch.Tensor:
     """Encoded bytes -> uint8 (3, H, W) RGB, stored pixel order (EXIF orientation ignored)."""
     from torchvision.io import ImageReadMode, decode_image
 
     if not data:
         raise BadImage("empty file")
+    _check_header(data)
     try:
         with quiet_decoders():
             image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
@@ -96,11 +136,16 @@ def _decode_jpeg_scaled(data: bytes, size: int) -> np.ndarray | None:
         return None
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-        if colorspace not in ("Gray", "YCbCr", "RGB"):
-            return None
-        factor = 1
-        while factor < 8 and min(height, width) // (2 * factor) >= size:
-            factor *= 2
+    except ValueError:
+        return None
+    if colorspace not in ("Gray", "YCbCr", "RGB"):
+        return None
+    factor = 1
+    while factor < 8 and min(height, width) // (2 * factor) >= size:
+        factor *= 2
+    # the pixels it decodes to, before they are allocated (a 108-megapixel phone photo decodes at 1/8)
+    check_pixels(-(-width // factor), -(-height // factor))
+    try:
         return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-height // factor),
                                       min_width=-(-width // factor), strict=True)
     except ValueError:
@@ -137,6 +182,30 @@ def resize_squash(image: torch.Tensor, size: int = STORED_SIZE) -> torch.Tensor:
     return out[0].round().clamp(0, 255).to(torch.uint8)
 
 
+def _check_header(data: bytes) -> None:
+    """Refuse a decompression bomb from its header, before a decoder allocates its pixels; damaged headers are
+    left to the decoders, which give the reason. PNG, GIF and JPEG sizes are read in microseconds (a CIFAR-10
+    photo decodes in 0.2 ms), other formats' by Pillow, which reads only the header."""
+    from PIL import Image
+
+    kind = signature(data)
+    try:
+        if kind == "PNG":
+            width, height = struct.unpack(">II", data[16:24])
+        elif kind == "GIF":
+            width, height = struct.unpack("<HH", data[6:10])
+        elif kind == "JPEG" and simplejpeg is not None:
+            height, width, *_ = simplejpeg.decode_jpeg_header(data)
+        else:
+            with quiet_decoders(), Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as error:
+        raise BadImage(f"refused as a decompression bomb ({reason(error)})") from None
+    except Exception:  # not an image Pillow knows, or a damaged one: decoding says why
+        return
+    check_pixels(width, height)
+
+
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
                (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
@@ -145,6 +214,8 @@ def signature(data: bytes) -> str | None:
     """The image format that ``data``'s first bytes announce, or ``None``."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
+    if data[4:8] == b"ftyp":  # ISO media: a phone's HEIC photo, or AVIF
+        return "AVIF" if data[8:12] in (b"avif", b"avis") else "HEIC"
     return next((kind for magic, kind in _SIGNATURES if data.startswith(magic)), None)
 
 
@@ -159,6 +230,8 @@ def _decode_with_pil(data: bytes, first_error: Exception) -> torch.Tensor:
     except UnidentifiedImageError:
         if kind is None:
             raise BadImage(f"not an image ({describe_content(data)})") from None
+        if kind in UNSUPPORTED:
+            raise BadImage(UNSUPPORTED[kind]) from None
         raise BadImage(f"corrupt {kind} data ({reason(first_error)})") from None
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError ... for damaged data
         said = f"{first_error} {error}".lower()
@@ -168,9 +241,20 @@ def _decode_with_pil(data: bytes, first_error: Exception) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+UNSUPPORTED = {"HEIC": "a HEIC photo, which Pillow reads only with the pillow-heif plugin; convert it to JPEG",
+               "AVIF": "an AVIF image this Pillow cannot read; convert it to JPEG"}
+_ARCHIVES = ((b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "gzip data (a .tar.gz?)"),
+             (b"7z\xbc\xaf", "a 7-Zip archive"))
+
+
 def describe_content(data: bytes) -> str:
-    """``text`` for printable data, else the first bytes in hex."""
+    """``text`` for printable data, an archive's kind, else the first bytes in hex."""
     head = data[:512]
+    archive = next((kind for magic, kind in _ARCHIVES if head.startswith(magic)), None)
+    if archive is None and data[257:262] == b"ustar":
+        archive = "a tar archive"
+    if archive is not None:
+        return f"{archive}: extract it and pass the folder"
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:

@@ -32,9 +32,12 @@ from ..errors import UsageError
 from ..runtime import worker_count
 from .decode import (
     IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    UNSUPPORTED,
     BadImage,
+    check_pixels,
     describe_content,
-    is_image_name,
+    image_paths,
     quiet_decoders,
     reason,
     resize_center_crop,
@@ -42,8 +45,6 @@ from .decode import (
     signature,
 )
 from .pipeline import Pipeline
-
-MAX_PIXELS = 89_478_485  # Pillow's own warning threshold: about 0.25 GB of RGBA pixels
 
 
 def decode_file(data: bytes, pipeline: Pipeline, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
@@ -60,10 +61,7 @@ def decode_photo(data: bytes, max_pixels: int = MAX_PIXELS, draft: int | None = 
         raise BadImage("empty file")
     try:
         with quiet_decoders(), Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise BadImage(f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
-                               "(a decompression bomb?)")
+            check_pixels(*image.size, max_pixels)
             if image.format == "JPEG" and draft:  # DCT scaling: 1/2, 1/4, 1/8 while both sides stay >= draft
                 image.draft("RGB", (draft, draft))
             rgb = _to_rgb(ImageOps.exif_transpose(image))
@@ -74,6 +72,8 @@ def decode_photo(data: bytes, max_pixels: int = MAX_PIXELS, draft: int | None = 
         kind = signature(data)
         if kind is None:
             raise BadImage(f"not an image Pillow can read ({describe_content(data)})") from None
+        if kind in UNSUPPORTED:
+            raise BadImage(UNSUPPORTED[kind]) from None
         raise BadImage(f"{_damage(data, kind)} {kind} data (Pillow cannot read its header)") from None
     except Image.DecompressionBombError as error:
         raise BadImage(f"refused as a decompression bomb ({reason(error)})") from None
@@ -117,7 +117,7 @@ def image_files(inputs: list[Path]) -> tuple[list[Path], bool]:
     files, folders = [], False
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if is_image_name(p.name) and p.is_file())
+            found = [p for p in image_paths(path) if p.is_file()]  # hidden and system folders left out
             if not found:
                 raise UsageError(f"{path}: no image files in this folder (looked for "
                                  f"{', '.join(sorted(IMAGE_SUFFIXES))}); name image files or pass them one by one")

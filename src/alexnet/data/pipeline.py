@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch.nn import functional as F
 
+from ..errors import UsageError
 from . import views as test_views
 from .augment import crop_at, flip_where, pca_lighting, random_crop_offsets, random_flips, rgb_eigen, views
 
@@ -197,6 +198,7 @@ class Pipeline:
         training window) and their mirrors. Two scales of one image: on the 10-epoch demo network
         0.7-0.9 points below the whole image and its mirror, for 1.8x that pass's work.
         """
+        check_images(images)
         if why := test_views.refusal(self.kind, count):
             raise ValueError(f"{count} views: {why}")
         images = self.at_stored(images)
@@ -227,6 +229,20 @@ class Pipeline:
         return self._to_float(x, mean, None)
 
 
+def check_images(images) -> None:
+    """Refuse, in one line, what is not a batch of stored uint8 RGB images (N, 3, H, W): a PIL image, a lone
+    image, channels last, or floats (already normalised, or 0..1) that would be taken for pixels."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"the pipeline takes uint8 images as a tensor (N, 3, H, W); got {type(images).__name__}: "
+                        "torchvision.transforms.functional.pil_to_tensor(image)[None] makes one of a PIL image")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"the pipeline takes uint8 images (N, 3, H, W); got shape {tuple(images.shape)}"
+                         + (": add the batch dimension, images[None]" if images.dim() == 3 else ""))
+    if images.dtype != torch.uint8:
+        raise TypeError(f"the pipeline takes uint8 pixels 0..255; got {images.dtype}: for floats in 0..1 pass "
+                        "(images * 255).round().to(torch.uint8)")
+
+
 def pipeline_for(config, data, training: bool = True) -> Pipeline:
     """The pipeline of ``config``'s dataset kind, with the training set's statistics from ``data``.
     ``training=False``: the evaluation side only (no lighting), which for cifar10 needs no data."""
@@ -247,6 +263,9 @@ def pipeline_for(config, data, training: bool = True) -> Pipeline:
         return Pipeline(kind=kind, size=size, stored=stored, padding=d.crop_padding, flip=d.flip, mean=mean,
                         mean_kind="channel", std=std, lighting=lighting, channels_last=channels_last)
     stats = data.stats
+    if stats is None:  # a prepared folder of val/ photos alone, and a checkpoint saved without its pipeline
+        raise UsageError("the data has no train split, so no statistics to build the input pipeline from; give "
+                         "--data with train/ images too, or a checkpoint that stores its pipeline")
     lighting = None
     if d.pca_std and training:
         lighting = Lighting(lighting_magnitude(stats["eigval"], d.pca_scale), stats["eigvec"], d.pca_std)

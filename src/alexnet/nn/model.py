@@ -78,6 +78,7 @@ class ModelConfig:
     tower_devices: str = ""
 
     def __post_init__(self):
+        _check_types(self)
         _check_choice("variant", self.variant, VARIANTS)
         _check_choice("activation", self.activation, ("relu", "tanh"))
         _check_choice("init", self.init, ("paper", "kaiming"))
@@ -85,10 +86,13 @@ class ModelConfig:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.one_gpu and self.towers:
             raise ValueError("model.one_gpu is the one-tower comparison net: set model.towers=false with it")
-        if (self.num_classes is not None and self.num_classes < 1) or self.width <= 0:
-            raise ValueError("model.num_classes must be >= 1 (or left out: from the data) and model.width > 0")
+        if (self.num_classes is not None and self.num_classes < 1) or not 0 < self.width < math.inf:
+            raise ValueError("model.num_classes must be >= 1 (or left out: from the data) and model.width > 0 and "
+                             f"finite; got num_classes={self.num_classes}, width={self.width}")
         if self.conv2_kernel < 0 or (self.conv2_kernel and self.conv2_kernel % 2 == 0):
             raise ValueError(f"model.conv2_kernel must be odd (or 0: the variant's 5); got {self.conv2_kernel}")
+        if self.input_size < 1:
+            raise ValueError(f"model.input_size={self.input_size}: must be at least 1 (the paper: 224)")
         if self.lrn_k <= 0 or self.conv1_padding < -1:
             raise ValueError("model.lrn_k must be > 0 and model.conv1_padding >= 0 (or -1: the variant's)")
         if self.tower_devices:
@@ -96,6 +100,36 @@ class ModelConfig:
                 raise ValueError("model.tower_devices splits the paper's two towers over two devices: "
                                  "it needs model.variant paper or cifar with model.towers=true")
             tower_split.parse_devices(self.tower_devices)
+
+
+_INTS = ("input_size", "conv1_padding", "conv2_kernel")
+_NUMBERS = ("dropout", "width", "lrn_k")
+_BOOLS = ("lrn", "overlap_pool", "towers", "one_gpu")
+_STRINGS = ("variant", "activation", "init", "tower_devices")
+
+
+def _check_types(config: ModelConfig) -> None:
+    """A value of the wrong type (``num_classes="10"``, ``towers="no"``) refused in one line, before a comparison
+    fails on it or, worse, a truthy string passes for True."""
+    def refuse(name: str, kind: str) -> None:
+        value = getattr(config, name)
+        raise TypeError(f"model.{name} must be {kind}; got {value!r} ({type(value).__name__})")
+
+    if config.num_classes is not None and (isinstance(config.num_classes, bool) or
+                                           not isinstance(config.num_classes, int)):
+        refuse("num_classes", "an int (or None: from the data)")
+    for name in _INTS:
+        if isinstance(getattr(config, name), bool) or not isinstance(getattr(config, name), int):
+            refuse(name, "an int")
+    for name in _NUMBERS:
+        if isinstance(getattr(config, name), bool) or not isinstance(getattr(config, name), (int, float)):
+            refuse(name, "a number")
+    for name in _BOOLS:
+        if not isinstance(getattr(config, name), bool):
+            refuse(name, "True or False")
+    for name in _STRINGS:
+        if not isinstance(getattr(config, name), str):
+            refuse(name, "a string")
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -137,6 +171,9 @@ class AlexNet(nn.Module):
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
+        if config is not None and not isinstance(config, ModelConfig):
+            hint = "AlexNet(ModelConfig(**config))" if isinstance(config, dict) else "AlexNet(ModelConfig())"
+            raise TypeError(f"AlexNet takes a ModelConfig; got {type(config).__name__} {config!r:.60}: e.g. {hint}")
         self.config = config = config or ModelConfig()
         if config.num_classes is None:
             raise ValueError("model.num_classes is left to the data: give the number of classes the network predicts")
@@ -214,11 +251,44 @@ class AlexNet(nn.Module):
         """The stages from conv1 up to ``layer``, in order, each through its tap; ``dropout=False`` leaves
         dropout out also in training mode. In the two-device split the towers' outputs are gathered
         onto the first device at the end."""
+        self._check_input(x, layer)
         split = self.tower_devices
         if split:  # both halves of conv1 see the image
             x = [x.to(device) for device in split]
         x = self._walk(x, STAGES[:_index(layer) + 1], dropout)
         return tower_split.gather(x, split[0]) if isinstance(x, list) else x
+
+    def _check_input(self, x, layer: str) -> None:
+        """Refuse, in one line, an input the first layer would fail on deep inside torch (a lone image, pixels
+        as uint8, channels last, the wrong dtype, a side too small to reach pool5)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"AlexNet takes a float tensor (N, 3, H, W); got {type(x).__name__}: make one with "
+                            "load_run(CKPT).pipeline.eval_input(uint8 images), or torch.as_tensor")
+        shape = tuple(x.shape)
+        if x.dim() != 4 or shape[1] != 3:
+            hint = ("one image: add the batch dimension, x[None]" if x.dim() == 3 and shape[0] == 3 else
+                    "channels last: x.permute(0, 3, 1, 2)" if x.dim() == 4 and shape[-1] == 3 else
+                    "grayscale: x.expand(-1, 3, -1, -1)" if x.dim() == 4 and shape[1] == 1 else "a batch of RGB images")
+            raise ValueError(f"AlexNet takes a float tensor (N, 3, H, W); got shape {shape}: {hint}")
+        if not x.is_floating_point():
+            raise TypeError(f"AlexNet takes normalised float input; got {x.dtype} pixels: pass uint8 images through "
+                            "load_run(CKPT).pipeline.eval_input(images) (mean subtraction and the centre crop)")
+        weight = self.conv1.weight.dtype if not self.tower_devices else x.dtype
+        if x.dtype != weight and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"the input is {x.dtype} but the network's weights are {weight}: x.to({weight}), or "
+                            f"model.to({x.dtype})")
+        maps = [pool5_side(self.config, side) for side in shape[2:]]
+        size = self.config.input_size
+        if min(maps) < 1:
+            raise ValueError(f"AlexNet input {shape[2]}x{shape[3]} is too small for this network: it is built for "
+                             f"{size}x{size} (pipeline.eval_input crops stored images to it)")
+        # fc6 takes pool5's map at its built size; training's smaller inputs (data.shrink_size) are averaged up to
+        # it, and torchvision's layout pools any map to 6x6 itself
+        fixed = not self.training and self.config.variant != "torchvision" and _index(layer) >= _index("fc6")
+        if fixed and maps != [self.pool5_side] * 2:
+            raise ValueError(f"AlexNet input {shape[2]}x{shape[3]} gives a {maps[0]}x{maps[1]} pool5 map but fc6 "
+                             f"takes {self.pool5_side}x{self.pool5_side}: give {size}x{size} inputs "
+                             "(pipeline.eval_input crops stored images to it)")
 
     def forward_from(self, x: torch.Tensor, stage: str, dropout: bool = True) -> torch.Tensor:
         """The stages from ``stage`` to fc8 on ``x``, the activations just before it (``features(image,
@@ -318,7 +388,11 @@ def _index(stage: str) -> int:
 def features(model: nn.Module, images: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
     """``AlexNet.features`` of ``model`` (also inside DDP or torch.compile wrappers) without gradients:
     the activations at ``layer`` for a float input batch (``Pipeline.eval_input`` makes one)."""
-    return unwrap(model).features(images, layer)
+    network = unwrap(model)
+    if not isinstance(network, AlexNet):
+        raise TypeError(f"features takes an AlexNet (or one wrapped by DDP or torch.compile); got "
+                        f"{type(network).__name__}: load one with load_model(CKPT)")
+    return network.features(images, layer)
 
 
 TORCHVISION_NAMES = {

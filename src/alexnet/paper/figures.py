@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..data.decode import BadImage, is_image_name
+from ..data.decode import BadImage, image_paths
 from ..data.images import decode_file
 from ..errors import UsageError
 from ..runs.folder import RunFolder
@@ -166,7 +166,7 @@ def train_gallery(data, limit: int, seed: int) -> ImageSet:
 
 def folder_set(folder: Path, limit: int, pipeline, keys: list[tuple[str, ...]]) -> ImageSet:
     """The first ``limit`` image files under ``folder`` (sorted, searched recursively)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name))[:limit]
+    files = [p for p in image_paths(folder) if p.is_file()][:limit]  # hidden and system folders left out
     if not files:
         raise UsageError(f"{folder}: no image files (.jpg, .png, ...) in it; pass a folder of images")
     return ImageSet(FolderImages(files, pipeline), torch.arange(len(files)), [str(f) for f in files],

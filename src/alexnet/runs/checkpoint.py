@@ -32,7 +32,14 @@ PIPELINE_KEYS = {"kind", "size", "stored", "padding", "flip", "mean", "mean_kind
 
 def save_checkpoint(path: str | os.PathLike, model: AlexNet, config: dict[str, Any] | None = None, **state) -> Path:
     """Write ``model`` (and any training ``state``) to ``path`` atomically: temp file, fsync, rename."""
-    path = Path(path)
+    if isinstance(path, torch.nn.Module):
+        raise TypeError("save_checkpoint(path, model): the path comes first; got the network in its place")
+    if not isinstance(unwrap(model), AlexNet):
+        raise TypeError(f"save_checkpoint writes an AlexNet; got {type(model).__name__}: build the network with "
+                        "AlexNet(ModelConfig(...)) and load its weights into it")
+    path = _path(path, "save_checkpoint")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give save_checkpoint a file name, e.g. {path / 'model.pt'}")
     payload = checkpoint_dict(model, config, **state)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda f: torch.save(payload, f))
@@ -48,7 +55,8 @@ def checkpoint_dict(model: AlexNet, config: dict[str, Any] | None = None, **stat
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; anything else is refused with a clear message."""
-    path = Path(path)
+    path = _path(path, "load_checkpoint")
+    _check_location(map_location)
     if path.is_dir():
         inside = path / "checkpoints" / "last.pt"
         example = inside if inside.is_file() else path / "checkpoints" / "last.pt"
@@ -69,9 +77,35 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         hint = (" (a plain state_dict: for torchvision's AlexNet weights run alexnet import torchvision FILE --out "
                 "CKPT first)" if isinstance(ckpt, dict) and "classifier.6.weight" in ckpt else "")
+        if isinstance(ckpt, dict) and "fc8.weight" in ckpt:  # torch.save(model.state_dict(), path)
+            hint = (" (a bare state_dict of the network: load it with model.load_state_dict(torch.load(path)), or "
+                    "write a checkpoint with save_checkpoint(path, model))")
         raise UsageError(f"checkpoint {path} is not an alexnet checkpoint (no 'model' entry){hint}; pass a .pt file "
                          "written by alexnet train or alexnet import")
     return _checked_entries(upgrade(ckpt, path), path)
+
+
+def _path(path, caller: str) -> Path:
+    """``path`` as a Path, or a one-line TypeError naming what was passed instead of a file's path."""
+    if not isinstance(path, (str, os.PathLike)):
+        what = "a network" if isinstance(path, torch.nn.Module) else f"{type(path).__name__} {path!r:.40}"
+        raise TypeError(f"{caller} takes the path of a .pt file (str or pathlib.Path); got {what}")
+    return Path(path)
+
+
+def _check_location(map_location) -> None:
+    """Refuse a ``map_location`` device that does not exist here, before the file is read (torch's own error
+    would read as a damaged file)."""
+    if not isinstance(map_location, (str, torch.device)):
+        return  # a dict or a function: torch.load's own forms
+    try:
+        device = torch.device(map_location)
+    except RuntimeError:
+        raise UsageError(f"map_location={map_location!r} is not a device torch knows; use 'cpu' or 'cuda'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"map_location={map_location!r} but no CUDA GPU is visible; use 'cpu'")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"map_location={map_location!r} but this machine shows {torch.cuda.device_count()} GPU(s)")
 
 
 def unpickling_refusal(what: str, err: Exception) -> str:

@@ -48,7 +48,10 @@ class LoadedRun:
         """Refuse, in one line, to use this network on ``data`` whose classes it did not learn."""
         outputs, found = self.config.model.num_classes, len(data.classes)
         if outputs != found:
-            raise UsageError(f"checkpoint {self.path} has {outputs} classes but the dataset has {found}; "
+            stored = [c["wnid"] for c in self.classes or []]
+            missing = [c for c in stored if c not in data.classes][:3]  # a val/ folder without a class, say
+            which = f" (it lacks {', '.join(missing)})" if missing and len(missing) < len(stored) else ""
+            raise UsageError(f"checkpoint {self.path} has {outputs} classes but the dataset has {found}{which}; "
                              "use it with the data it was trained on")
         if self.classes is None:
             return
@@ -83,8 +86,12 @@ def load_run(path: str | os.PathLike, overrides: list[str] = (), data_path: str 
     two-device split) loads as the one-device ``groups=2`` network, the same weights and outputs,
     so it runs where those devices do not exist; ``keep_towers`` (resuming training) or a
     ``model.tower_devices`` override keeps the split."""
-    path = Path(path)
-    return loaded_from(load_checkpoint(path, map_location), path, overrides, data_path, keep_towers)
+    if isinstance(overrides, str):  # iterated, its letters would each be an "override"
+        raise TypeError(f"load_run takes overrides as a list of key=value strings; got the string {overrides!r}: "
+                        f"pass [{overrides!r}]")
+    overrides = list(overrides or ())
+    ckpt = load_checkpoint(path, map_location)  # refuses what is not a file's path, in one line
+    return loaded_from(ckpt, Path(path), overrides, data_path, keep_towers)
 
 
 def loaded_from(ckpt: dict[str, Any], path: Path, overrides: list[str] = (),

@@ -167,6 +167,10 @@ def classes_from_data(config: cfgmod.RunConfig, data) -> cfgmod.RunConfig:
     """``config`` with fc8's outputs set to the training data's class count; an explicit
     ``model.num_classes`` that disagrees is refused here, before any training or checkpoint."""
     found, given = len(data.classes), config.model.num_classes
+    if found < 2:  # one class: the loss is 0 from the first step and nothing is learned
+        where = config.data.path or config.data.dataset
+        raise UsageError(f"the training data ({where}) has {found} class ({', '.join(data.classes) or 'none'}): a "
+                         "classifier needs at least two; put each class's photos in its own folder, train/<class>/")
     if given is not None and given != found:
         where = config.data.path or config.data.dataset
         raise UsageError(f"model.num_classes={given} but the training data ({where}) has {found} classes; "

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..data import views as test_views
-from ..data.pipeline import Pipeline
+from ..data.pipeline import Pipeline, check_images
 from ..errors import UsageError
 from ..runs.load import LoadedRun, load_run
 from ..runtime import autocast, pick_device
@@ -61,7 +61,11 @@ class Predictor:
         """A ``LoadedRun`` made ready on ``device``: its class list or, where the checkpoint has none, the
         outputs' indices. ``settings``: how the network runs (default: ``inference.choose`` for a
         long-lived use, e.g. bf16, channels_last and the compiled LRN on this CPU)."""
-        device = torch.device(device)
+        try:
+            device = pick_device(str(device))
+        except UsageError:
+            raise UsageError(f"device {str(device)!r} is not usable here; use 'cpu', or 'cuda' where a GPU is "
+                             "visible") from None
         settings = settings or choose(device, None)
         if loaded.pipeline is None:
             raise UsageError(f"checkpoint {loaded.path} stores no input pipeline and its network needs the training "
@@ -107,6 +111,7 @@ class Predictor:
     def probabilities(self, images: torch.Tensor, views: int = 1) -> torch.Tensor:
         """uint8 (N, 3, S, S) stored images -> float (N, classes) softmax on the CPU, averaged over
         ``views`` views of each image (``data/views.py``)."""
+        check_images(images)
         out = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size].to(self.device)
@@ -120,6 +125,7 @@ class Predictor:
     def features(self, images: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
         """uint8 (N, 3, S, S) stored images -> float32 (N, D) activations at ``layer`` on the CPU, of the
         centre view as in evaluation (``AlexNet.features``), flattened."""
+        check_images(images)
         out = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size].to(self.device)

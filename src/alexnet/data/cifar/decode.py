@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from alexnet.data.cifar.source import ACCEPTED, SPLITS, TEST_BATCH, TRAIN_BATCHES, Source, member_parts
-from alexnet.data.decode import decode_rgb, is_image_name, quiet_decoders, reason
+from alexnet.data.decode import decode_rgb, is_image_name, is_skipped_folder, quiet_decoders, reason
 from alexnet.data.pool import make_pool
 from alexnet.errors import UsageError
 from alexnet.runtime import worker_count
@@ -142,7 +142,7 @@ def _decode_folder_dir(root: Path) -> tuple[Split, Split]:
     with _Decoder() as decoder:
         for split in SPLITS:
             folder = root / split
-            classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+            classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not is_skipped_folder(d.name))
             _check_classes(classes, folder)
             for label, name in enumerate(classes):
                 for file in sorted((folder / name).iterdir()):

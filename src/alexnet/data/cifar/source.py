@@ -74,8 +74,16 @@ def resolve(path: str | os.PathLike | None) -> Source:
         raise UsageError(f"{given}: no such file or folder; {ACCEPTED}")
     source = _identify(given)
     if source is None:
-        raise UsageError(f"{given}: not a recognised CIFAR-10 layout; {ACCEPTED}")
+        raise UsageError(f"{given}: not a recognised CIFAR-10 layout{_own_photos_hint(given)}; {ACCEPTED}")
     return source
+
+
+def _own_photos_hint(given: Path) -> str:
+    """A folder of one's own photos (train/ and val/) given to the CIFAR-10 recipe: say which recipe reads it."""
+    if given.is_dir() and (given / "train").is_dir():
+        return (" (it looks like your own photos: train them with --recipe imagenet, or fine-tune with --init CKPT; "
+                "a CIFAR-10 ImageFolder has train/ and test/ with its ten classes)")
+    return ""
 
 
 def _resolve_default() -> Source:

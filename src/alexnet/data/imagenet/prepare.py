@@ -86,8 +86,7 @@ def prepare_imagenet(src: Path, out: Path, workers: int | None = None, fmt: str 
     if resize not in ("center", "squash"):
         raise UsageError(f"resize must be center or squash; got {resize!r}")
     plan = make_plan(src, shard_size)
-    if out.resolve() == plan.root.resolve():
-        raise UsageError(f"{out}: the output folder is the source folder; pass another --out DIR")
+    _check_out(out, src, plan)
     _prepare_out(out, plan)
     units = [unit for split in SPLITS for unit in plan.units.get(split, [])]
     keys = {(u.split, u.number): unit_key(u, fmt, quality, resize) for u in units}
@@ -137,6 +136,25 @@ def _check_options(workers: int | None, fmt: str, quality: int, shard_size: int)
     if workers is not None and workers < 1:  # left out (None): all cores
         raise UsageError(f"--workers must be at least 1, got {workers}; or leave it out for all cores")
     return worker_count(workers)
+
+
+def _check_out(out: Path, src: Path, plan: Plan) -> None:
+    """Refuse an output folder that is the source, lies inside one of its splits (its files would become a class
+    of the next listing), or holds a finished preparation of another source (hours of work, not overwritten)."""
+    if out.resolve() == plan.root.resolve():
+        raise UsageError(f"{out}: the output folder is the source folder; pass another --out DIR")
+    for split, shown in plan.described.items():
+        folder = (plan.root / shown).resolve()
+        if folder.is_dir() and out.resolve().is_relative_to(folder):
+            raise UsageError(f"--out {out} is inside the source's {split} folder {plan.root / shown}; its files would "
+                             "be listed with the photos: pass an --out outside it")
+    try:
+        made = json.loads((out / "prepared.json").read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return  # nothing finished there (or not ours): prepare resumes into it
+    if made and Path(made) != src.resolve():
+        raise UsageError(f"--out {out} already holds the preparation of {made}; pass another --out DIR for {src}, "
+                         "or delete that folder first")
 
 
 def _prepare_out(out: Path, plan: Plan) -> None:

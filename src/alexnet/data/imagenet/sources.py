@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import importlib.resources
 import io
-import os
 import re
 import sys
 import tarfile
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet.data.decode import is_image_name
+from alexnet.data.decode import is_image_name, is_skipped_folder, walk
 from alexnet.data.decode import reason as _reason
 from alexnet.errors import UsageError
 
@@ -147,7 +146,8 @@ def make_plan(src: Path, shard_size: int) -> Plan:
                          f"extracted {DEVKIT_DIR}/) beside them in {root}, and none is there; add it or "
                          "use val/<class>/ folders")
     devkit = read_devkit(devkit_path) if devkit_path is not None else None
-    train = _train_units(train_kind, train_path, root, shard_size) if train_kind else None
+    ignored: list[str] = []  # files in class folders that are not images by name
+    train = _train_units(train_kind, train_path, root, shard_size, ignored) if train_kind else None
     if train is not None:
         classes = train[0]
     elif devkit is not None:
@@ -170,11 +170,13 @@ def make_plan(src: Path, shard_size: int) -> Plan:
     else:
         plan.warnings.append(f"no train split in {root}: no statistics (stats.safetensors) are written")
     if val_kind:
-        plan.units["val"], plan.skipped["val"] = _val_units(val_kind, val_path, root, devkit, classes, shard_size)
+        plan.units["val"], plan.skipped["val"] = _val_units(val_kind, val_path, root, devkit, classes, shard_size,
+                                                            ignored)
         plan.official["val"] = val_kind == "tar" or all_known
         plan.described["val"] = _display(val_path, root)
     else:
         plan.warnings.append(f"no val split in {root}")
+    _note_ignored(plan, ignored)
     for line in plan.warnings:
         print(f"note: {line}", file=sys.stderr)
     return plan
@@ -185,16 +187,36 @@ def _find_root(src: Path) -> Path:
     if not src.exists():
         raise UsageError(f"{src}: no such folder; {_ACCEPTED}")
     if not src.is_dir():
+        if is_archive_name(src.name) and src.name not in (TRAIN_TAR, VAL_TAR):
+            raise UsageError(f"{src}: is an archive; extract it (tar xf, unzip) and pass the folder it makes; "
+                             f"{_ACCEPTED}")
         raise UsageError(f"{src}: is a file, pass the folder that holds it; {_ACCEPTED}")
     if _has_layout(src):
         return src
-    visible = sorted(p for p in src.iterdir() if not p.name.startswith("."))
+    visible = sorted(p for p in src.iterdir() if not is_skipped_folder(p.name))  # __MACOSX/ beside an unzipped folder
     subfolders = [p for p in visible if p.is_dir()]
     if len(subfolders) == 1 and _has_layout(subfolders[0]):
         return subfolders[0]
     shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in visible[:10]) or "nothing"
     more = f" ... ({len(visible)} entries)" if len(visible) > 10 else ""
+    if any(p.is_file() and is_image_name(p.name) for p in visible):  # photos, not yet sorted into classes
+        raise UsageError(f"{src}: holds image files but no class folders (it holds {shown}{more}); put each "
+                         "class's images in its own folder, train/<class>/, and some of each in val/<class>/")
+    if subfolders and any(is_image_name(f.name) for f in subfolders[0].iterdir()):  # the class folders themselves
+        if src.name in ("train", *VAL_FOLDERS):
+            raise UsageError(f"{src}: is the {src.name}/ split itself (it holds {shown}{more}); pass the folder "
+                             f"that holds train/ and val/: {src.parent}")
+        raise UsageError(f"{src}: holds class folders ({shown}{more}) but no train/ or val/ split: put them in "
+                         "train/<class>/, with some photos of each class in val/<class>/ for validation")
+    kaggle = src / "ILSVRC" / "Data" / "CLS-LOC"  # Kaggle's ImageNet download, unzipped
+    if kaggle.is_dir():
+        raise UsageError(f"{src}: no ImageNet layout found here; for Kaggle's ImageNet pass --src {kaggle} (its flat "
+                         f"val/ needs {DEVKIT_TAR} beside train/, or val/<wnid>/ folders)")
     raise UsageError(f"{src}: no ImageNet layout found (it holds {shown}{more}); {_ACCEPTED}")
+
+
+def is_archive_name(name: str) -> bool:
+    return name.lower().endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip", ".7z", ".rar"))
 
 
 def _has_layout(folder: Path) -> bool:
@@ -259,21 +281,35 @@ def _devkit_files(path: Path) -> tuple[bytes, str]:
 
 
 def _class_folders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not is_skipped_folder(p.name))
 
 
 def _display(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) + ("/" if path.is_dir() else "")
 
 
-def _list_files(folder: Path, root: Path) -> list[str]:
-    """Image files under ``folder`` (recursively, following links), relative to ``root``, sorted."""
+def _list_files(folder: Path, root: Path, ignored: list[str] | None = None) -> list[str]:
+    """Image files under ``folder`` (recursively, following links, hidden and system folders left out), relative
+    to ``root``, sorted; the other files, but for hidden ones and a file manager's own, are added to ``ignored``."""
     found = []
-    for where, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for where, files in walk(folder):
         base = Path(where).relative_to(root)
         found.extend(str(base / name) for name in files if is_image_name(name))
+        if ignored is not None:
+            ignored.extend(str(base / name) for name in files if not is_image_name(name) and not _is_junk(name))
     return sorted(found)
+
+
+def _is_junk(name: str) -> bool:
+    """What file managers leave in every folder (not worth a note when left out)."""
+    return name.startswith(".") or name.lower() in ("thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r")
+
+
+def _note_ignored(plan: Plan, ignored: list[str]) -> None:
+    if ignored:
+        shown = ", ".join(sorted(ignored)[:3])
+        plan.warnings.append(f"{len(ignored)} file(s) are left out: their names are not of image files (e.g. "
+                             f"{shown}); give photos an image suffix (.jpg, .png ...) to include them")
 
 
 def _tar_members(path: Path) -> list[tuple[str, int, int]]:
@@ -282,18 +318,26 @@ def _tar_members(path: Path) -> list[tuple[str, int, int]]:
         with tarfile.open(path, "r:") as archive:
             return [(m.name, m.offset_data, m.size) for m in archive if m.isfile()]
     except (tarfile.TarError, OSError, EOFError) as error:
-        raise UsageError(f"{path}: not a readable uncompressed tar archive ({_reason(error)})") from None
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        why = "gzip-compressed: decompress it (gunzip) to the plain tar" if gzipped else _reason(error)
+        raise UsageError(f"{path}: not a readable uncompressed tar archive ({why})") from None
 
 
-def _train_units(kind: str, path: Path, root: Path, shard_size: int) -> tuple[list[str], list[Unit]]:
+def _train_units(kind: str, path: Path, root: Path, shard_size: int,
+                 ignored: list[str]) -> tuple[list[str], list[Unit]]:
     """(sorted class names, units): one unit per class tar, else ``shard_size`` files per unit."""
     if kind == "tar":
+        members = _tar_members(path)
         tars = [(Path(n).name.removesuffix(".tar"), f"{TRAIN_TAR}/{n}", str(path), off, size)
-                for n, off, size in _tar_members(path) if n.endswith(".tar")]
+                for n, off, size in members if n.endswith(".tar")]
         if not tars:
-            raise UsageError(f"{path}: holds no per-class tars (n01440764.tar ...); is it {TRAIN_TAR}?")
+            images = [n for n, _, _ in members if is_image_name(Path(n).name)][:2]
+            found = f"it holds images ({', '.join(images)}): extract it into train/ and prepare that, or " if images \
+                else ""
+            raise UsageError(f"{path}: holds no per-class tars (n01440764.tar ...); {found}is it {TRAIN_TAR}?")
     elif classes := _class_folders(path):
-        items = [(rel, label) for label, c in enumerate(classes) for rel in _list_files(path / c, root)]
+        items = [(rel, label) for label, c in enumerate(classes) for rel in _list_files(path / c, root, ignored)]
         return classes, _chunk("train", "files", str(root), "", items, shard_size)
     else:
         tars = [(p.stem, str(p.relative_to(root)), str(p), 0, p.stat().st_size) for p in path.iterdir()
@@ -313,7 +357,7 @@ def _chunk(split: str, kind: str, where: str, prefix: str, items: list, shard_si
 
 
 def _val_units(kind: str, path: Path, root: Path, devkit: Devkit | None, classes: list[str],
-               shard_size: int) -> tuple[list[Unit], list[dict]]:
+               shard_size: int, ignored: list[str]) -> tuple[list[Unit], list[dict]]:
     """Units and the images skipped up front (no label, or a class train lacks)."""
     index = {c: i for i, c in enumerate(classes)}
     items, skipped = [], []
@@ -330,7 +374,7 @@ def _val_units(kind: str, path: Path, root: Path, devkit: Devkit | None, classes
 
     if kind == "folder":
         for wnid in _class_folders(path):
-            for rel in _list_files(path / wnid, root):
+            for rel in _list_files(path / wnid, root, ignored):
                 label = label_of(rel, wnid, "")
                 if label is not None:
                     items.append((rel, label))
