@@ -203,3 +203,18 @@ def test_a_disk_that_refuses_a_write_is_one_line_and_leaves_no_half_file(work, m
     line = refused(f"export --checkpoint {ckpt} --format safetensors --out {out}", capsys)
     assert os.strerror(code) in line and fragment in line and "tiny.safetensors" in line
     assert list(out.parent.iterdir()) == [], "no file, whole or half, under --out's name or beside it"
+
+
+def test_map_location_beyond_the_visible_gpus(tmp_path, monkeypatch):
+    """load_checkpoint(map_location='cuda:3') where one GPU is visible (make-believe on a CPU machine): refused
+    before torch.load tries to put tensors there."""
+    from alexnet import load_checkpoint
+    from fixtures import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", width=1 / 16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UsageError) as error:
+        load_checkpoint(ckpt, map_location="cuda:3")
+    assert one_line(error.value) == ("map_location='cuda:3' but this machine shows one GPU, cuda:0: name one of "
+                                     "them, or 'cpu'")

@@ -104,8 +104,9 @@ def _check_location(map_location) -> None:
         raise UsageError(f"map_location={map_location!r} is not a device torch knows; use 'cpu' or 'cuda'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"map_location={map_location!r} but no CUDA GPU is visible; use 'cpu'")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UsageError(f"map_location={map_location!r} but this machine shows {torch.cuda.device_count()} GPU(s)")
+    if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
+        shown = "one GPU, cuda:0" if count == 1 else f"{count} GPUs, cuda:0 .. cuda:{count - 1}"
+        raise UsageError(f"map_location={map_location!r} but this machine shows {shown}: name one of them, or 'cpu'")
 
 
 def unpickling_refusal(what: str, err: Exception) -> str:
