@@ -145,7 +145,7 @@ def test_a_split_run_trains_resumes_and_its_checkpoint_loads_into_the_grouped_ne
     out = tmp_path / "run"
     args = ["train", "--recipe", "cifar10", "--data", str(TARBALL), "--out", str(out),
             *tiny_training("model.tower_devices=cpu,cpu", "data.low_res_epochs=0", "optim.freeze_after=[1]",
-                           "train.precision=fp32", data=None)]
+                           "train.precision=fp32", limit=128, data=None)]
     assert main([*args, "optim.epochs=1"]) == 0
     assert main(["train", "--out", str(out), "--resume", "optim.epochs=2"]) == 0
     split = load_run(out / "checkpoints" / "last.pt", keep_towers=True)
