@@ -78,8 +78,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         hint = (" (a plain state_dict: for torchvision's AlexNet weights run alexnet import torchvision FILE --out "
                 "CKPT first)" if isinstance(ckpt, dict) and "classifier.6.weight" in ckpt else "")
         if isinstance(ckpt, dict) and "fc8.weight" in ckpt:  # torch.save(model.state_dict(), path)
-            hint = (" (a bare state_dict of the network: load it with model.load_state_dict(torch.load(path)), or "
-                    "write a checkpoint with save_checkpoint(path, model))")
+            hint = (" (a bare state_dict of the network: load it with model.load_state_dict(torch.load(path, "
+                    "weights_only=True)), or write a checkpoint with save_checkpoint(path, model))")
         raise UsageError(f"checkpoint {path} is not an alexnet checkpoint (no 'model' entry){hint}; pass a .pt file "
                          "written by alexnet train or alexnet import")
     return _checked_entries(upgrade(ckpt, path), path)
