@@ -9,9 +9,10 @@ next run may sweep. ``atomic_link`` makes one file appear under a second name th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -48,6 +49,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], f
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """``atomic_write`` for writers that take a path (ONNX, TorchScript, safetensors savers): a temporary
+    path beside ``path``, with its suffix (savers read it), that becomes ``path`` when the block finishes; a
+    failed or interrupted write leaves ``path`` as it was, and an error names ``path``, not the temporary."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as err:
+        if err.filename == str(tmp):
+            err.filename = str(path)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -140,10 +140,16 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
                          "such device); use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu or auto")
-    if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
-        shown = "one GPU, cuda:0" if count == 1 else f"{count} GPUs, cuda:0 .. cuda:{count - 1}"
+    if shown := gpus_beyond(device):
         raise UsageError(f"device {name} but this machine shows {shown}: name one of them, or cpu")
     return device
+
+
+def gpus_beyond(device: torch.device) -> str | None:
+    """The GPUs this machine shows, in words, when ``device`` names an index beyond them; else None."""
+    if device.type != "cuda" or (device.index or 0) < (count := torch.cuda.device_count()):
+        return None
+    return "one GPU, cuda:0" if count == 1 else f"{count} GPUs, cuda:0 .. cuda:{count - 1}"
 
 
 def autocast(device: torch.device, precision: str):

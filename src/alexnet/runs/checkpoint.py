@@ -23,7 +23,7 @@ import torch
 from ..errors import UsageError
 from ..files import atomic_write
 from ..nn.model import AlexNet
-from ..runtime import unwrap
+from ..runtime import gpus_beyond, unwrap
 
 FORMAT = "alexnet-checkpoint-v2"
 V1 = "alexnet-checkpoint-v1"  # read through ``upgrade``
@@ -104,8 +104,7 @@ def _check_location(map_location) -> None:
         raise UsageError(f"map_location={map_location!r} is not a device torch knows; use 'cpu' or 'cuda'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"map_location={map_location!r} but no CUDA GPU is visible; use 'cpu'")
-    if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
-        shown = "one GPU, cuda:0" if count == 1 else f"{count} GPUs, cuda:0 .. cuda:{count - 1}"
+    if shown := gpus_beyond(device):
         raise UsageError(f"map_location={map_location!r} but this machine shows {shown}: name one of them, or 'cpu'")
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import UsageError
-from ..files import atomic_write
+from ..files import atomic_path, atomic_write
 from ..nn.model import AlexNet, ModelConfig
 from ..runs.load import LoadedRun, load_run
 
@@ -59,7 +58,7 @@ def export(checkpoint: Path, fmt: str, out: Path, calibration: Path | None = Non
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with written(out) as tmp:
+    with atomic_path(out) as tmp:
         WRITERS[fmt](loaded.model, tmp, info, sidecar(out))
     seconds = time.perf_counter() - start
     atomic_write(sidecar(out), lambda f: f.write(json.dumps(info).encode()))
@@ -81,7 +80,7 @@ def export_int8(loaded: LoadedRun, out: Path, calibration: Path) -> dict:
     start = time.perf_counter()
     try:
         write_onnx(loaded.model, fp32, info, sidecar(out))
-        with written(out) as tmp:
+        with atomic_path(out) as tmp:
             result = quantize_int8(fp32, tmp, inputs, metadata_text(info, sidecar(out)))
     finally:
         fp32.unlink(missing_ok=True)
@@ -89,22 +88,6 @@ def export_int8(loaded: LoadedRun, out: Path, calibration: Path) -> dict:
     return {"format": "onnx", "quantized": "int8", "out": str(out), "sidecar": str(sidecar(out)),
             "seconds": round(time.perf_counter() - start, 2), "check": "onnxruntime, top-1 against float32",
             **result}
-
-
-@contextlib.contextmanager
-def written(out: Path):
-    """A temporary path beside ``out`` (same suffix: the ONNX saver reads it) that becomes ``out`` when the
-    block finishes; a failed or interrupted write leaves ``out`` as it was, never half a file."""
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, out)
-    except OSError as err:
-        if err.filename == str(tmp):  # the user asked for out: name it (a full disk, say)
-            err.filename = str(out)
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def sidecar(out: Path) -> Path:
